@@ -1,0 +1,85 @@
+"""Immutable records that flow between the stages: Frame -> Measurements -> Verdict."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+# Class indices of a segmentation mask; shared by every engine, the measurements and the
+# U-Net training data. Never renumber: masks on disk and PLC maps depend on them.
+MELTED = 0
+UNMELTED = 1
+PORE = 2
+CLASS_NAMES = {MELTED: "melted", UNMELTED: "unmelted", PORE: "pore"}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One field of view as decoded, before any enhancement.
+
+    `pixels` is 2-D grey, uint8 or uint16 (`bit_depth` says how many bits carry data).
+    """
+
+    pixels: np.ndarray
+    source: str
+    field_index: int = 0
+    bit_depth: int = 8
+    sha256: str = ""
+    capture_time: datetime | None = None
+    part_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected region of one class, in pixels and micrometres."""
+
+    label: int
+    class_name: str
+    area_px: int
+    area_um2: float
+    bbox_x: int
+    bbox_y: int
+    bbox_width_px: int
+    bbox_height_px: int
+    aspect_ratio: float
+    equivalent_diameter_px: float
+    equivalent_diameter_um: float
+    perimeter_px: float
+    perimeter_um: float
+    circularity: float
+    solidity: float
+    centroid_x: float
+    centroid_y: float
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """Numbers measured on one field; `metrics` is the flat name -> value map rules refer to."""
+
+    metrics: dict[str, float]
+    regions: tuple[Region, ...] = ()
+
+
+class VerdictResult(str, enum.Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+
+
+@dataclass(frozen=True)
+class FailedRule:
+    metric: str
+    op: str
+    limit: float
+    value: float | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    result: VerdictResult
+    failed_rules: tuple[FailedRule, ...] = ()
+    reason: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
