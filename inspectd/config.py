@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -106,6 +106,7 @@ class PreprocessConfig(StrictModel):
 
 class ThresholdMethod(str, enum.Enum):
     OTSU = "otsu"
+    OTSU_UPPER = "otsu_upper"  # Otsu again over the pixels above the first Otsu threshold
     FIXED = "fixed"
     ADAPTIVE = "adaptive"
 
@@ -127,21 +128,29 @@ class SlicConfig(StrictModel):
 class ClassicalConfig(StrictModel):
     """The seed's traditional path: threshold + morphology (+ optional SLIC vote)."""
 
-    threshold: ThresholdMethod = Field(ThresholdMethod.OTSU, description="How unmelted (bright) pixels are split off.")
-    fixed_threshold: int = Field(128, ge=0, le=65535, description="Grey level for threshold: fixed.")
+    threshold: ThresholdMethod = Field(
+        ThresholdMethod.OTSU_UPPER,
+        description="How unmelted (bright) pixels are split off: otsu | otsu_upper (Otsu again above the first "
+        "Otsu threshold: particles are only the brightest part of a bright matrix) | fixed | adaptive.",
+    )
+    fixed_threshold: int = Field(
+        128, ge=0, le=65535, description="Grey level for threshold: fixed, in the frame's own levels (x257 for 16-bit)."
+    )
     adaptive_block_size: int = Field(51, ge=3, description="Odd window size for threshold: adaptive, pixels.")
-    adaptive_offset: float = Field(0.0, description="Subtracted from the local mean for threshold: adaptive.")
+    adaptive_offset: float = Field(
+        -20.0, description="Subtracted from the local mean for threshold: adaptive, in the frame's own grey levels."
+    )
     smooth_sigma_px: float = Field(
         2.0, ge=0.0, le=50.0, description="Gaussian sigma applied before thresholding so grainy interiors stay whole."
     )
     pore_level: float = Field(
-        0.25, gt=0.0, lt=1.0,
+        0.2, gt=0.0, lt=1.0,
         description="Pores are pixels darker than this fraction of the Otsu threshold (near-black).",
     )
     pore_min_solidity: float = Field(
         0.6, ge=0.0, le=1.0, description="Dark regions less solid than this are cracks, not pores (kept as melted)."
     )
-    open_radius_px: int = Field(2, ge=0, le=50, description="Morphological opening radius (removes specks).")
+    open_radius_px: int = Field(4, ge=0, le=50, description="Morphological opening radius (removes specks).")
     close_radius_px: int = Field(2, ge=0, le=50, description="Morphological closing radius (fills gaps).")
     slic: SlicConfig = Field(default_factory=SlicConfig)
 
@@ -192,6 +201,120 @@ def _default_rules() -> list[Rule]:
     ]
 
 
+# ---- daemon: sources ------------------------------------------------------------------
+
+
+class FolderSourceConfig(StrictModel):
+    """A watched folder (inotify, or polling for network shares); never drops, it waits."""
+
+    kind: Literal["folder"] = "folder"
+    id: str = Field("folder", pattern=r"^[A-Za-z0-9_.-]+$", description="Source id in verdicts and status.")
+    path: Path = Field(description="Folder to watch.")
+    move_done: bool = Field(True, description="Move processed files to <state_dir>/done (false: leave in place).")
+    include: list[str] = Field(
+        ["*.png", "*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.bmp"], description="Glob patterns taken (case-insensitive)."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Glob patterns never taken (hidden, *.part, *.tmp always are).")
+    recursive: bool = Field(False, description="Watch sub-folders too.")
+    polling: bool = Field(False, description="Poll instead of inotify (network shares).")
+    poll_interval_s: float = Field(1.0, gt=0.0, description="Polling period, seconds.")
+    stable_s: float = Field(0.5, ge=0.0, description="Size and mtime must stay unchanged this long before a file is taken.")
+    max_open_wait_s: float = Field(30.0, ge=0.0, description="A file written without a close event is taken after this long.")
+    rescan_interval_s: float = Field(10.0, gt=0.0, description="Full rescan period (inotify drops events under bursts).")
+    part_id_pattern: str | None = Field(
+        None, description="Regex with a (?P<part>...) group applied to the file name; null = the file stem."
+    )
+    buffer_size: int = Field(8, ge=1, le=10_000, description="Files read ahead of the pipeline.")
+
+
+class CameraSourceFields(StrictModel):
+    id: str = Field("camera", pattern=r"^[A-Za-z0-9_.-]+$", description="Source id in verdicts and status.")
+    mode: Literal["free_run", "triggered"] = Field("free_run", description="free_run (fps-capped) or triggered.")
+    fps_cap: float | None = Field(None, gt=0.0, description="Most frames per second handed on in free-run.")
+    frame_timeout_s: float = Field(2.0, gt=0.0, description="Longest wait for one frame.")
+    lost_after_timeouts: int = Field(3, ge=1, description="Frame timeouts in a row that count as camera lost.")
+    trigger_endpoint: str = Field("tcp://127.0.0.1:5560", description="ZeroMQ REP endpoint for trigger messages.")
+    max_pending_triggers: int = Field(64, ge=1, description="Triggers queued beyond this are refused.")
+    reconnect_initial_s: float = Field(0.5, gt=0.0, description="First reconnect back-off, seconds.")
+    reconnect_max_s: float = Field(30.0, gt=0.0, description="Longest reconnect back-off, seconds.")
+    buffer_size: int = Field(4, ge=1, le=1000, description="Frames queued; free-run drops the OLDEST beyond it.")
+
+
+class OpenCVSourceConfig(CameraSourceFields):
+    """cv2.VideoCapture: device index, V4L2 path, video file or RTSP URL."""
+
+    kind: Literal["opencv"] = "opencv"
+    device: int | str = Field(0, description="Device index, /dev/videoN, file path or rtsp:// URL.")
+    backend: Literal["any", "v4l2", "ffmpeg", "gstreamer"] = Field("any", description="VideoCapture API.")
+    at_end: Literal["end", "loop"] = Field("end", description="For files: stop or loop at the end.")
+    width: int | None = Field(None, ge=1, description="Requested frame width.")
+    height: int | None = Field(None, ge=1, description="Requested frame height.")
+    camera_fps: float | None = Field(None, gt=0.0, description="Frame rate requested from the device.")
+
+
+class AravisSourceConfig(CameraSourceFields):
+    """GenICam / GigE Vision through Aravis (apt: gir1.2-aravis-0.8; pip: PyGObject)."""
+
+    kind: Literal["aravis"] = "aravis"
+    camera_id: str | None = Field(None, description="Device id or IP address; null = the first camera found.")
+    pixel_format: Literal["Mono8", "Mono10", "Mono12", "Mono14", "Mono16"] = Field("Mono8", description="Pixel format.")
+    exposure_us: float | None = Field(None, gt=0.0, description="Exposure time, microseconds (null = camera's).")
+    gain_db: float | None = Field(None, description="Gain, dB (null = camera's).")
+    packet_size: int | None = Field(None, ge=576, description="GigE packet size (null = negotiate).")
+    n_buffers: int = Field(8, ge=2, description="Stream buffers.")
+
+
+SourceConfig = Annotated[
+    Union[FolderSourceConfig, OpenCVSourceConfig, AravisSourceConfig],  # noqa: UP007
+    Field(discriminator="kind"),
+]
+
+
+# ---- daemon: pipeline, outputs, service -----------------------------------------------
+
+
+class PipelineConfig(StrictModel):
+    workers: int = Field(1, ge=1, le=64, description="Analysis threads (numba kernels and ONNX release the GIL).")
+    queue_size: int = Field(4, ge=1, le=1000, description="Frames waiting between acquisition and analysis.")
+    stall_after_s: float = Field(60.0, gt=0.0, description="No progress this long with work pending = stalled: "
+                                 "the systemd watchdog ping stops.")
+    shutdown_grace_s: float = Field(10.0, ge=0.0, description="On SIGTERM, time to finish frames in flight.")
+
+
+class PublishConfig(StrictModel):
+    bind: list[str] = Field(["tcp://127.0.0.1:5556"], min_length=1, description="PUB endpoints for verdicts.")
+    heartbeat_interval_s: float = Field(1.0, gt=0.0, le=60.0, description="heartbeat.<station> period, seconds.")
+    sndhwm: int = Field(10_000, ge=1, description="Messages queued per subscriber before PUB drops (replay fills gaps).")
+
+
+class ControlConfig(StrictModel):
+    bind: str = Field("tcp://127.0.0.1:5557", description="REQ/REP control endpoint: status, reload, replay.")
+
+
+class JournalConfig(StrictModel):
+    retention_days: float | None = Field(90.0, gt=0.0, description="Verdicts older than this are pruned (null = keep).")
+    retention_rows: int | None = Field(1_000_000, ge=1, description="At most this many verdicts kept (null = no cap).")
+
+
+class CurveConfig(StrictModel):
+    enabled: bool = Field(False, description="Encrypt and authenticate the PUB and control sockets with CurveZMQ.")
+    server_secret_key_file: Path | None = Field(None, description="Server key pair (zmq.auth secret-key file).")
+    allowed_clients_dir: Path | None = Field(None, description="Folder of allowed clients' public key files.")
+
+    @model_validator(mode="after")
+    def _verify_files(self) -> CurveConfig:
+        if self.enabled and (self.server_secret_key_file is None or self.allowed_clients_dir is None):
+            msg = "curve.enabled needs server_secret_key_file and allowed_clients_dir"
+            raise ValueError(msg)
+        return self
+
+
+class MetricsConfig(StrictModel):
+    enabled: bool = Field(True, description="Serve Prometheus metrics over HTTP.")
+    host: str = Field("127.0.0.1", description="Listen address (loopback by default).")
+    port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
+
+
 class Config(StrictModel):
     station: str = Field("station-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                          description="Station name, used in message topics and reports.")
@@ -202,6 +325,14 @@ class Config(StrictModel):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     rules: list[Rule] = Field(default_factory=_default_rules, description="All must hold for PASS.")
+    state_dir: Path = Field(Path("inspectd-state"), description="Journal, done/ and quarantine/ live here.")
+    sources: list[SourceConfig] = Field(default_factory=list, description="Frame sources of `inspectd run`.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+    curve: CurveConfig = Field(default_factory=CurveConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
 def parse_object(raw: Any, *, yaml_text: str | None = None, origin: str = "<config>") -> Config:
@@ -242,31 +373,42 @@ def load(path: str | Path | None) -> Config:
 
 def _describe(exc: ValidationError, yaml_text: str | None, origin: str) -> str:
     lines = []
+    root = _compose(yaml_text)
     for err in exc.errors():
-        key_path = ".".join(str(part) for part in err["loc"]) or "<top>"
-        where = _yaml_line(yaml_text, err["loc"]) if yaml_text else None
+        loc = _without_union_tags(err["loc"])
+        key_path = ".".join(str(part) for part in loc) or "<top>"
+        where = _yaml_line(root, loc)
         at = f" (line {where})" if where else ""
-        value = err.get("input")
-        shown = "" if err["type"] == "missing" else f" = {value!r}"
+        shown = "" if err["type"] == "missing" else f" = {err.get('input')!r}"
         lines.append(f"{origin}{at}: {key_path}{shown}: {err['msg']}")
     return "\n".join(lines)
 
 
-def _yaml_line(yaml_text: str, loc: tuple) -> int | None:
-    """1-based line of the deepest node of `loc` that exists in the YAML text."""
+def _without_union_tags(loc: tuple) -> tuple:
+    """pydantic puts the discriminator value into the path (sources.0.folder.path); drop it."""
+    tags = {"folder", "opencv", "aravis"}
+    return tuple(part for i, part in enumerate(loc) if not (part in tags and i > 0 and isinstance(loc[i - 1], int)))
+
+
+def _compose(yaml_text: str | None) -> yaml.Node | None:
+    if not yaml_text:
+        return None
     try:
-        node = yaml.compose(yaml_text)
+        return yaml.compose(yaml_text)
     except yaml.YAMLError:
         return None
+
+
+def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the deepest node of `loc` that exists in the YAML document."""
     line = None
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            match = next((v for k, v in node.value if k.value == str(part)), None)
-            key = next((k for k, v in node.value if k.value == str(part)), None)
-            if match is None:
+            entry = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if entry is None:
                 break
-            line = key.start_mark.line + 1
-            node = match
+            line = entry[0].start_mark.line + 1
+            node = entry[1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
             node = node.value[part]
             line = node.start_mark.line + 1

@@ -1,0 +1,266 @@
+"""The daemon's wiring: what starts in which order, and how it stops.
+
+Start: journal -> control socket (answers `status` with ready=false at once) -> publisher
+-> metrics -> engine load + warm-up (JIT, models) -> sources -> pipeline -> READY=1 and the
+watchdog. Stop (SIGTERM): stop taking input, finish frames in flight within the grace
+period, flush the publisher, close the journal, exit 0. SIGHUP re-reads the rules.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numba
+import zmq
+from prometheus_client import CollectorRegistry
+
+import inspectd
+from inspectd import config as config_module
+from inspectd.analysis import Analyzer
+from inspectd.config import Config, FolderSourceConfig
+from inspectd.control import ControlServer, replay_handler
+from inspectd.curve import CurveServer, load_server_keys
+from inspectd.errors import ConfigError, InspectdError
+from inspectd.journal import Journal
+from inspectd.metrics import DaemonMetrics
+from inspectd.pipeline import Pipeline, journaled_outcome
+from inspectd.publish import Publisher
+from inspectd.service import Notifier, StallWatchdog
+from inspectd.sources.base import FrameSource, Severity, StatusUpdate
+from inspectd.sources.registry import create_source
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_FILE = "journal.sqlite3"
+PRUNE_EVERY_S = 3600.0
+
+
+class Daemon:
+    """`inspectd run`. Pass `context`/`registry`/`notifier` in to run several in one test."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        config_path: str | Path | None = None,
+        context: zmq.Context | None = None,
+        registry: CollectorRegistry | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        if not cfg.sources:
+            msg = "no frame source configured: add one under `sources:` or pass --watch DIR"
+            raise ConfigError(msg)
+        self.cfg = cfg
+        self.config_path = config_path
+        self.context = context or zmq.Context()
+        self._own_context = context is None
+        self.metrics = DaemonMetrics(registry or CollectorRegistry())
+        self.notifier = notifier or Notifier()
+        self.started_monotonic = time.monotonic()
+        self.ready = False
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.journal: Journal | None = None
+        self.control: ControlServer | None = None
+        self.publisher: Publisher | None = None
+        self.curve: CurveServer | None = None
+        self.analyzer: Analyzer | None = None
+        self.sources: list[FrameSource] = []
+        self.pipeline: Pipeline | None = None
+        self.watchdog: StallWatchdog | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server: Any = None
+        self._last_prune = 0.0
+        self._last_source_event: str | None = None
+
+    # ---- start / stop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Everything up to READY; raises InspectdError (nothing left running) when it cannot."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        state_dir = Path(cfg.state_dir)
+        for folder in (state_dir, state_dir / "done", state_dir / "quarantine"):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(state_dir / JOURNAL_FILE, retention_days=cfg.journal.retention_days,
+                               retention_rows=cfg.journal.retention_rows)
+        self._prune()
+        if cfg.curve.enabled:
+            keys = load_server_keys(cfg.curve.server_secret_key_file, cfg.curve.allowed_clients_dir)
+            self.curve = CurveServer(keys, context=self.context)
+        self.control = ControlServer(cfg.control.bind, {"status": self._status, "reload": self._reload,
+                                                         "replay": replay_handler(self.journal)},
+                                     context=self.context, curve_server=self.curve)
+        self.control.start()
+        self.publisher = Publisher(cfg.station, cfg.publish.bind, context=self.context,
+                                   heartbeat_interval_s=cfg.publish.heartbeat_interval_s, sndhwm=cfg.publish.sndhwm,
+                                   curve_server=self.curve, epoch=self.journal.epoch, last_seq=self.journal.last_seq)
+        self.publisher.start()
+        if cfg.metrics.enabled:
+            self._metrics_server, self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+
+        self.notifier.status("warming up: loading engine, compiling kernels")
+        self.analyzer = Analyzer(cfg)
+        self.analyzer.warm_up()
+        logger.info("engine %s on %s ready; numba threading layer %s", self.analyzer.engine.name,
+                    self.analyzer.engine.backend, numba.threading_layer())
+
+        self.sources = [self._build_source(source_cfg) for source_cfg in cfg.sources]
+        self.pipeline = Pipeline(station=cfg.station, analyzer=self.analyzer, journal=self.journal,
+                                 publisher=self.publisher, sources=self.sources, metrics=self.metrics,
+                                 workers=cfg.pipeline.workers, queue_size=cfg.pipeline.queue_size)
+        for source in self.sources:
+            source.start()
+        self.pipeline.start()
+        self.watchdog = StallWatchdog(self.notifier, progress=lambda: self.pipeline.progress,
+                                      busy=self.pipeline.busy, stall_after_s=cfg.pipeline.stall_after_s,
+                                      describe=self._describe_stall)
+        self.watchdog.start()
+        self.ready = True
+        self.metrics.ready.set(1)
+        self.notifier.ready(self._status_line())
+        logger.info("inspectd %s ready: station %s, publishing on %s, control on %s", inspectd.__version__,
+                    cfg.station, ", ".join(self.publisher.endpoints), self.control.endpoint)
+
+    def _build_source(self, source_cfg: Any) -> FrameSource:
+        settings = source_cfg.model_dump(exclude={"kind", "id"})
+        if isinstance(source_cfg, FolderSourceConfig):
+            state_dir = Path(self.cfg.state_dir)
+            settings.update(done_dir=state_dir / "done", quarantine_dir=state_dir / "quarantine",
+                            max_file_bytes=self.cfg.input.max_file_bytes,
+                            is_done=functools.partial(journaled_outcome, self.journal))
+        else:
+            settings.update(zmq_context=self.context)
+        return create_source(source_cfg.kind, source_id=source_cfg.id, on_status=self._on_source_status, **settings)
+
+    def stop(self) -> bool:
+        """Stop in reverse order; True when every frame in flight was finished."""
+        self.notifier.stopping()
+        drained = True
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.pipeline is not None:
+            drained = self.pipeline.stop(self.cfg.pipeline.shutdown_grace_s)
+        else:
+            for source in self.sources:
+                source.stop()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.control is not None:
+            self.control.close()
+        if self.curve is not None:
+            self.curve.close()
+        if self.journal is not None:
+            self.journal.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self._own_context:
+            self.context.term()
+        self.ready = False
+        logger.info("inspectd stopped (%s)", "all frames finished" if drained else "some frames left for next start")
+        return drained
+
+    def run_until_signalled(self) -> int:
+        """The service's main loop: SIGTERM/SIGINT stop, SIGHUP reloads the rules."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        self.start()
+        while not self.stopping.wait(0.5):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload({})
+            if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
+                self._prune()
+            if self.ready:
+                self.notifier.status(self._status_line())
+        self.stop()
+        return 0
+
+    # ---- control handlers ---------------------------------------------------------------
+
+    def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        pipeline = self.pipeline
+        engine = self.analyzer.engine if self.analyzer else None
+        return {
+            "ok": True,
+            "ready": self.ready,
+            "station": self.cfg.station,
+            "epoch": self.journal.epoch if self.journal else None,
+            "last_seq": self.journal.last_seq() if self.journal else 0,
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "pid": os.getpid(),
+            "versions": {"inspectd": inspectd.__version__, "python": platform.python_version(),
+                         "numba": numba.__version__, "zmq": zmq.zmq_version()},
+            "engine": None if engine is None else {"name": engine.name, "backend": engine.backend,
+                                                   "model_hash": engine.model_hash},
+            "sources": [{"id": s.source_id, "kind": s.KEY, "state": s.state.value, "stats": _jsonable(s.stats())}
+                        for s in self.sources],
+            "queues": pipeline.queue_depths() if pipeline else {},
+            "counts": dict(pipeline.counts) if pipeline else {},
+            "processed": pipeline.progress if pipeline else 0,
+            "last_error": (pipeline.last_error if pipeline else None) or self._last_source_event,
+            "watchdog": None if self.watchdog is None else {"stalled": self.watchdog.stalled,
+                                                            "seconds_since_progress":
+                                                                round(self.watchdog.seconds_since_progress(), 3)},
+            "metrics_port": self.metrics_port,
+        }
+
+    def _reload(self, _request: dict[str, Any]) -> dict[str, Any]:
+        """Re-read the rules (only the rules) from the config file, without a restart."""
+        self.notifier.reloading()
+        try:
+            fresh = config_module.load(self.config_path) if self.config_path else config_module.Config()
+        except InspectdError as exc:
+            logger.error("reload refused: %s", exc)
+            self.notifier.ready(self._status_line())
+            return {"ok": False, "error": str(exc)}
+        self.cfg.rules = fresh.rules
+        logger.info("rules reloaded: %s", ", ".join(f"{r.metric} {r.op.value} {r.limit}" for r in fresh.rules))
+        self.notifier.ready(self._status_line())
+        return {"ok": True, "rules": [rule.model_dump(mode="json") for rule in fresh.rules]}
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _prune(self) -> None:
+        self._last_prune = time.monotonic()
+        removed = self.journal.prune()
+        if removed:
+            logger.info("journal retention removed %d verdict(s)", removed)
+
+    def _on_source_status(self, update: StatusUpdate) -> None:
+        if update.severity in (Severity.WARNING, Severity.ERROR):
+            self.metrics.source_errors.labels(source=update.source_id).inc()
+            self._last_source_event = f"{update.source_id}: {update.event} {update.payload}"
+            logger.warning("source %s: %s %s", update.source_id, update.event, dict(update.payload))
+        else:
+            logger.info("source %s: %s %s", update.source_id, update.event, dict(update.payload))
+
+    def _status_line(self) -> str:
+        pipeline = self.pipeline
+        if pipeline is None:
+            return "starting"
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items())) or "no verdicts yet"
+        return f"ready: {pipeline.progress} item(s) done ({counts}); queue {pipeline.queue_depths()['analyse']}"
+
+    def _describe_stall(self) -> str:
+        return f"pipeline stuck: queues {self.pipeline.queue_depths()}, last error {self.pipeline.last_error}"
+
+
+def _jsonable(stats: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v)) for k, v in stats.items()}

@@ -1,0 +1,1 @@
+"""Sub-commands of the `inspectd` CLI, one module each (see `inspectd.cli`)."""

@@ -1,0 +1,19 @@
+"""`inspectd validate-config FILE`: check a config without starting anything."""
+
+from __future__ import annotations
+
+import argparse
+
+from inspectd import config
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("validate-config", help="validate a config file and exit (0 valid, 2 invalid)")
+    parser.add_argument("config", help="path of the YAML config file")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    config.load(args.config)  # raises ConfigError -> exit 2 with key path and line
+    print(f"{args.config}: valid")
+    return 0

@@ -1,0 +1,237 @@
+"""Mask -> numbers: area fractions, a per-region table and texture, in pixels and micrometres.
+
+Definitions (all metric names carry their unit):
+
+* Fractions (`melted_fraction_pct`, `unmelted_fraction_pct`, `porosity_pct`) are the share of
+  ALL pixels of the mask in each class, before any region filtering, so they add up to 100.
+* Regions are 8-connected components of the unmelted (1) and pore (2) classes. The melted
+  matrix (0) is the continuous background of a coating, so it gets no regions. Components
+  smaller than `min_region_area_px` are noise: they are left out of the table, the counts and
+  the per-region means (but still count in the fractions). Each region carries:
+  area (px, µm²), bbox, `aspect_ratio` = major / minor axis of the ellipse with the same
+  second moments (pixels as unit squares; a tilted ellipse gets its axis ratio, not its bbox
+  ratio, and a w x h rectangle gets w / h), equivalent diameter sqrt(4A/π), perimeter =
+  `cv2.arcLength` of the outer contour with Teh-Chin dominant points (`CHAIN_APPROX_TC89_L1`:
+  the raw 8-connected staircase overstates a circle's length by ~5 %, which capped a drawn
+  disc's circularity at 0.91; with it a disc of radius >= 3 px measures 1.0), circularity
+  4πA/P² clipped to 1, solidity = A / convex-hull
+  pixel area, where the hull's pixel area is estimated with Pick's theorem as
+  polygon area + perimeter/2 + 1 (so a straight one-pixel line has solidity 1, as it should),
+  and the centroid in pixels. `label` numbers the regions 1..N, unmelted first, then pores.
+* Texture of the enhanced image: Shannon entropy in bits of the 256-bin grey histogram
+  (uint16 images are binned to 256 bins over the full 0..65535 range, i.e. `value >> 8`), and
+  the population variance of grey levels normalised to 0..1 (divided by 255 or 65535), so
+  8- and 16-bit frames compare. Globally and per class (`melted_entropy_bits`, ...).
+* A class with no pixels (or no regions) reports 0.0 for its texture and its means and 0 for
+  its count: JSON never gets a NaN, and a rule like `pore_mean_circularity >= x` then fails,
+  which is the safe side.
+
+Extra metrics beyond `config.RULE_METRICS`: `image_area_um2`, `melted_area_um2`,
+`unmelted_area_um2`, `pore_area_um2`, `unmelted_mean_area_um2`, `pore_mean_area_um2`,
+`unmelted_mean_aspect_ratio`, `pore_mean_aspect_ratio`, `unmelted_mean_solidity`,
+`pore_mean_solidity`, `unmelted_small_regions_ignored`, `pore_small_regions_ignored`.
+
+Speed: one `connectedComponentsWithStats` per class, then contours only on each region's
+bbox crop; ~1000 regions on a 2560x1920 frame take tens of milliseconds, not seconds.
+
+Example:
+    >>> import numpy as np, cv2
+    >>> mask = np.zeros((100, 100), np.uint8)
+    >>> _ = cv2.circle(mask, (50, 50), 10, 2, -1)
+    >>> m = measure(mask, np.full((100, 100), 128, np.uint8), um_per_px=0.5, min_region_area_px=30)
+    >>> (m.metrics["pore_count"], round(m.metrics["porosity_pct"], 2), m.metrics["entropy_bits"])
+    (1.0, 3.17, 0.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import cv2
+import numpy as np
+
+from inspectd.types import CLASS_NAMES, MELTED, PORE, UNMELTED, Measurements, Region
+
+logger = logging.getLogger(__name__)
+
+_HIST_BINS = 256
+_REGION_CLASSES = (UNMELTED, PORE)
+
+
+def measure(
+    mask: np.ndarray,
+    enhanced: np.ndarray,
+    *,
+    um_per_px: float,
+    min_region_area_px: int,
+) -> Measurements:
+    """Measure a class-index mask (0 melted, 1 unmelted, 2 pore) over its enhanced image.
+
+    Example:
+        >>> import numpy as np
+        >>> mask = np.zeros((10, 10), np.uint8); mask[:, :5] = 1
+        >>> m = measure(mask, np.zeros((10, 10), np.uint8), um_per_px=2.0, min_region_area_px=1)
+        >>> m.metrics["unmelted_fraction_pct"], m.metrics["unmelted_area_um2"], len(m.regions)
+        (50.0, 200.0, 1)
+    """
+    _validate(mask, enhanced, um_per_px, min_region_area_px)
+    um2_per_px = um_per_px * um_per_px
+    joint_hist = _class_grey_histogram(mask, enhanced)
+    pixel_counts = joint_hist.sum(axis=1)
+    total_px = mask.size
+    if int(pixel_counts.sum()) != total_px:
+        msg = f"mask holds values outside {{0, 1, 2}}: {sorted(set(np.unique(mask).tolist()) - {0, 1, 2})}"
+        raise ValueError(msg)
+
+    metrics: dict[str, float] = {"image_area_um2": total_px * um2_per_px}
+    for c in (MELTED, UNMELTED, PORE):
+        name = CLASS_NAMES[c]
+        fraction_key = "porosity_pct" if c == PORE else f"{name}_fraction_pct"
+        metrics[fraction_key] = 100.0 * float(pixel_counts[c]) / total_px
+        metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2_per_px
+        metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = _texture(joint_hist[c])
+    metrics["entropy_bits"], metrics["variance"] = _texture(joint_hist.sum(axis=0))
+
+    regions: list[Region] = []
+    for c in _REGION_CLASSES:
+        class_regions, ignored = _class_regions(
+            (mask == c).view(np.uint8), CLASS_NAMES[c], um_per_px, min_region_area_px, first_label=len(regions) + 1
+        )
+        regions.extend(class_regions)
+        metrics.update(_region_summary(CLASS_NAMES[c], class_regions, ignored))
+    return Measurements(metrics=metrics, regions=tuple(regions))
+
+
+def shannon_entropy_bits(histogram: np.ndarray) -> float:
+    """Shannon entropy in bits of a histogram of counts (0.0 for an empty one).
+
+    Example:
+        >>> shannon_entropy_bits(np.ones(256))
+        8.0
+    """
+    counts = np.asarray(histogram, dtype=np.float64).ravel()
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(max(0.0, -(p * np.log2(p)).sum()))
+
+
+def _validate(mask: np.ndarray, enhanced: np.ndarray, um_per_px: float, min_region_area_px: int) -> None:
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        msg = f"mask must be a 2-D uint8 class-index array, got {mask.dtype} with shape {mask.shape}"
+        raise ValueError(msg)
+    if enhanced.shape != mask.shape:
+        msg = f"enhanced image shape {enhanced.shape} differs from mask shape {mask.shape}"
+        raise ValueError(msg)
+    if enhanced.dtype not in (np.uint8, np.uint16):
+        msg = f"enhanced image must be uint8 or uint16, got {enhanced.dtype}"
+        raise ValueError(msg)
+    if not (um_per_px > 0 and math.isfinite(um_per_px)):
+        msg = f"um_per_px must be a positive number, got {um_per_px!r}"
+        raise ValueError(msg)
+    if min_region_area_px < 1:
+        msg = f"min_region_area_px must be >= 1, got {min_region_area_px!r}"
+        raise ValueError(msg)
+
+
+def _class_grey_histogram(mask: np.ndarray, enhanced: np.ndarray) -> np.ndarray:
+    """Joint histogram [class, grey level] in one pass (3x256 for uint8, 3x65536 for uint16).
+
+    One 2-D `cv2.calcHist` is ~5 ms on a 2560x1920 uint8 frame, where per-class masked
+    histograms plus `meanStdDev` took four passes and ~20 ms.
+    """
+    image = np.ascontiguousarray(enhanced)
+    levels = 65536 if image.dtype == np.uint16 else 256
+    classes = mask if image.dtype == np.uint8 else mask.astype(np.uint16)
+    return cv2.calcHist([classes, image], [0, 1], None, [3, levels], [0, 3, 0, levels]).astype(np.float64)
+
+
+def _texture(grey_hist: np.ndarray) -> tuple[float, float]:
+    """(entropy in bits over 256 bins, variance of grey / full scale) of a full-resolution histogram."""
+    n = float(grey_hist.sum())
+    if n <= 0:
+        return 0.0, 0.0
+    levels = grey_hist.size
+    entropy = shannon_entropy_bits(grey_hist.reshape(_HIST_BINS, levels // _HIST_BINS).sum(axis=1))
+    grey = np.arange(levels, dtype=np.float64) / (levels - 1)
+    mean = float(grey @ grey_hist) / n
+    variance = float(((grey - mean) ** 2) @ grey_hist) / n
+    return entropy, variance
+
+
+def _class_regions(
+    class_mask: np.ndarray, class_name: str, um_per_px: float, min_area_px: int, first_label: int
+) -> tuple[list[Region], int]:
+    """Regions of one class at or above `min_area_px`, and how many smaller ones were ignored."""
+    n_labels, labels, stats, centroids = cv2.connectedComponentsWithStats(
+        class_mask, connectivity=8, ltype=cv2.CV_32S
+    )
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    kept = np.flatnonzero(areas >= min_area_px) + 1
+    regions = []
+    for label in kept:
+        x, y, w, h, area = (int(v) for v in stats[label])
+        crop = (labels[y : y + h, x : x + w] == label).view(np.uint8)
+        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_TC89_L1)
+        contour = max(contours, key=len)
+        perimeter_px = float(cv2.arcLength(contour, True))
+        hull = cv2.convexHull(contour)
+        hull_pixels = cv2.contourArea(hull) + cv2.arcLength(hull, True) / 2.0 + 1.0
+        eq_diameter_px = math.sqrt(4.0 * area / math.pi)
+        circularity = min(1.0, 4.0 * math.pi * area / perimeter_px**2) if perimeter_px > 0 else 1.0
+        regions.append(
+            Region(
+                label=first_label + len(regions),
+                class_name=class_name,
+                area_px=area,
+                area_um2=area * um_per_px * um_per_px,
+                bbox_x=x,
+                bbox_y=y,
+                bbox_width_px=w,
+                bbox_height_px=h,
+                aspect_ratio=_moment_aspect_ratio(cv2.moments(crop, binaryImage=True)),
+                equivalent_diameter_px=eq_diameter_px,
+                equivalent_diameter_um=eq_diameter_px * um_per_px,
+                perimeter_px=perimeter_px,
+                perimeter_um=perimeter_px * um_per_px,
+                circularity=circularity,
+                solidity=min(1.0, area / hull_pixels),
+                centroid_x=float(centroids[label, 0]),
+                centroid_y=float(centroids[label, 1]),
+            )
+        )
+    return regions, int(areas.size - kept.size)
+
+
+def _moment_aspect_ratio(moments: dict[str, float]) -> float:
+    """Major / minor axis of the ellipse with the region's second moments (as skimage regionprops).
+
+    Each pixel is a unit square, not a point (+1/12 per axis), so a one-pixel line has a
+    finite ratio equal to its length and a w x h rectangle gives w / h.
+    """
+    area = moments["m00"]
+    var_x = moments["mu20"] / area + 1.0 / 12.0
+    var_y = moments["mu02"] / area + 1.0 / 12.0
+    cov = moments["mu11"] / area
+    spread = math.sqrt(((var_x - var_y) / 2.0) ** 2 + cov * cov)
+    centre = (var_x + var_y) / 2.0
+    return math.sqrt((centre + spread) / max(centre - spread, 1e-12))
+
+
+def _region_summary(class_name: str, regions: list[Region], ignored: int) -> dict[str, float]:
+    def mean(values: list[float]) -> float:
+        return math.fsum(values) / len(values) if values else 0.0
+
+    diameters_um = [r.equivalent_diameter_um for r in regions]
+    return {
+        f"{class_name}_count": float(len(regions)),
+        f"{class_name}_small_regions_ignored": float(ignored),
+        f"{class_name}_mean_eq_diameter_um": mean(diameters_um),
+        f"{class_name}_max_eq_diameter_um": max(diameters_um, default=0.0),
+        f"{class_name}_mean_area_um2": mean([r.area_um2 for r in regions]),
+        f"{class_name}_mean_circularity": mean([r.circularity for r in regions]),
+        f"{class_name}_mean_aspect_ratio": mean([r.aspect_ratio for r in regions]),
+        f"{class_name}_mean_solidity": mean([r.solidity for r in regions]),
+    }

@@ -1,0 +1,763 @@
+"""Camera acquisition shared by the OpenCV and Aravis sources: free-run or triggered.
+
+Two modes, one loop (`CameraSource`), so both camera backends behave the same way:
+
+* `free_run`: frames flow as fast as the camera delivers them, capped at `fps_cap`. The
+  buffer drops the OLDEST queued frame when the pipeline falls behind (counted in `drops`).
+* `triggered`: a ZeroMQ REP socket (`TriggerServer`, loopback by default) takes trigger
+  messages `{"part_id": "A-17", ...}` and answers at once `{"ok": true, "trigger_id":
+  "..."}` (or `{"ok": false, "error": "..."}` when the message is bad or too many triggers
+  are pending). The loop then grabs one frame (a software trigger on GenICam cameras,
+  the next frame on OpenCV) and the item carries the trigger's `part_id`. Every accepted
+  trigger yields exactly one item: the frame, or an explicit NO_INSPECTION item (no
+  pixels, `error="NO_INSPECTION: <reason>: ..."`, `metadata["outcome"] ==
+  "NO_INSPECTION"`, `metadata["no_inspection_reason"]` one of `timeout`, `camera_lost`,
+  `incomplete_frame`, `ended`, `stopping`). Triggered mode never drops items: an
+  accepted trigger is a promise. REP rather than PULL, so a PLC bridge knows the trigger
+  arrived (and hears "busy" instead of nothing).
+
+Cameras disappear: a lost connection (backend error, `lost_after_timeouts` frame timeouts
+in a row, a GigE control-lost signal) closes the device and reconnects with exponential
+backoff (`reconnect_initial_s` doubling up to `reconnect_max_s`), emitting `camera_lost`,
+`connect_failed` and `reconnected` status events and counting `camera_lost`,
+`reconnects`, `frame_timeouts`.
+
+Backends subclass `CameraSource` and implement `_open`, `_close`, `_read` (and may
+override `_trigger_and_read`, `_idle`, `_lost`, `_backend_stats`). The loop runs in one
+thread, which is the only one touching the device.
+
+Example, a trigger round trip (the `client` is what a PLC bridge runs)::
+
+    >>> import json, zmq
+    >>> server = TriggerServer("tcp://127.0.0.1:*", source_id="cam0")
+    >>> server.start()
+    >>> client = zmq.Context.instance().socket(zmq.REQ)
+    >>> _ = client.connect(server.bound_endpoint)
+    >>> client.send_json({"part_id": "A-17"})
+    >>> reply = client.recv_json(); reply["ok"], server.next(timeout_s=1.0).part_id
+    (True, 'A-17')
+    >>> client.close(0); server.stop()
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+
+from inspectd.errors import ConfigError, SourceConnectionError
+from inspectd.sources.base import (
+    FrameSource,
+    Severity,
+    SourceItem,
+    SourceState,
+    SourceStateError,
+    StatusCallback,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRIGGER_ENDPOINT = "tcp://127.0.0.1:5560"
+NO_INSPECTION = "NO_INSPECTION"
+CameraMode = Literal["free_run", "triggered"]
+
+
+class EndOfStream(Exception):  # noqa: N818 - a signal between backend and loop, not a failure
+    """Raised by a backend's `_read` when a finite stream (a video file) has no more frames."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One accepted trigger message; `fields` keeps everything the sender put besides part_id."""
+
+    trigger_id: str
+    part_id: str
+    received_time: datetime
+    received_monotonic: float
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grab:
+    """One frame a backend read: grey pixels plus backend details for `SourceItem.metadata`."""
+
+    pixels: np.ndarray
+    capture_time: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Backoff:
+    """Reconnect delays: `initial_s`, then doubling, capped at `max_s`; `reset()` on success.
+
+    >>> b = Backoff(0.5, 3.0)
+    >>> [b.next() for _ in range(5)]
+    [0.5, 1.0, 2.0, 3.0, 3.0]
+    """
+
+    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0) -> None:
+        if initial_s <= 0 or max_s < initial_s or factor < 1:
+            msg = f"bad backoff: initial_s={initial_s}, max_s={max_s}, factor={factor}"
+            raise ValueError(msg)
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.factor = factor
+        self._next = initial_s
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * self.factor, self.max_s)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial_s
+
+
+class TriggerServer:
+    """A REP socket that queues trigger messages for one camera source.
+
+    Requests are JSON objects with a non-empty string `part_id`; the reply is
+    `{"ok": true, "trigger_id": ..., "part_id": ..., "pending": n}` once queued, else
+    `{"ok": false, "error": ...}` (bad JSON, no part_id, `max_pending` triggers waiting, or
+    intake closed because the source stopped/ended). The reply only confirms receipt;
+    the outcome (verdict or NO_INSPECTION) follows through the pipeline, carrying the
+    part_id and `metadata["trigger_id"]`. The socket lives in its own thread.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
+        *,
+        source_id: str = "camera",
+        max_pending: int = 64,
+        context: zmq.Context | None = None,
+        poll_interval_s: float = 0.05,
+    ) -> None:
+        if max_pending < 1:
+            msg = f"max_pending must be >= 1, got {max_pending}"
+            raise ValueError(msg)
+        self.endpoint = endpoint
+        self.source_id = source_id
+        self.max_pending = max_pending
+        self._context = context
+        self._poll_ms = max(1, int(poll_interval_s * 1000))
+        self._queue: queue.Queue[Trigger] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed_reason: str | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bind_error: str | None = None
+        self.bound_endpoint: str | None = None
+        self.received = 0
+        self.refused = 0
+
+    def start(self) -> None:
+        """Bind (in the server thread) and return once listening; bind errors raise here."""
+        with self._lock:
+            self._closed_reason = None  # (re)open intake, also for a restarted source
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._ready.clear()
+        self._bind_error = None
+        self._thread = threading.Thread(
+            target=self._serve, name=f"trigger-{self.source_id}", daemon=True
+        )
+        self._thread.start()
+        self._ready.wait(10.0)
+        if self._bind_error is not None:
+            self._thread.join(1.0)
+            self._thread = None
+            msg = f"{self.source_id}: cannot bind trigger endpoint {self.endpoint}: {self._bind_error}"
+            raise SourceConnectionError(msg)
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def close_intake(self, reason: str) -> None:
+        """Answer every further request `{"ok": false, "error": reason}` (source stopped)."""
+        with self._lock:
+            self._closed_reason = reason
+
+    def next(self, timeout_s: float = 0.0) -> Trigger | None:
+        """The oldest pending trigger, or None if none arrives within `timeout_s`."""
+        try:
+            if timeout_s <= 0:
+                return self._queue.get_nowait()
+            return self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def drain(self) -> list[Trigger]:
+        """Take every pending trigger (to answer them NO_INSPECTION on stop)."""
+        taken: list[Trigger] = []
+        while True:
+            trig = self.next()
+            if trig is None:
+                return taken
+            taken.append(trig)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _serve(self) -> None:
+        context = self._context or zmq.Context.instance()
+        sock = context.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(self.endpoint)
+            self.bound_endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as exc:
+            self._bind_error = str(exc)
+            sock.close(0)
+            self._ready.set()
+            return
+        self._ready.set()
+        logger.info("source %s: trigger endpoint %s", self.source_id, self.bound_endpoint)
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(self._poll_ms, zmq.POLLIN):
+                    continue
+                request = sock.recv()
+                reply = self._handle(request)
+                sock.send(json.dumps(reply).encode("utf-8"))
+        except zmq.ZMQError as exc:
+            logger.error("source %s: trigger socket failed: %s", self.source_id, exc)
+        finally:
+            sock.close(0)
+
+    def _handle(self, request: bytes) -> dict[str, Any]:
+        received_monotonic = time.monotonic()
+        received_time = datetime.now(timezone.utc)
+        try:
+            message = json.loads(request.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return self._refuse(f"not a JSON object: {exc}")
+        if not isinstance(message, dict):
+            return self._refuse(f"not a JSON object: got {type(message).__name__}")
+        part_id = message.get("part_id")
+        if not isinstance(part_id, str) or not part_id.strip():
+            return self._refuse("'part_id' (a non-empty string) is required")
+        with self._lock:
+            if self._closed_reason is not None:
+                return self._refuse(self._closed_reason)
+            if self._queue.qsize() >= self.max_pending:
+                return self._refuse(f"busy: {self.max_pending} triggers already pending")
+            trig = Trigger(
+                trigger_id=uuid.uuid4().hex,
+                part_id=part_id,
+                received_time=received_time,
+                received_monotonic=received_monotonic,
+                fields={k: v for k, v in message.items() if k != "part_id"},
+            )
+            self._queue.put(trig)
+            self.received += 1
+            pending = self._queue.qsize()
+        return {"ok": True, "trigger_id": trig.trigger_id, "part_id": part_id, "pending": pending}
+
+    def _refuse(self, reason: str) -> dict[str, Any]:
+        self.refused += 1
+        logger.warning("source %s: trigger refused: %s", self.source_id, reason)
+        return {"ok": False, "error": reason}
+
+
+def no_inspection_item(
+    source_id: str, camera_id: str, trig: Trigger, reason: str, detail: str
+) -> SourceItem:
+    """The explicit answer to a trigger that got no frame: an error item with the reason.
+
+    >>> t = Trigger("t1", "A-17", datetime.now(timezone.utc), 0.0)
+    >>> item = no_inspection_item("cam0", "cam0", t, "timeout", "no frame in 2.0 s")
+    >>> item.error, item.part_id, item.metadata["no_inspection_reason"]
+    ('NO_INSPECTION: timeout: no frame in 2.0 s', 'A-17', 'timeout')
+    """
+    return SourceItem(
+        source_id=source_id,
+        kind="camera",
+        source=f"{camera_id}#trigger-{trig.trigger_id}",
+        capture_time=trig.received_time,
+        sha256="",
+        part_id=trig.part_id,
+        error=f"{NO_INSPECTION}: {reason}: {detail}",
+        metadata={
+            "outcome": NO_INSPECTION,
+            "no_inspection_reason": reason,
+            "trigger_id": trig.trigger_id,
+            "trigger": dict(trig.fields),
+        },
+    )
+
+
+_CAMERA_COUNTERS = (
+    "frames",
+    "frame_timeouts",
+    "camera_lost",
+    "connect_attempts",
+    "skipped_fps_cap",
+    "triggers",
+    "no_inspections",
+    "no_inspections_undelivered",
+)
+
+
+class CameraSource(FrameSource):
+    """The acquisition loop every camera backend shares (see the module docstring).
+
+    Settings (keyword arguments; the config layer passes them through):
+      mode: "free_run" | "triggered".
+      fps_cap: most frames per second handed on in free-run (None = as delivered).
+      frame_timeout_s: longest wait for one frame (free-run read, or after a trigger).
+      lost_after_timeouts: this many frame timeouts in a row = camera lost -> reconnect.
+      trigger_endpoint: ZeroMQ REP bind address for triggers (loopback by default).
+      max_pending_triggers: triggers queued beyond this are refused in the REP reply.
+      reconnect_initial_s / reconnect_max_s: exponential reconnect backoff.
+      buffer_size: frames queued for the pipeline (free-run drops the oldest beyond it).
+      start_wait_s: how long `start()` waits for the first connection attempt.
+    """
+
+    KEY = ""
+
+    def __init__(
+        self,
+        source_id: str,
+        *,
+        camera_id: str,
+        mode: CameraMode = "free_run",
+        fps_cap: float | None = None,
+        frame_timeout_s: float = 2.0,
+        lost_after_timeouts: int = 3,
+        trigger_endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
+        max_pending_triggers: int = 64,
+        reconnect_initial_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+        buffer_size: int = 4,
+        start_wait_s: float = 5.0,
+        on_status: StatusCallback | None = None,
+        zmq_context: zmq.Context | None = None,
+    ) -> None:
+        if mode not in ("free_run", "triggered"):
+            msg = f"{source_id}: mode must be 'free_run' or 'triggered', got {mode!r}"
+            raise ConfigError(msg)
+        if fps_cap is not None and fps_cap <= 0:
+            msg = f"{source_id}: fps_cap must be > 0, got {fps_cap}"
+            raise ConfigError(msg)
+        if frame_timeout_s <= 0 or lost_after_timeouts < 1:
+            msg = (
+                f"{source_id}: frame_timeout_s must be > 0 and lost_after_timeouts >= 1, got "
+                f"{frame_timeout_s} and {lost_after_timeouts}"
+            )
+            raise ConfigError(msg)
+        # Free-run keeps the freshest frames; triggered never drops (each trigger is owed one).
+        super().__init__(
+            source_id,
+            buffer_size=buffer_size,
+            drop_oldest=(mode == "free_run"),
+            on_status=on_status,
+        )
+        self.camera_id = camera_id
+        self.mode: CameraMode = mode
+        self.fps_cap = fps_cap
+        self.frame_timeout_s = frame_timeout_s
+        self.lost_after_timeouts = lost_after_timeouts
+        self.start_wait_s = start_wait_s
+        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)
+        self._triggers: TriggerServer | None = None
+        if mode == "triggered":
+            self._triggers = TriggerServer(
+                trigger_endpoint,
+                source_id=source_id,
+                max_pending=max_pending_triggers,
+                context=zmq_context,
+            )
+        self._stopping = threading.Event()
+        self._first_attempt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = False
+        self._ever_connected = False
+        self._frame_number = 0
+        self._timeouts_in_a_row = 0
+        self._next_due = 0.0
+        self._throttle: dict[str, tuple[float, int]] = {}
+        self._incomplete_status: str | None = None  # set by a backend that got a broken frame
+        for name in _CAMERA_COUNTERS:  # present from the start, so metrics see zeros
+            self._count(name, 0)
+
+    # ---- what a backend implements -------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """True for a real camera (frames are discarded to honour fps_cap), False for a file."""
+        return True
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Connect and start acquisition; raise SourceConnectionError if unreachable."""
+
+    @abc.abstractmethod
+    def _close(self, lost: bool) -> None:
+        """Release the device; never raises. `lost`: it is gone, skip polite commands."""
+
+    @abc.abstractmethod
+    def _read(self, timeout_s: float) -> Grab | None:
+        """Next frame, None on timeout; SourceConnectionError if lost, EndOfStream at the end."""
+
+    def _trigger_and_read(self, timeout_s: float) -> Grab | None:
+        """Grab one frame for a trigger (default: the next frame the device delivers)."""
+        return self._read(timeout_s)
+
+    def _idle(self) -> None:
+        """Called in triggered mode while no trigger waits (a live OpenCV device drains here)."""
+
+    def _lost(self) -> str | None:
+        """A reason if the backend has learnt out of band that the device is gone."""
+        return None
+
+    def _backend_stats(self) -> dict[str, Any]:
+        return {}
+
+    def _saw_incomplete_frame(self, status: str) -> None:
+        """Backends call this for a frame that arrived broken: the camera is there, so frame
+        timeouts stop counting towards `lost_after_timeouts`; a trigger answered with
+        NO_INSPECTION then says `incomplete_frame` instead of `timeout`."""
+        self._incomplete_status = status
+        self._timeouts_in_a_row = 0
+
+    # ---- FrameSource ---------------------------------------------------------------------
+
+    @property
+    def trigger_endpoint(self) -> str | None:
+        """The bound trigger address (with the real port when configured as `:*`)."""
+        return None if self._triggers is None else self._triggers.bound_endpoint
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._set_state(SourceState.INITIALISING)
+        self._reopen_buffer()
+        self._stopping.clear()
+        self._first_attempt.clear()
+        if self._triggers is not None:
+            try:
+                self._triggers.start()
+            except SourceConnectionError as exc:
+                self._set_state(SourceState.ERROR, error=str(exc))
+                raise
+        self._thread = threading.Thread(
+            target=self._run, name=f"camera-{self.source_id}", daemon=True
+        )
+        self._thread.start()
+        self._first_attempt.wait(self.start_wait_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._state is SourceState.NOT_STARTED:
+            self._set_state(SourceState.ENDED)
+            return
+        self._stopping.set()
+        if self._triggers is not None:
+            self._triggers.close_intake("source is stopping")
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s * 0.8)
+            if thread.is_alive():  # blocked handing on an item: wake it by closing the buffer
+                self._close_buffer()
+                thread.join(timeout_s * 0.2)
+            if thread.is_alive():
+                logger.error(
+                    "source %s: acquisition thread did not stop in %.1f s",
+                    self.source_id,
+                    timeout_s,
+                )
+            self._thread = None
+        if self._triggers is not None:
+            for trig in self._triggers.drain():  # only if the loop could not answer them
+                self._answer_no_inspection(trig, "stopping", "the source stopped", wait_s=0.0)
+            self._triggers.stop()
+        self._close_buffer()
+        if self._state is not SourceState.ENDED:
+            self._safe_state(SourceState.ENDED, force=True)
+
+    def stats(self) -> dict[str, Any]:
+        counters = super().stats()
+        counters["mode"] = self.mode
+        counters["camera_id"] = self.camera_id
+        counters["connected"] = self._connected
+        if self._triggers is not None:
+            counters["triggers_received"] = self._triggers.received
+            counters["triggers_refused"] = self._triggers.refused
+            counters["triggers_pending"] = self._triggers.pending()
+            counters["trigger_endpoint"] = self._triggers.bound_endpoint
+        counters.update(self._backend_stats())
+        return counters
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # a bug, not a camera problem: report, end in ERROR
+            logger.exception("source %s: acquisition loop crashed", self.source_id)
+            self._emit("loop_crashed", Severity.ERROR, error=f"{type(exc).__name__}: {exc}")
+            self._safe_state(SourceState.ERROR, error=str(exc))
+        finally:
+            self._first_attempt.set()
+            if self._connected:
+                self._disconnect(lost=False)
+            self._answer_pending("stopping" if self._stopping.is_set() else "ended")
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._connected:
+                if not self._connect():
+                    self._first_attempt.set()
+                    self._wait_answering_triggers(self._backoff.next())
+                    continue
+                self._first_attempt.set()
+            try:
+                lost_reason = self._lost()
+                if lost_reason:
+                    raise SourceConnectionError(lost_reason)
+                if self.mode == "free_run":
+                    self._free_run_step()
+                else:
+                    self._trigger_step()
+            except EndOfStream as exc:
+                self._emit(
+                    "end_of_stream", Severity.INFO, frames=self._frame_number, detail=str(exc)
+                )
+                self._disconnect(lost=False)
+                self._answer_pending("ended")
+                self._safe_state(SourceState.ENDED)
+                self._close_buffer()  # `finished` turns True once the pipeline drained it
+                return
+            except SourceConnectionError as exc:
+                self._on_lost(str(exc))
+            except ConfigError as exc:
+                self._emit("camera_unusable", Severity.ERROR, error=str(exc))
+                self._disconnect(lost=False)
+                self._safe_state(SourceState.ERROR, error=str(exc))
+                return
+
+    def _connect(self) -> bool:
+        self._count("connect_attempts")
+        try:
+            self._open()
+        except SourceConnectionError as exc:
+            self._emit_throttled(
+                "connect_failed", Severity.WARNING, camera_id=self.camera_id, error=str(exc)
+            )
+            self._safe_state(SourceState.RECONNECTING, reason=str(exc))
+            return False
+        self._connected = True
+        self._timeouts_in_a_row = 0
+        self._next_due = 0.0
+        if self._ever_connected:
+            self._count("reconnects")
+            self._emit("reconnected", Severity.INFO, camera_id=self.camera_id)
+        else:
+            self._emit("connected", Severity.INFO, camera_id=self.camera_id)
+        self._ever_connected = True
+        self._safe_state(SourceState.RUNNING)
+        return True
+
+    def _on_lost(self, reason: str) -> None:
+        self._count("camera_lost")
+        self._emit("camera_lost", Severity.WARNING, camera_id=self.camera_id, reason=reason)
+        self._safe_state(SourceState.RECONNECTING, reason=reason)
+        self._disconnect(lost=True)  # may take seconds (a GigE device waits on GVCP retries)
+        # Wait before reopening: a device that opens but fails every read must not spin.
+        self._wait_answering_triggers(self._backoff.next())
+
+    def _disconnect(self, lost: bool) -> None:
+        self._connected = False
+        try:
+            self._close(lost)
+        except Exception:  # _close must not raise; if it does, the device is dropped anyway
+            logger.exception("source %s: closing the camera failed", self.source_id)
+
+    def _free_run_step(self) -> None:
+        period_s = None if self.fps_cap is None else 1.0 / self.fps_cap
+        if period_s is not None and not self.live:
+            # A file has no clock of its own: pace it instead of skipping frames.
+            wait_s = self._next_due - time.monotonic()
+            if wait_s > 0 and self._stopping.wait(wait_s):
+                return
+        grab = self._read(self.frame_timeout_s)
+        if grab is None:
+            self._frame_timeout()
+            return
+        self._timeouts_in_a_row = 0
+        now = time.monotonic()
+        if period_s is not None:
+            if self.live and now < self._next_due:
+                self._count("skipped_fps_cap")
+                return
+            self._next_due = (
+                max(self._next_due + period_s, now) if self._next_due else now + period_s
+            )
+        self._publish_frame(grab, part_id=None, extra={})
+
+    def _trigger_step(self) -> None:
+        assert self._triggers is not None
+        trig = self._triggers.next(timeout_s=0.0 if self.live else 0.05)
+        if trig is None:
+            if self.live:
+                self._idle()
+                trig = self._triggers.next(timeout_s=0.02)
+            if trig is None:
+                return
+        self._count("triggers")
+        waited_s = time.monotonic() - trig.received_monotonic
+        if waited_s > self.frame_timeout_s:
+            detail = f"trigger waited {waited_s:.2f} s before the camera was free"
+            self._answer_no_inspection(trig, "timeout", detail)
+            return
+        self._incomplete_status = None
+        try:
+            grab = self._trigger_and_read(self.frame_timeout_s)
+        except SourceConnectionError as exc:
+            self._answer_no_inspection(trig, "camera_lost", str(exc))
+            raise
+        except EndOfStream:
+            self._answer_no_inspection(trig, "ended", "the video ended")
+            raise
+        if grab is None:
+            if self._incomplete_status is not None:
+                detail = f"only incomplete frames ({self._incomplete_status}) within {self.frame_timeout_s} s"
+                self._answer_no_inspection(trig, "incomplete_frame", detail)
+            else:
+                self._answer_no_inspection(
+                    trig, "timeout", f"no frame within {self.frame_timeout_s} s"
+                )
+            self._frame_timeout()
+            return
+        self._timeouts_in_a_row = 0
+        latency_ms = (time.monotonic() - trig.received_monotonic) * 1000.0
+        extra = {
+            "trigger_id": trig.trigger_id,
+            "trigger_latency_ms": round(latency_ms, 3),
+            "trigger": dict(trig.fields),
+        }
+        self._publish_frame(grab, part_id=trig.part_id, extra=extra)
+
+    def _frame_timeout(self) -> None:
+        self._count("frame_timeouts")
+        self._timeouts_in_a_row += 1
+        self._emit_throttled(
+            "frame_timeout",
+            Severity.WARNING,
+            timeout_s=self.frame_timeout_s,
+            in_a_row=self._timeouts_in_a_row,
+        )
+        if self._timeouts_in_a_row >= self.lost_after_timeouts:
+            msg = f"{self._timeouts_in_a_row} frame timeouts of {self.frame_timeout_s} s in a row"
+            raise SourceConnectionError(msg)
+
+    def _publish_frame(self, grab: Grab, *, part_id: str | None, extra: dict[str, Any]) -> None:
+        self._backoff.reset()  # only a delivered frame proves the connection works
+        item = SourceItem.from_pixels(
+            self.source_id,
+            grab.pixels,
+            self._frame_number,
+            camera_id=self.camera_id,
+            part_id=part_id,
+            capture_time=grab.capture_time,
+            metadata={**grab.metadata, **extra},
+        )
+        self._frame_number += 1
+        self._count("frames")
+        if self.mode == "free_run":
+            self._publish(item)  # never blocks: the buffer drops its oldest frame instead
+            return
+        while not self._publish(item, timeout_s=0.2):
+            if self._buffer.closed:
+                logger.error(
+                    "source %s: buffer closed, %s not handed on", self.source_id, item.source
+                )
+                return
+
+    def _answer_no_inspection(
+        self, trig: Trigger, reason: str, detail: str, *, wait_s: float | None = None
+    ) -> None:
+        item = no_inspection_item(self.source_id, self.camera_id, trig, reason, detail)
+        self._count("no_inspections")
+        self._emit(
+            "no_inspection",
+            Severity.WARNING,
+            part_id=trig.part_id,
+            trigger_id=trig.trigger_id,
+            reason=reason,
+            detail=detail,
+        )
+        if wait_s is not None:
+            if not self._publish(item, timeout_s=wait_s):
+                self._count("no_inspections_undelivered")
+                logger.error(
+                    "source %s: NO_INSPECTION for part %s could not be handed on",
+                    self.source_id,
+                    trig.part_id,
+                )
+            return
+        while not self._publish(item, timeout_s=0.2):
+            if self._buffer.closed:
+                self._count("no_inspections_undelivered")
+                return
+
+    def _answer_pending(self, reason: str) -> None:
+        """Refuse new triggers and answer every queued one NO_INSPECTION (`reason`)."""
+        if self._triggers is None:
+            return
+        self._triggers.close_intake(f"source {reason}")
+        for trig in self._triggers.drain():
+            self._answer_no_inspection(trig, reason, f"the source {reason}", wait_s=0.5)
+
+    def _wait_answering_triggers(self, delay_s: float) -> None:
+        """Sleep before the next connection attempt; triggers meanwhile get NO_INSPECTION."""
+        deadline = time.monotonic() + delay_s
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._triggers is None:
+                self._stopping.wait(remaining)
+                return
+            trig = self._triggers.next(timeout_s=min(remaining, 0.05))
+            if trig is not None:
+                self._count("triggers")
+                self._answer_no_inspection(
+                    trig, "camera_lost", f"camera {self.camera_id} is not connected"
+                )
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _safe_state(self, new: SourceState, *, force: bool = False, **payload: Any) -> None:
+        """State change from the loop thread; a stop racing with it must not raise here."""
+        if self._stopping.is_set() and not force and new is not SourceState.ENDED:
+            return
+        try:
+            self._set_state(new, **payload)
+        except SourceStateError as exc:
+            logger.debug("source %s: %s", self.source_id, exc)
+
+    def _emit_throttled(self, event: str, severity: Severity, **payload: Any) -> None:
+        """At most one event per name per second; the rest are counted in `suppressed`."""
+        now = time.monotonic()
+        last, suppressed = self._throttle.get(event, (0.0, 0))
+        if now - last < 1.0:
+            self._throttle[event] = (last, suppressed + 1)
+            return
+        self._throttle[event] = (now, 0)
+        self._emit(event, severity, suppressed=suppressed, **payload)

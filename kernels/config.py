@@ -1,0 +1,42 @@
+"""Tuning constants for the numba CPU kernels, kept in one place (as stumpy's ``config.py``).
+
+Changing a value here changes speed, never results, except where a comment says otherwise.
+Kernels read these at JIT-compile time as globals, so a change needs a fresh process (and,
+because kernels use ``cache=True``, numba notices the source change and recompiles).
+"""
+
+# Bits of the fixed-point interpolation weights used by CLAHE. With 11 bits the worst-case
+# deviation from OpenCV's float32 interpolation before rounding is 255 / 2**11 = 0.125 grey
+# levels for 8-bit images, so results stay within one level of OpenCV. 8-bit blends then
+# fit int32: 255 * 2**11 * 2**11 < 2**31. (Affects results by at most one level.)
+CLAHE_WEIGHT_BITS_8U = 11
+
+# 16-bit CLAHE interpolates in int64 with this many weight bits per axis:
+# 65535 / 2**20 < 0.0001 levels of error, 65535 * 2**40 < 2**63.
+CLAHE_WEIGHT_BITS_16U = 20
+
+# 8-bit CLAHE blends the two tile rows' LUTs once per image row (tiles_x * 256 vectorised
+# multiply-adds) so each pixel then needs 2 table look-ups instead of 4. That pays while
+# the blended table is small next to the row: use it when tiles_x * 256 <= ratio * width.
+CLAHE_ROW_BLEND_MAX_RATIO = 4.0
+
+# Images with fewer pixels run on the calling thread alone (see kernels/_threads.py): the
+# work takes tens of microseconds, a parallel region's wake-up and join can take more.
+PARALLEL_MIN_PIXELS = 1 << 16
+
+# Rows per parallel work item in row-parallel passes. Large enough to amortise the
+# per-band set-up (one blended LUT buffer, running window sums), small enough that two
+# threads get balanced work on a 1024-row image.
+ROW_BAND_ROWS = 32
+
+# Otsu's histogram splits the image into one chunk per thread, but none smaller than
+# this: below it, starting a thread costs more than counting the pixels.
+OTSU_MIN_CHUNK_PIXELS = 1 << 16
+
+# The CLAHE histogram pass splits each tile into horizontal strips so a 1x1 or 2x2 grid
+# still feeds every thread: it aims for this many work items per available thread.
+HIST_WORK_ITEMS_PER_THREAD = 4
+
+# Refuse tile grids whose LUT table would exceed this many bytes (a 256x256 grid on a
+# 16-bit image would ask for 8 GiB).
+CLAHE_MAX_LUT_BYTES = 1 << 30

@@ -1,0 +1,145 @@
+"""Otsu's global threshold, numba CPU kernels.
+
+Returns the same integer as ``cv2.threshold(img, 0, maxval, THRESH_BINARY | THRESH_OTSU)``
+for uint8 and uint16 images: the histogram is exact (integer counts, summed in parallel
+over row bands), and the variance scan repeats OpenCV's float64 arithmetic in the same
+order, including its FLT_EPSILON guard and strict ``>`` tie-break (first maximum wins).
+The scan is compiled without fastmath on purpose: reassociation could move the maximum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from kernels._threads import threads_for
+from kernels._validate import check_image
+from kernels.backend import resolve_backend
+from kernels.config import OTSU_MIN_CHUNK_PIXELS
+
+# OpenCV's FLT_EPSILON guard excludes splits where one class is (numerically) empty.
+_FLT_EPSILON = float(np.finfo(np.float32).eps)
+
+
+@njit(inline="always")
+def _count_words_u8(words, hist):
+    """Count 8 pixels per 64-bit load into 8 interleaved 256-bin lanes of ``hist``.
+
+    One load per 8 pixels instead of 8, and each byte position has its own lane, so equal
+    neighbouring pixels (flat regions) never wait on the same counter's store.
+    """
+    for i in range(words.shape[0]):
+        word = words[i]
+        hist[word & 0xFF] += 1
+        hist[256 + ((word >> 8) & 0xFF)] += 1
+        hist[512 + ((word >> 16) & 0xFF)] += 1
+        hist[768 + ((word >> 24) & 0xFF)] += 1
+        hist[1024 + ((word >> 32) & 0xFF)] += 1
+        hist[1280 + ((word >> 40) & 0xFF)] += 1
+        hist[1536 + ((word >> 48) & 0xFF)] += 1
+        hist[1792 + (word >> 56)] += 1
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _histogram_u8(flat, n_chunks):
+    """256-bin histogram (int64) of a contiguous uint8 buffer, chunks in parallel.
+
+    Memory: one 8 KiB int32 partial histogram per chunk.
+    """
+    n_pixels = flat.shape[0]
+    n_words = n_pixels // 8
+    words = flat[:n_words * 8].view(np.uint64)
+    partial = np.empty((n_chunks, 8 * 256), dtype=np.int32)
+    for chunk in prange(n_chunks):
+        lanes = partial[chunk]
+        lanes[:] = 0
+        _count_words_u8(words[chunk * n_words // n_chunks:(chunk + 1) * n_words // n_chunks], lanes)
+    hist = np.zeros(256, dtype=np.int64)
+    for chunk in range(n_chunks):
+        lanes = partial[chunk]
+        for lane in range(8):
+            for i in range(256):
+                hist[i] += lanes[lane * 256 + i]
+    for i in range(n_words * 8, n_pixels):
+        hist[flat[i]] += 1
+    return hist
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _histogram_u16(flat, n_chunks):
+    """65536-bin histogram (int64) of a contiguous uint16 buffer, chunks in parallel.
+
+    One lane per chunk: with 65536 bins equal neighbours rarely share a counter, and more
+    lanes would cost 256 KiB each. Partials are merged in parallel over bins.
+    """
+    n_pixels = flat.shape[0]
+    partial = np.empty((n_chunks, 65536), dtype=np.int32)
+    for chunk in prange(n_chunks):
+        counts = partial[chunk]
+        counts[:] = 0
+        pixels = flat[chunk * n_pixels // n_chunks:(chunk + 1) * n_pixels // n_chunks]
+        for i in range(pixels.shape[0]):
+            counts[pixels[i]] += 1
+    hist = np.zeros(65536, dtype=np.int64)
+    n_blocks = 64
+    for block in prange(n_blocks):
+        merged = hist[block * 1024:(block + 1) * 1024]
+        for chunk in range(n_chunks):
+            counts = partial[chunk, block * 1024:(block + 1) * 1024]
+            for i in range(1024):
+                merged[i] += counts[i]
+    return hist
+
+
+@njit(nogil=True, cache=True)
+def _otsu_from_histogram(hist, n_pixels):
+    """OpenCV's getThreshVal_Otsu scan over an integer histogram."""
+    hist_size = hist.shape[0]
+    scale = 1.0 / n_pixels
+    mu = 0.0
+    for i in range(hist_size):
+        mu += i * np.float64(hist[i])
+    mu *= scale
+    mu1 = 0.0
+    q1 = 0.0
+    max_sigma = 0.0
+    max_val = 0
+    for i in range(hist_size):
+        p_i = hist[i] * scale
+        mu1 *= q1
+        q1 += p_i
+        q2 = 1.0 - q1
+        if min(q1, q2) < _FLT_EPSILON or max(q1, q2) > 1.0 - _FLT_EPSILON:
+            continue
+        mu1 = (mu1 + i * p_i) / q1
+        mu2 = (mu - q1 * mu1) / q2
+        sigma = q1 * q2 * (mu1 - mu2) * (mu1 - mu2)
+        if sigma > max_sigma:
+            max_sigma = sigma
+            max_val = i
+    return max_val
+
+
+def otsu_threshold(img, backend="auto"):
+    """Otsu's threshold of a 2-D uint8 or uint16 image, as an int.
+
+    Identical to the threshold OpenCV returns for
+    ``cv2.threshold(img, 0, maxval, cv2.THRESH_BINARY | cv2.THRESH_OTSU)``; pixels strictly
+    above it are the bright class (``kernels.threshold(img, t)``).
+
+    >>> import numpy as np, kernels
+    >>> img = np.array([[10, 10, 200, 200]], dtype=np.uint8)
+    >>> kernels.otsu_threshold(img)
+    10
+    """
+    resolve_backend(backend, "otsu_threshold")
+    img = check_image(img, "otsu_threshold")
+    flat = img.reshape(-1)
+    with threads_for(flat.size) as threads:
+        # One chunk per thread, none smaller than OTSU_MIN_CHUNK_PIXELS.
+        n_chunks = max(1, min(threads, flat.size // OTSU_MIN_CHUNK_PIXELS))
+        if img.dtype == np.uint8:
+            hist = _histogram_u8(flat, n_chunks)
+        else:
+            hist = _histogram_u16(flat, n_chunks)
+    return int(_otsu_from_histogram(hist, img.size))

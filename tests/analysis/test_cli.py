@@ -1,0 +1,214 @@
+"""`inspectd analyze` / `synth` / `validate-config` end to end, on real files in tmp folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+from inspectd import cli, synth
+
+ALWAYS_PASS = """
+rules:
+  - metric: porosity_pct
+    op: "<="
+    limit: 100
+"""
+ALWAYS_FAIL = """
+rules:
+  - metric: porosity_pct
+    op: "<"
+    limit: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def synth_images(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("synth")
+    return synth.write_dataset(folder, 2, 256, 320, seed=3)
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _analyze(*argv: str) -> int:
+    return cli.main(["analyze", "--quiet", *argv])
+
+
+def test_analyze_writes_the_four_files_per_image(tmp_path, synth_images) -> None:
+    out = tmp_path / "out"
+    code = _analyze(*map(str, synth_images), "--out", str(out), "--config", _config(tmp_path, ALWAYS_PASS))
+    assert code == 0
+    for image in synth_images:
+        stem = image.stem
+        record = json.loads((out / f"{stem}.json").read_text())
+        assert record["verdict"] == "PASS"
+        for name in ("melted_fraction_pct", "unmelted_fraction_pct", "porosity_pct"):
+            assert 0.0 <= record[name] <= 100.0
+        assert abs(record["melted_fraction_pct"] + record["unmelted_fraction_pct"] + record["porosity_pct"] - 100) < 1e-6
+        assert record["source"] == str(image)
+        assert record["engine"]["name"] == "classical"
+        assert set(record["timings_ms"]) >= {"preprocess", "segment", "measure", "verdict"}
+        assert record["versions"]["inspectd"]
+        mask = cv2.imread(str(out / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.dtype == np.uint8 and mask.shape == (256, 320)
+        assert set(np.unique(mask)) <= {0, 1, 2}
+        # the JSON fractions are the mask's fractions
+        assert record["porosity_pct"] == pytest.approx(100.0 * np.mean(mask == 2), abs=1e-6)
+        overlay = cv2.imread(str(out / f"{stem}_overlay.png"), cv2.IMREAD_UNCHANGED)
+        assert overlay.shape == (256, 320, 3)
+        header = (out / f"{stem}_regions.csv").read_text().splitlines()[0].split(",")
+        assert {"class_name", "area_px", "area_um2", "circularity", "solidity", "equivalent_diameter_um"} <= set(header)
+
+
+def test_exit_code_one_when_a_rule_fails(tmp_path, synth_images) -> None:
+    out = tmp_path / "out"
+    assert _analyze(str(synth_images[0]), "--out", str(out), "--config", _config(tmp_path, ALWAYS_FAIL)) == 1
+    record = json.loads((out / f"{synth_images[0].stem}.json").read_text())
+    assert record["verdict"] == "FAIL"
+    assert record["failed_rules"] == [{"metric": "porosity_pct", "op": "<", "limit": 0.0,
+                                       "value": record["porosity_pct"]}]
+
+
+def _bad_inputs(folder: Path, good_png: Path) -> dict[str, Path]:
+    png = good_png.read_bytes()
+    ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(good_png), cv2.IMREAD_GRAYSCALE))
+    assert ok
+    tiff_path = folder / "whole.tif"
+    tifffile.imwrite(tiff_path, np.zeros((64, 64), np.uint8) + 7)
+    ihdr = b"IHDR" + (20000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+    idat = b"IDAT" + zlib.compress(b"\x00" * 1000)
+    bomb = (b"\x89PNG\r\n\x1a\n" + len(ihdr[4:]).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+            + len(idat[4:]).to_bytes(4, "big") + idat + zlib.crc32(idat).to_bytes(4, "big"))
+    files = {
+        "empty.png": b"",
+        "truncated_png.png": png[: len(png) // 2],
+        "truncated_jpeg.jpg": jpeg.tobytes()[: len(jpeg) // 2],
+        "truncated_tiff.tif": tiff_path.read_bytes()[:300],
+        "text.png": b"this is not an image, it is a note\n",
+        "bomb.png": bomb,
+    }
+    paths = {}
+    for name, content in files.items():
+        paths[name] = folder / name
+        paths[name].write_bytes(content)
+    paths["one_pixel.png"] = folder / "one_pixel.png"
+    cv2.imwrite(str(paths["one_pixel.png"]), np.zeros((1, 1), np.uint8))
+    return paths
+
+
+def test_bad_inputs_give_error_verdicts_and_exit_three_without_traceback(tmp_path, synth_images) -> None:
+    bad = _bad_inputs(tmp_path, synth_images[0])
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspectd.cli", "analyze", *map(str, bad.values()), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for path in bad.values():
+        record = json.loads((out / f"{path.stem}.json").read_text())
+        assert record["verdict"] == "ERROR"
+        assert len(record["reason"]) > 5
+        assert not (out / f"{path.stem}_mask.png").exists()
+        assert path.stem in proc.stdout  # listed in the table
+    bomb = json.loads((out / "bomb.json").read_text())
+    assert "20000" in bomb["reason"]
+
+
+def test_error_outranks_fail_in_the_exit_code(tmp_path, synth_images) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    code = _analyze(str(synth_images[0]), str(bad), "--out", str(tmp_path / "o"),
+                    "--config", _config(tmp_path, ALWAYS_FAIL))
+    assert code == 3
+
+
+def test_sixteen_bit_tiff_is_analysed_at_sixteen_bits(tmp_path) -> None:
+    sample = synth.generate(200, 240, seed=5, params=synth.SynthParams(bit_depth=16))
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, sample.image)
+    out = tmp_path / "out"
+    assert _analyze(str(path), "--out", str(out), "--config", _config(tmp_path, ALWAYS_PASS)) == 0
+    record = json.loads((out / "deep.json").read_text())
+    assert record["image"]["bit_depth"] > 8
+    assert record["verdict"] == "PASS"
+
+
+def test_multi_page_tiff_gives_one_result_per_field_and_sample_statistics(tmp_path, capsys) -> None:
+    pages = [synth.generate(128, 160, seed=s).image for s in (1, 2, 3)]
+    path = tmp_path / "stack.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for page in pages:
+            writer.write(page, photometric="minisblack")
+    out = tmp_path / "out"
+    code = cli.main(["analyze", str(path), "--out", str(out), "--sample", "lotA",
+                     "--config", _config(tmp_path, ALWAYS_PASS)])
+    assert code == 0
+    fractions = [json.loads((out / f"stack_field{k}.json").read_text())["porosity_pct"] for k in range(3)]
+    summary = json.loads((out / "lotA_sample.json").read_text())
+    porosity = summary["statistics"]["porosity_pct"]
+    assert summary["fields_analysed"] == 3
+    assert porosity["mean"] == pytest.approx(np.mean(fractions))
+    assert porosity["sd"] == pytest.approx(np.std(fractions, ddof=1))
+    assert porosity["ci95_half_width"] == pytest.approx(4.302653 * np.std(fractions, ddof=1) / np.sqrt(3), rel=1e-4)
+    assert "lotA" in capsys.readouterr().out
+
+
+def test_invalid_config_exits_two_with_the_key_path(tmp_path, synth_images, capsys) -> None:
+    bad_cfg = _config(tmp_path, "preprocess:\n  clahe:\n    clip_limit: -2\n")
+    assert _analyze(str(synth_images[0]), "--config", bad_cfg, "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "preprocess.clahe.clip_limit" in err and "line 3" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_engine_exits_two(tmp_path, synth_images, capsys) -> None:
+    assert _analyze(str(synth_images[0]), "--engine", "nonsense", "--out", str(tmp_path / "o")) == 2
+    assert "classical" in capsys.readouterr().err
+
+
+def test_validate_config(tmp_path, capsys) -> None:
+    assert cli.main(["validate-config", _config(tmp_path, ALWAYS_PASS)]) == 0
+    assert cli.main(["validate-config", _config(tmp_path, "um_per_px: -1\n")]) == 2
+    assert "um_per_px" in capsys.readouterr().err
+
+
+def test_version_and_help(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert "inspectd" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["analyze", "--help"])
+    assert "Exit code" in capsys.readouterr().out
+
+
+def test_synth_command_writes_images_masks_and_sidecars(tmp_path) -> None:
+    out = tmp_path / "gen"
+    assert cli.main(["synth", "--n", "2", "--size", "96x64", "--seed", "4", "--out", str(out)]) == 0
+    images = sorted(p for p in out.glob("synth_*.png") if not p.stem.endswith("_mask"))
+    assert len(images) == 2
+    image = cv2.imread(str(images[0]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (64, 96)
+    assert json.loads(images[0].with_suffix(".json").read_text())["porosity_pct"] >= 0
+
+
+def test_real_tile_is_analysed(tmp_path, real_tile_path) -> None:
+    out = tmp_path / "out"
+    code = _analyze(str(real_tile_path), "--out", str(out), "--config", _config(tmp_path, ALWAYS_PASS))
+    assert code == 0
+    record = json.loads((out / f"{real_tile_path.stem}.json").read_text())
+    # the real tile shows bright unmelted particles, a grey matrix and a few dark pores
+    assert 5.0 < record["unmelted_fraction_pct"] < 90.0
+    assert 0.0 < record["porosity_pct"] < 20.0

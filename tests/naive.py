@@ -1,0 +1,153 @@
+"""Obvious, slow reference implementations used as a second oracle beside OpenCV.
+
+Each function follows the published algorithm step by step in plain numpy/Python, with
+no attempt at speed, so a reader can check it against OpenCV's source by eye. The CLAHE
+reference reproduces OpenCV's float32 arithmetic (``clahe.cpp``) so it should agree with
+``cv2.createCLAHE(...).apply`` exactly; the numba kernels may differ by one grey level
+because they use fixed-point interpolation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def border_reflect_101(index: int, length: int) -> int:
+    """Map an out-of-range index like OpenCV's ``borderInterpolate(BORDER_REFLECT_101)``."""
+    if length == 1:
+        return 0
+    while index < 0 or index >= length:
+        if index < 0:
+            index = -index
+        else:
+            index = 2 * (length - 1) - index
+    return index
+
+
+def pad_reflect_101(img: np.ndarray, pad_bottom: int, pad_right: int) -> np.ndarray:
+    """Pad the bottom and right edges, reflecting without repeating the edge pixel."""
+    height, width = img.shape
+    rows = [border_reflect_101(y, height) for y in range(height + pad_bottom)]
+    cols = [border_reflect_101(x, width) for x in range(width + pad_right)]
+    return img[np.ix_(rows, cols)]
+
+
+def clahe(img: np.ndarray, clip_limit: float = 2.0, tile_grid: tuple[int, int] = (8, 8)) -> np.ndarray:
+    """CLAHE exactly as OpenCV's CPU path computes it (8- or 16-bit, one channel)."""
+    tiles_y, tiles_x = tile_grid
+    height, width = img.shape
+    hist_size = 256 if img.dtype == np.uint8 else 65536
+    max_value = hist_size - 1
+
+    if width % tiles_x == 0 and height % tiles_y == 0:
+        ext = img
+    else:
+        # OpenCV pads both axes whenever either does not divide, by grid - (size % grid),
+        # so an axis that divides evenly still gains one whole extra tile's worth of rows.
+        ext = pad_reflect_101(img, tiles_y - height % tiles_y, tiles_x - width % tiles_x)
+    tile_h = ext.shape[0] // tiles_y
+    tile_w = ext.shape[1] // tiles_x
+    tile_area = tile_h * tile_w
+    lut_scale = np.float32(max_value) / np.float32(tile_area)
+
+    clip = 0
+    if clip_limit > 0.0:
+        clip = max(int(clip_limit * tile_area / hist_size), 1)
+
+    luts = np.zeros((tiles_y, tiles_x, hist_size), dtype=img.dtype)
+    for ty in range(tiles_y):
+        for tx in range(tiles_x):
+            tile = ext[ty * tile_h:(ty + 1) * tile_h, tx * tile_w:(tx + 1) * tile_w]
+            hist = np.bincount(tile.ravel(), minlength=hist_size).astype(np.int64)
+            if clip > 0:
+                clipped = int(np.sum(np.maximum(hist - clip, 0)))
+                hist = np.minimum(hist, clip)
+                batch = clipped // hist_size
+                residual = clipped - batch * hist_size
+                hist += batch
+                if residual:
+                    step = max(hist_size // residual, 1)
+                    i = 0
+                    while i < hist_size and residual > 0:
+                        hist[i] += 1
+                        i += step
+                        residual -= 1
+            cdf = np.cumsum(hist).astype(np.float32)
+            values = np.rint(cdf * lut_scale)
+            luts[ty, tx] = np.clip(values, 0, max_value).astype(img.dtype)
+
+    out = np.empty_like(img)
+    inv_tw = np.float32(1.0) / np.float32(tile_w)
+    inv_th = np.float32(1.0) / np.float32(tile_h)
+    half = np.float32(0.5)
+    one = np.float32(1.0)
+    txf = np.arange(width, dtype=np.float32) * inv_tw - half
+    tx1 = np.floor(txf).astype(np.int64)
+    xa = (txf - tx1.astype(np.float32)).astype(np.float32)
+    xa1 = (one - xa).astype(np.float32)
+    tx2 = np.minimum(tx1 + 1, tiles_x - 1)
+    tx1 = np.maximum(tx1, 0)
+    for y in range(height):
+        tyf = np.float32(y) * inv_th - half
+        ty1 = int(np.floor(tyf))
+        ya = np.float32(tyf - np.float32(ty1))
+        ya1 = np.float32(one - ya)
+        ty2 = min(ty1 + 1, tiles_y - 1)
+        ty1 = max(ty1, 0)
+        v = img[y].astype(np.int64)
+        l11 = luts[ty1, tx1, v].astype(np.float32)
+        l12 = luts[ty1, tx2, v].astype(np.float32)
+        l21 = luts[ty2, tx1, v].astype(np.float32)
+        l22 = luts[ty2, tx2, v].astype(np.float32)
+        res = (l11 * xa1 + l12 * xa) * ya1 + (l21 * xa1 + l22 * xa) * ya
+        out[y] = np.clip(np.rint(res), 0, max_value).astype(img.dtype)
+    return out
+
+
+def otsu_threshold(img: np.ndarray) -> int:
+    """Otsu's threshold: the first grey level maximising the between-class variance."""
+    hist_size = 256 if img.dtype == np.uint8 else 65536
+    hist = np.bincount(img.ravel(), minlength=hist_size)
+    scale = 1.0 / img.size
+    mu = sum(i * float(hist[i]) for i in range(hist_size)) * scale
+    eps = float(np.finfo(np.float32).eps)
+    mu1 = q1 = 0.0
+    best_sigma = 0.0
+    best = 0
+    for i in range(hist_size):
+        p_i = hist[i] * scale
+        mu1 *= q1
+        q1 += p_i
+        q2 = 1.0 - q1
+        if min(q1, q2) < eps or max(q1, q2) > 1.0 - eps:
+            continue
+        mu1 = (mu1 + i * p_i) / q1
+        mu2 = (mu - q1 * mu1) / q2
+        sigma = q1 * q2 * (mu1 - mu2) * (mu1 - mu2)
+        if sigma > best_sigma:
+            best_sigma = sigma
+            best = i
+    return best
+
+
+def threshold(img: np.ndarray, value: float) -> np.ndarray:
+    """1 where the pixel is strictly above ``value``, else 0."""
+    return (img > value).astype(np.uint8)
+
+
+def adaptive_threshold(img: np.ndarray, block_size: int, offset: float) -> np.ndarray:
+    """1 where the pixel exceeds its block's mean (edges replicated) minus offset.
+
+    Like OpenCV's ADAPTIVE_THRESH_MEAN_C, the mean is first rounded to a whole grey level
+    (here half up), as OpenCV stores it in an image of the input type.
+    """
+    radius = block_size // 2
+    padded = np.pad(img.astype(np.float64), radius, mode="edge")
+    height, width = img.shape
+    out = np.zeros((height, width), dtype=np.uint8)
+    for y in range(height):
+        for x in range(width):
+            window = padded[y:y + block_size, x:x + block_size]
+            mean = int(np.floor(window.mean() + 0.5))
+            out[y, x] = img[y, x] > mean - offset
+    return out
