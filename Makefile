@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	-$(PY) -m pip install -q -e '.[aravis]' || echo "note: PyGObject did not build: camera tests will be skipped"
+	# fast-slic's sdist imports cython at build time: build it without isolation.
+	-$(PY) -m pip install -q cython wheel && $(PY) -m pip install -q --no-build-isolation fast-slic \
+	  || echo "note: fast-slic did not build: segment.classical.slic.implementation fast_slic unavailable"
 	touch $(STAMP)
 
 venv: $(STAMP)

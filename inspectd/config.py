@@ -119,7 +119,7 @@ class SlicImplementation(str, enum.Enum):
 class SlicConfig(StrictModel):
     enabled: bool = Field(False, description="Vote the class of each SLIC superpixel by majority.")
     implementation: SlicImplementation = Field(
-        SlicImplementation.SKIMAGE, description="skimage (always there) or fast_slic (the [slic] extra)."
+        SlicImplementation.SKIMAGE, description="skimage (always there) or fast_slic (built by `make venv`; about 25x faster)."
     )
     n_segments: int = Field(1000, ge=2, le=100_000, description="Approximate number of superpixels.")
     compactness: float = Field(10.0, gt=0.0, description="SLIC compactness (higher = squarer superpixels).")

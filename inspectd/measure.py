@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -164,60 +165,180 @@ def _texture(grey_hist: np.ndarray) -> tuple[float, float]:
 def _class_regions(
     class_mask: np.ndarray, class_name: str, um_per_px: float, min_area_px: int, first_label: int
 ) -> tuple[list[Region], int]:
-    """Regions of one class at or above `min_area_px`, and how many smaller ones were ignored."""
-    n_labels, labels, stats, centroids = cv2.connectedComponentsWithStats(
-        class_mask, connectivity=8, ltype=cv2.CV_32S
-    )
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    kept = np.flatnonzero(areas >= min_area_px) + 1
-    regions = []
-    for label in kept:
-        x, y, w, h, area = (int(v) for v in stats[label])
-        crop = (labels[y : y + h, x : x + w] == label).view(np.uint8)
-        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_TC89_L1)
-        contour = max(contours, key=len)
-        perimeter_px = float(cv2.arcLength(contour, True))
-        hull = cv2.convexHull(contour)
-        hull_pixels = cv2.contourArea(hull) + cv2.arcLength(hull, True) / 2.0 + 1.0
-        eq_diameter_px = math.sqrt(4.0 * area / math.pi)
-        circularity = min(1.0, 4.0 * math.pi * area / perimeter_px**2) if perimeter_px > 0 else 1.0
-        regions.append(
-            Region(
-                label=first_label + len(regions),
-                class_name=class_name,
-                area_px=area,
-                area_um2=area * um_per_px * um_per_px,
-                bbox_x=x,
-                bbox_y=y,
-                bbox_width_px=w,
-                bbox_height_px=h,
-                aspect_ratio=_moment_aspect_ratio(cv2.moments(crop, binaryImage=True)),
-                equivalent_diameter_px=eq_diameter_px,
-                equivalent_diameter_um=eq_diameter_px * um_per_px,
-                perimeter_px=perimeter_px,
-                perimeter_um=perimeter_px * um_per_px,
-                circularity=circularity,
-                solidity=min(1.0, area / hull_pixels),
-                centroid_x=float(centroids[label, 0]),
-                centroid_y=float(centroids[label, 1]),
-            )
-        )
-    return regions, int(areas.size - kept.size)
+    """Regions of one class at or above `min_area_px`, and how many smaller ones were ignored.
 
-
-def _moment_aspect_ratio(moments: dict[str, float]) -> float:
-    """Major / minor axis of the ellipse with the region's second moments (as skimage regionprops).
-
-    Each pixel is a unit square, not a point (+1/12 per axis), so a one-pixel line has a
-    finite ratio equal to its length and a w x h rectangle gives w / h.
+    Whole-frame passes only (labels, row runs, one contour trace); the per-region Python
+    work is four cheap OpenCV calls on a contour and building the `Region`.
     """
-    area = moments["m00"]
-    var_x = moments["mu20"] / area + 1.0 / 12.0
-    var_y = moments["mu02"] / area + 1.0 / 12.0
-    cov = moments["mu11"] / area
-    spread = math.sqrt(((var_x - var_y) / 2.0) ** 2 + cov * cov)
+    n_labels, labels = cv2.connectedComponents(class_mask, connectivity=8, ltype=cv2.CV_32S)
+    if n_labels == 1:
+        return [], 0
+    components = _component_stats(labels, n_labels, *_row_runs(class_mask))
+    kept = np.flatnonzero(components.area_px[1:] >= min_area_px) + 1
+    ignored = int(n_labels - 1 - kept.size)
+    if kept.size == 0:
+        return [], ignored
+
+    contours = _outer_contours(class_mask, labels, kept, components)
+    perimeter_px = np.array([cv2.arcLength(contour, True) for contour in contours])
+    hull_pixels = np.array([_pixel_area(cv2.convexHull(contour)) for contour in contours])
+    area_px = components.area_px[kept]
+    area = area_px.astype(np.float64)
+    eq_diameter_px = np.sqrt(4.0 * area / math.pi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter_px > 0, np.minimum(1.0, 4.0 * math.pi * area / perimeter_px**2), 1.0)
+    columns = zip(
+        area_px.tolist(),
+        (area * um_per_px * um_per_px).tolist(),
+        components.bbox_x[kept].tolist(),
+        components.bbox_y[kept].tolist(),
+        components.bbox_width_px[kept].tolist(),
+        components.bbox_height_px[kept].tolist(),
+        components.aspect_ratio[kept].tolist(),
+        eq_diameter_px.tolist(),
+        (eq_diameter_px * um_per_px).tolist(),
+        perimeter_px.tolist(),
+        (perimeter_px * um_per_px).tolist(),
+        circularity.tolist(),
+        np.minimum(1.0, area / hull_pixels).tolist(),
+        components.centroid_x[kept].tolist(),
+        components.centroid_y[kept].tolist(),
+        strict=True,
+    )
+    regions = [
+        Region(first_label + i, class_name, *values)  # positional: the field order of `Region`
+        for i, values in enumerate(columns)
+    ]
+    return regions, ignored
+
+
+@dataclass(frozen=True)
+class _Components:
+    """Per-label statistics of a label image, each array indexed by label (0 = background)."""
+
+    area_px: np.ndarray
+    bbox_x: np.ndarray
+    bbox_y: np.ndarray
+    bbox_width_px: np.ndarray
+    bbox_height_px: np.ndarray
+    centroid_x: np.ndarray
+    centroid_y: np.ndarray
+    aspect_ratio: np.ndarray
+
+
+def _row_runs(class_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, first column, length) of every horizontal run of 1s, in raster order.
+
+    A class covers millions of pixels but only tens of thousands of runs, so per-region
+    sums over runs (closed forms) cost far less than any per-pixel pass: ~4 ms here versus
+    ~25 ms for the statistics of `connectedComponentsWithStats`, which also accumulates
+    every background pixel into label 0.
+    """
+    height, width = class_mask.shape
+    padded = np.zeros((height, width + 2), np.int8)
+    padded[:, 1:-1] = class_mask
+    steps = np.diff(padded, axis=1)  # +1 where a run starts, -1 one past where it ends
+    starts = np.flatnonzero(steps == 1)
+    ends = np.flatnonzero(steps == -1)
+    rows, first_x = np.divmod(starts, width + 1)
+    return rows, first_x, ends - starts
+
+
+def _component_stats(
+    labels: np.ndarray, n_labels: int, rows: np.ndarray, first_x: np.ndarray, lengths: np.ndarray
+) -> _Components:
+    """Area, bbox, centroid and second-moment aspect ratio of every label, from its row runs.
+
+    Moments are summed exactly in integers relative to each bbox corner (as `cv2.moments`
+    of the bbox crop does), so results equal the per-region OpenCV calls bit for bit.
+    """
+    owner = labels[rows, first_x]
+    last_x = first_x + lengths - 1
+    left = np.full(n_labels, np.iinfo(np.int64).max, np.int64)
+    top = left.copy()
+    right = np.zeros(n_labels, np.int64)
+    bottom = right.copy()
+    np.minimum.at(left, owner, first_x)
+    np.maximum.at(right, owner, last_x)
+    np.minimum.at(top, owner, rows)
+    np.maximum.at(bottom, owner, rows)
+    left[0] = top[0] = 0  # the background label has no runs
+
+    x0 = first_x - left[owner]  # run ends relative to the bbox corner: small exact integers
+    x1 = last_x - left[owner]
+    y = rows - top[owner]
+    sum_x = lengths * (x0 + x1) // 2
+    sum_xx = (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
+    m00, m10, m01, m20, m02, m11 = (
+        np.bincount(owner, weights=run_sums, minlength=n_labels)
+        for run_sums in (lengths, sum_x, lengths * y, sum_xx, lengths * y * y, y * sum_x)
+    )
+    m00[0] = 1.0  # background: keep the divisions finite; label 0 is never reported
+    return _Components(
+        area_px=m00.astype(np.int64),
+        bbox_x=left,
+        bbox_y=top,
+        bbox_width_px=right - left + 1,
+        bbox_height_px=bottom - top + 1,
+        centroid_x=(m10 + left * m00) / m00,
+        centroid_y=(m01 + top * m00) / m00,
+        aspect_ratio=_moment_aspect_ratio(m00, m10, m01, m20, m02, m11),
+    )
+
+
+def _moment_aspect_ratio(
+    m00: np.ndarray, m10: np.ndarray, m01: np.ndarray, m20: np.ndarray, m02: np.ndarray, m11: np.ndarray
+) -> np.ndarray:
+    """Major / minor axis of the ellipse with each region's second moments (as skimage regionprops).
+
+    Central moments as `cv2.moments` forms them from the raw ones. Each pixel is a unit
+    square, not a point (+1/12 per axis), so a one-pixel line has a finite ratio equal to
+    its length and a w x h rectangle gives w / h.
+    """
+    inv_m00 = 1.0 / m00
+    cx = m10 * inv_m00
+    cy = m01 * inv_m00
+    var_x = (m20 - m10 * cx) / m00 + 1.0 / 12.0
+    var_y = (m02 - m01 * cy) / m00 + 1.0 / 12.0
+    cov = (m11 - m10 * cy) / m00
+    spread = np.sqrt(((var_x - var_y) / 2.0) ** 2 + cov * cov)
     centre = (var_x + var_y) / 2.0
-    return math.sqrt((centre + spread) / max(centre - spread, 1e-12))
+    return np.sqrt((centre + spread) / np.maximum(centre - spread, 1e-12))
+
+
+def _outer_contours(
+    class_mask: np.ndarray, labels: np.ndarray, wanted: np.ndarray, components: _Components
+) -> list[np.ndarray]:
+    """The outer contour (Teh-Chin points) of each label in `wanted`, from one trace of the mask.
+
+    RETR_CCOMP, not RETR_EXTERNAL: a region inside a hole of another region of the same
+    class is still a top-level contour. A contour's first point is its region's top-left
+    pixel, where the raster scan meets it, so it is the same trace as on the region's own
+    bbox crop; that crop is the fallback should a label ever lack its contour.
+    """
+    contours, hierarchy = cv2.findContours(class_mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_TC89_L1)
+    outer = np.flatnonzero(hierarchy[0, :, 3] == -1)
+    first_points = np.array([contours[i][0, 0] for i in outer]).reshape(-1, 2)
+    contour_of_label = np.full(components.area_px.size, -1, np.int64)
+    contour_of_label[labels[first_points[:, 1], first_points[:, 0]]] = outer
+    return [
+        contours[index] if index >= 0 else _crop_contour(labels, label, components)
+        for label, index in zip(wanted.tolist(), contour_of_label[wanted].tolist(), strict=True)
+    ]
+
+
+def _crop_contour(labels: np.ndarray, label: int, components: _Components) -> np.ndarray:
+    """The outer contour of one label traced on its own bbox crop, in frame coordinates."""
+    x, y = int(components.bbox_x[label]), int(components.bbox_y[label])
+    w, h = int(components.bbox_width_px[label]), int(components.bbox_height_px[label])
+    crop = (labels[y : y + h, x : x + w] == label).view(np.uint8)
+    contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_TC89_L1, offset=(x, y))
+    return max(contours, key=len)
+
+
+def _pixel_area(polygon: np.ndarray) -> float:
+    """Pixels inside a pixel-centre polygon, by Pick's theorem: area + perimeter / 2 + 1."""
+    return cv2.contourArea(polygon) + cv2.arcLength(polygon, True) / 2.0 + 1.0
 
 
 def _region_summary(class_name: str, regions: list[Region], ignored: int) -> dict[str, float]:

@@ -31,7 +31,8 @@ def _count_pixels(pixels, hist, lane_stride):
 
     Consecutive pixels go to different lanes so equal neighbours (flat image regions) do
     not serialise on one counter's load-increment-store. With lane_stride == 0 the four
-    lanes are the same counters (65536-bin histograms, where 3 more lanes cost 768 KiB).
+    lanes are the same counters: 65536-bin histograms (3 more lanes would cost 768 KiB)
+    and small tiles.
     Indices run from 0 so numba can drop its negative-index wrap-around code.
     """
     n = pixels.shape[0]

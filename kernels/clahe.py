@@ -18,7 +18,8 @@ from kernels._threads import threads_for
 from kernels._validate import check_image, check_positive_int, check_real
 from kernels.backend import resolve_backend
 from kernels.config import (
-    CLAHE_MAX_LUT_BYTES,
+    CLAHE_LANES_MIN_TILE_AREA,
+    CLAHE_MAX_TABLE_BYTES,
     CLAHE_ROW_BLEND_MAX_RATIO,
     HIST_WORK_ITEMS_PER_THREAD,
     ROW_BAND_ROWS,
@@ -66,14 +67,6 @@ def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
     tiles_y = check_positive_int(tile_grid[0], "tile_grid rows", "clahe")
     tiles_x = check_positive_int(tile_grid[1], "tile_grid cols", "clahe")
     hist_size = 256 if img.dtype == np.uint8 else 65536
-    lut_bytes = tiles_y * tiles_x * hist_size * img.itemsize
-    if lut_bytes > CLAHE_MAX_LUT_BYTES:
-        msg = (
-            f"clahe: a {tiles_y}x{tiles_x} tile grid on a {img.dtype} image needs "
-            f"{lut_bytes / 2**20:.0f} MiB of LUTs (limit {CLAHE_MAX_LUT_BYTES / 2**20:.0f} MiB); "
-            "use a coarser grid"
-        )
-        raise ValueError(msg)
 
     height, width = img.shape
     tile_h, tile_w = _tile_geometry(height, width, tiles_y, tiles_x)
@@ -89,7 +82,16 @@ def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
     with threads_for(img.size) as threads:
         # Enough (tile, strip) work items for every thread even on a coarse grid.
         n_strips = min(tile_h, -(-threads * HIST_WORK_ITEMS_PER_THREAD // n_tiles))
-        lane_stride = hist_size if hist_size == 256 else 0
+        # 4 interleaved 256-bin lanes pay off on large 8-bit tiles only (see _count_pixels).
+        lane_stride = 256 if hist_size == 256 and tile_area >= CLAHE_LANES_MIN_TILE_AREA else 0
+        table_bytes = n_tiles * hist_size * img.itemsize + n_tiles * n_strips * (hist_size + 3 * lane_stride) * 4
+        if table_bytes > CLAHE_MAX_TABLE_BYTES:
+            msg = (
+                f"clahe: a {tiles_y}x{tiles_x} tile grid on a {img.dtype} image needs "
+                f"{table_bytes / 2**20:.0f} MiB of histograms and LUTs "
+                f"(limit {CLAHE_MAX_TABLE_BYTES / 2**20:.0f} MiB); use a coarser grid"
+            )
+            raise ValueError(msg)
         partial = tile_histograms(img, tiles_y, tiles_x, tile_h, tile_w, n_strips, lane_stride, hist_size)
         tile_cdfs(partial, n_tiles, n_strips, lane_stride, hist_size, clip)
         luts = np.empty((n_tiles, hist_size), dtype=img.dtype)

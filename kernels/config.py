@@ -37,6 +37,10 @@ OTSU_MIN_CHUNK_PIXELS = 1 << 16
 # still feeds every thread: it aims for this many work items per available thread.
 HIST_WORK_ITEMS_PER_THREAD = 4
 
-# Refuse tile grids whose LUT table would exceed this many bytes (a 256x256 grid on a
-# 16-bit image would ask for 8 GiB).
-CLAHE_MAX_LUT_BYTES = 1 << 30
+# 8-bit tile histograms count into 4 interleaved lanes (3 KiB more per work item) when a
+# tile has at least this many pixels; smaller tiles finish before lanes pay off.
+CLAHE_LANES_MIN_TILE_AREA = 4096
+
+# Refuse tile grids whose histograms and LUTs would exceed this many bytes: a 16-bit
+# image needs 384 KiB per tile (a 64x64 grid would ask for 1.5 GiB).
+CLAHE_MAX_TABLE_BYTES = 512 << 20

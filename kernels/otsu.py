@@ -1,8 +1,8 @@
 """Otsu's global threshold, numba CPU kernels.
 
 Returns the same integer as ``cv2.threshold(img, 0, maxval, THRESH_BINARY | THRESH_OTSU)``
-for uint8 and uint16 images: the histogram is exact (integer counts, summed in parallel
-over row bands), and the variance scan repeats OpenCV's float64 arithmetic in the same
+for uint8 and uint16 images: the histogram is exact (integer counts, one chunk of the
+image per thread), and the variance scan repeats OpenCV's float64 arithmetic in the same
 order, including its FLT_EPSILON guard and strict ``>`` tie-break (first maximum wins).
 The scan is compiled without fastmath on purpose: reassociation could move the maximum.
 """

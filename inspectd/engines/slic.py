@@ -33,7 +33,8 @@ from inspectd.errors import EngineError
 logger = logging.getLogger(__name__)
 
 N_CLASSES = 3
-_FAST_SLIC_HINT = "pip install 'inspectd[slic]'  (the fast-slic package)"
+_FAST_SLIC_HINT = ("pip install cython wheel && pip install --no-build-isolation fast-slic  "
+                   "(its sdist needs cython at build time; `make venv` does this)")
 
 
 def superpixels(image: np.ndarray, *, n_segments: int, compactness: float, implementation: str = "skimage") -> np.ndarray:
@@ -92,12 +93,25 @@ def require_implementation(implementation: str) -> None:
 
 
 def _import_fast_slic() -> type:
+    """fast_slic's AVX2 build where the CPU has AVX2 (about 2x its portable one), else portable."""
     try:
         from fast_slic import Slic
     except ImportError as exc:
         msg = f"segment.classical.slic.implementation is fast_slic, but fast_slic is not installed: {_FAST_SLIC_HINT}"
         raise EngineError(msg) from exc
+    if _cpu_has_avx2():
+        from fast_slic.avx2 import SlicAvx2
+
+        return SlicAvx2
     return Slic
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " avx2" in line for line in cpuinfo)
+    except OSError:
+        return False
 
 
 def _fast_slic(grey: np.ndarray, n_segments: int, compactness: float) -> np.ndarray:

@@ -291,6 +291,22 @@ def test_fast_slic_missing_is_an_engine_error_with_an_install_hint():
         engine.load()
 
 
+def test_fast_slic_vote_agrees_with_the_skimage_vote_when_installed(synth_frames):
+    pytest.importorskip("fast_slic")
+    enhanced, truth = synth_frames[0]
+    masks = {}
+    for implementation in ("skimage", "fast_slic"):
+        engine = ClassicalEngine(SegmentConfig(classical=ClassicalConfig(
+            slic=SlicConfig(enabled=True, implementation=implementation, n_segments=800, compactness=20))))
+        engine.load()
+        masks[implementation] = engine.segment(enhanced)
+    fast, reference = masks["fast_slic"], masks["skimage"]
+    assert fast.dtype == np.uint8 and set(np.unique(fast)) <= {MELTED, UNMELTED, PORE}
+    assert np.array_equal(fast == PORE, reference == PORE)  # pores are laid back per pixel
+    assert _iou(fast, reference, UNMELTED) > 0.4  # two SLIC implementations: different superpixels
+    assert _iou(fast, truth, UNMELTED) >= 0.2
+
+
 def test_real_tile_gives_a_plausible_mask(real_tile_path):
     image = cv2.imread(str(real_tile_path), cv2.IMREAD_GRAYSCALE)
     mask = _classical().segment(image)  # the tile is already CLAHE-enhanced

@@ -247,3 +247,22 @@ def test_threading_layer_is_thread_safe() -> None:
             "choose_threading_layer(); kernels.clahe(np.zeros((64, 64), np.uint8)); print(numba.threading_layer())")
     layer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert layer.stdout.strip() in ("tbb", "omp")
+
+
+@pytest.mark.slow
+def test_burst_while_the_daemon_is_stopped_gives_exactly_one_verdict_each(tmp_path, micrographs) -> None:
+    daemon = DaemonProcess(tmp_path).start()
+    try:
+        daemon.proc.send_signal(signal.SIGSTOP)
+        small = micrographs[0].read_bytes()
+        count = 1500
+        for index in range(count):  # written while the daemon cannot read its inotify queue
+            (daemon.inbox / f"burst_{index:05d}.png").write_bytes(small)
+        daemon.proc.send_signal(signal.SIGCONT)
+        daemon.wait_processed(count, timeout_s=900)
+    finally:
+        assert daemon.terminate() == 0
+    rows = _journal_rows(daemon.state_dir)
+    assert len(rows) == count
+    assert len({row[1] for row in rows}) == count
+    assert len(list((daemon.state_dir / "done").iterdir())) == count

@@ -1,0 +1,66 @@
+"""`inspectd run` with the real GigE Vision simulator: triggered part ids round-trip into verdicts."""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from inspectd.subscribe import VerdictSubscriber
+from tests.daemon.conftest import free_tcp_endpoint
+from tests.daemon.daemon_process import DaemonProcess
+from tests.daemon.test_source_aravis import FakeCamera, needs_fake_camera
+
+
+@needs_fake_camera
+def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
+    camera = FakeCamera(tmp_path)
+    camera.start()
+    trigger_endpoint = free_tcp_endpoint()
+    daemon = DaemonProcess(tmp_path, extra={"sources": [{
+        "kind": "aravis", "id": "line-cam", "camera_id": camera.device_id, "mode": "triggered",
+        "trigger_endpoint": trigger_endpoint, "frame_timeout_s": 3.0}]})
+    try:
+        daemon.start()
+        part_ids = [f"PART-{n:03d}" for n in range(4)]
+        trigger = zmq.Context.instance().socket(zmq.REQ)
+        trigger.setsockopt(zmq.LINGER, 0)
+        trigger.connect(trigger_endpoint)
+        with VerdictSubscriber(daemon.publish, daemon.control, from_seq=1) as subscriber:
+            for part_id in part_ids:
+                trigger.send_json({"part_id": part_id})
+                assert trigger.poll(10_000), "no answer from the trigger socket"
+                assert trigger.recv_json()["ok"] is True
+            verdicts = _collect(subscriber, len(part_ids))
+            status = daemon.status()
+            # camera gone: a trigger still gets an explicit answer, never silence
+            camera.kill()
+            trigger.send_json({"part_id": "PART-LOST"})
+            assert trigger.poll(10_000)
+            trigger.recv_json()
+            lost = _collect(subscriber, 1)
+        trigger.close()
+    finally:
+        code = daemon.terminate()
+        camera.kill()
+    assert code == 0
+    assert [m["part_id"] for m in verdicts] == part_ids
+    for message in verdicts:
+        assert message["source_kind"] == "camera"
+        assert message["source"].startswith(camera.device_id) or "line-cam" in message["source"]
+        assert message["verdict"] in ("PASS", "FAIL")
+        assert message["image"] == {"width": 512, "height": 512, "bit_depth": 8}
+    assert len(lost) == 1 and lost[0]["part_id"] == "PART-LOST"
+    assert lost[0]["verdict"] == "NO_INSPECTION" and lost[0]["reason"]
+    assert status["sources"][0]["kind"] == "aravis"
+    assert status["sources"][0]["stats"]["triggers"] >= len(part_ids)
+
+
+def _collect(subscriber: VerdictSubscriber, count: int, timeout_s: float = 120.0) -> list[dict]:
+    verdicts = []
+    deadline = time.monotonic() + timeout_s
+    while len(verdicts) < count and time.monotonic() < deadline:
+        message = subscriber.poll(0.5)
+        if message is not None:
+            verdicts.append(message)
+    return verdicts
