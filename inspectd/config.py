@@ -169,10 +169,44 @@ class Backend(str, enum.Enum):
     TENSORRT = "tensorrt"
 
 
+class GraphOptimization(str, enum.Enum):
+    DISABLE = "disable"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+class UnetConfig(StrictModel):
+    """The U-Net engine: ONNX Runtime on the CPU (CUDA provider when present), TensorRT on a GPU."""
+
+    model: Path | None = Field(None, description="ONNX model; null = the bundled inspectd/models/unet-coating-v1.onnx.")
+    engine_plan: Path | None = Field(
+        None, description="Serialised TensorRT engine (inspectd build-engine) used when backend is tensorrt."
+    )
+    tile_px: int = Field(512, ge=64, le=4096, description="Square inference tile, pixels (a multiple of 16).")
+    overlap_px: int = Field(64, ge=0, le=1024, description="Overlap between tiles, blended linearly, pixels.")
+    scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="Internal working scale (1.0 = full resolution; the mask is resized back)."
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = one per core).")
+    graph_optimization: GraphOptimization = Field(GraphOptimization.ALL, description="ONNX Runtime graph optimisation.")
+
+    @model_validator(mode="after")
+    def _verify_tiles(self) -> UnetConfig:
+        if self.tile_px % 16:
+            msg = f"tile_px must be a multiple of 16, got {self.tile_px}"
+            raise ValueError(msg)
+        if self.overlap_px * 2 >= self.tile_px:
+            msg = f"overlap_px ({self.overlap_px}) must be less than half of tile_px ({self.tile_px})"
+            raise ValueError(msg)
+        return self
+
+
 class SegmentConfig(StrictModel):
     engine: str = Field("classical", description="Segmentation engine: classical | unet.")
     backend: Backend = Field(Backend.AUTO, description="Where engines and kernels run: auto | cpu | cuda | tensorrt.")
     classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
+    unet: UnetConfig = Field(default_factory=UnetConfig)
 
 
 class MeasureConfig(StrictModel):

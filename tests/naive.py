@@ -151,3 +151,59 @@ def adaptive_threshold(img: np.ndarray, block_size: int, offset: float) -> np.nd
             mean = int(np.floor(window.mean() + 0.5))
             out[y, x] = img[y, x] > mean - offset
     return out
+
+
+def regions(mask: np.ndarray, um_per_px: float, min_region_area_px: int) -> list[dict]:
+    """The region table of ``inspectd.measure``, one region at a time from its own pixels.
+
+    Regions are the 8-connected components of the unmelted (1) then the pore (2) class,
+    numbered as ``cv2.connectedComponents`` numbers them; area, bbox, centroid and second
+    moments come from the region's pixel coordinates (numpy); perimeter and hull from the
+    outer contour traced on the region alone (its bbox crop) with OpenCV's Teh-Chin
+    approximation, since that contour is the definition.
+    """
+    import cv2  # here, not at the top: the references above are OpenCV-free
+
+    table: list[dict] = []
+    for class_index, class_name in ((1, "unmelted"), (2, "pore")):
+        class_mask = (mask == class_index).astype(np.uint8)
+        n_labels, labels = cv2.connectedComponents(class_mask, connectivity=8, ltype=cv2.CV_32S)
+        for label in range(1, n_labels):
+            ys, xs = np.nonzero(labels == label)
+            area = int(ys.size)
+            if area < min_region_area_px:
+                continue
+            x0, y0 = int(xs.min()), int(ys.min())
+            width, height = int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1
+            crop = (labels[y0:y0 + height, x0:x0 + width] == label).astype(np.uint8)
+            contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_TC89_L1)
+            contour = max(contours, key=len)
+            perimeter = float(cv2.arcLength(contour, True))
+            hull = cv2.convexHull(contour)
+            hull_pixels = cv2.contourArea(hull) + cv2.arcLength(hull, True) / 2.0 + 1.0
+            dx, dy = xs - xs.mean(), ys - ys.mean()
+            # pixels as unit squares: each adds 1/12 to the variance along each axis
+            covariance = np.array([[(dx * dx).mean() + 1 / 12, (dx * dy).mean()],
+                                   [(dx * dy).mean(), (dy * dy).mean() + 1 / 12]])
+            minor, major = np.linalg.eigvalsh(covariance)
+            diameter = float(np.sqrt(4.0 * area / np.pi))
+            table.append({
+                "label": len(table) + 1,
+                "class_name": class_name,
+                "area_px": area,
+                "area_um2": area * um_per_px**2,
+                "bbox_x": x0,
+                "bbox_y": y0,
+                "bbox_width_px": width,
+                "bbox_height_px": height,
+                "aspect_ratio": float(np.sqrt(major / max(minor, 1e-12))),
+                "equivalent_diameter_px": diameter,
+                "equivalent_diameter_um": diameter * um_per_px,
+                "perimeter_px": perimeter,
+                "perimeter_um": perimeter * um_per_px,
+                "circularity": min(1.0, 4.0 * np.pi * area / perimeter**2) if perimeter > 0 else 1.0,
+                "solidity": min(1.0, area / hull_pixels),
+                "centroid_x": float(xs.mean()),
+                "centroid_y": float(ys.mean()),
+            })
+    return table

@@ -26,10 +26,12 @@ units: Otsu and `pore_level` (a fraction of the Otsu level) scale by themselves,
    among its pixels; pores are then laid over at pixel level, because a superpixel is
    usually larger than a pore and a majority vote would erase it.
 
-Speed, 2560x1920 uint8 on the 2-core development box: ~37 ms summed over the stages (blur
-5, open+close 12, pores 22: contours, hulls, hysteresis), ~60 ms per call end to end, and
-up to ~2x that when numba's OpenMP threads spin between the `kernels` calls while OpenCV's
-own threads want the cores (NUMBA_THREADING_LAYER=workqueue or one numba thread avoids it).
+Speed, 2560x1920 uint8 on the shared 2-core development box, one thread: ~30 ms of CPU
+(blur 5, Otsu twice + threshold 4, open+close 7, pore blur 2, pores 11: contours, hulls,
+fill, hysteresis), all in OpenCV or `kernels` calls; 26-36 ms per call with the default
+threads, and up to ~2x that when numba's OpenMP threads spin between the `kernels` calls
+while OpenCV's own threads want the cores (`analysis.choose_threading_layer` sets them
+passive).
 
 Example:
     >>> import numpy as np
@@ -109,8 +111,8 @@ def classify(enhanced: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
             implementation=cfg.slic.implementation.value,
         )
     pores = _pores(_smooth(enhanced, _PORE_SMOOTH_SIGMA_PX), cfg.pore_level * otsu, cfg.pore_min_solidity)
-    # mask is 0/1 (melted/unmelted) and PORE > 1: max(mask, PORE * pores) lays pores over.
-    return cv2.max(mask, np.multiply(pores, PORE, dtype=np.uint8))
+    # mask is 0/1 (melted/unmelted) and pores 0/PORE with PORE > 1: the maximum lays pores over.
+    return cv2.max(mask, pores)
 
 
 def upper_otsu_threshold(smoothed: np.ndarray, otsu: int) -> int:
@@ -160,15 +162,19 @@ def _refine_bright(bright: np.ndarray, open_radius_px: int, close_radius_px: int
 
 
 def _dark(image: np.ndarray, level: float) -> np.ndarray:
-    """uint8 0/1: grey < level, via `kernels.threshold` (grey > ceil(level) - 1, inverted)."""
-    below = math.ceil(level)
-    if below <= 0:
-        return np.zeros(image.shape, dtype=np.uint8)
-    return np.subtract(1, kernels.threshold(image, below - 1), dtype=np.uint8)
+    """uint8 0/255: grey < level, i.e. grey < ceil(level) for integer grey levels.
+
+    One `cv2.compare` pass (it saturates levels outside the dtype's range correctly);
+    inverting a `kernels.threshold` mask took two passes and a parallel kernel launch.
+    Only used as a binary mask (morphology, contours, AND), so 255 serves as well as 1.
+    """
+    return cv2.compare(image, math.ceil(level), cv2.CMP_LT)
 
 
 def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float) -> np.ndarray:
-    """Dark, compact components (uint8 0/1), grown into their blurred rim; thin cracks are dropped.
+    """Dark, compact components (uint8 0/PORE), grown into their blurred rim; thin cracks are dropped.
+
+    Drawn with the class index itself, so laying them over the bright mask is one maximum.
 
     External contours plus a convex hull only where the bbox does not already prove the
     solidity: ~10 ms on a 2560x1920 frame with ~3000 dark specks, where labelled
@@ -176,14 +182,14 @@ def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float) -> n
     """
     dark = _dark(pore_source, dark_level)
     if not dark.any():
-        return dark
+        return dark  # all zeros
     dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, _disk(_PORE_OPEN_RADIUS_PX))
     contours, _ = cv2.findContours(dark, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     compact = [c for c in contours if _is_compact(c, min_solidity)]
     pores = np.zeros(pore_source.shape, dtype=np.uint8)
     if not compact:
         return pores
-    cv2.drawContours(pores, compact, -1, 1, thickness=cv2.FILLED)
+    cv2.drawContours(pores, compact, -1, PORE, thickness=cv2.FILLED)
     # Optics blur a pore's edge: grow it into the adjacent, still fairly dark pixels, never
     # further than _PORE_GROW_PX (so it cannot run along a crack or a boundary).
     rim = _dark(pore_source, _PORE_GROW_LEVEL_FACTOR * dark_level)

@@ -313,3 +313,24 @@ def test_real_tile_gives_a_plausible_mask(real_tile_path):
     assert mask.shape == image.shape
     assert 0.5 < _fraction_pct(mask, PORE) < 10.0
     assert 10.0 < _fraction_pct(mask, UNMELTED) < 90.0
+
+
+def test_dark_is_strictly_below_the_level_for_8_and_16_bit_frames():
+    from inspectd.engines.classical import _dark
+
+    for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
+        image = np.linspace(0, top, 300).astype(dtype).reshape(15, 20)
+        for level in (-1.0, 0.0, 0.5, 1.0, 37.2, 100.0, float(top), top + 0.5, top * 3.0):
+            dark = _dark(image, level)
+            assert dark.dtype == np.uint8 and dark.shape == image.shape
+            assert np.array_equal(dark > 0, image < level), (dtype, level)
+
+
+def test_pores_are_laid_over_with_their_class_index():
+    image = np.full((120, 120), 140, np.uint8)
+    cv2.circle(image, (40, 40), 25, 235, -1)
+    cv2.circle(image, (40, 40), 6, 5, -1)  # a pore inside a particle
+    cv2.circle(image, (95, 90), 6, 5, -1)  # a pore in the matrix
+    mask = _classical().segment(image)
+    assert set(np.unique(mask).tolist()) == {MELTED, UNMELTED, PORE}
+    assert mask[40, 40] == PORE and mask[90, 95] == PORE and mask[40, 20] == UNMELTED

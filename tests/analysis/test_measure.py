@@ -223,3 +223,71 @@ def test_bad_inputs_raise_value_error(mask, image, kwargs):
     args = {"um_per_px": 1.0, "min_region_area_px": 1, **kwargs}
     with pytest.raises(ValueError):
         measure(mask, image, **args)
+
+
+# ------------------------------------------------- the whole-frame region table vs one region at a time
+
+
+def _random_masks():
+    """Masks that stress region bookkeeping: specks, blobs on the border, rings with islands."""
+    rng = np.random.default_rng(21)
+    for shape in ((1, 40), (40, 1), (3, 3), (57, 83), (120, 90)):
+        yield rng.integers(0, 3, shape, dtype=np.uint8)  # mostly specks, many on the border
+        yield cv2.medianBlur(rng.integers(0, 3, shape, dtype=np.uint8), 3) if min(shape) > 1 else \
+            np.zeros(shape, np.uint8)
+        blobs = cv2.GaussianBlur(rng.random(shape).astype(np.float32), (0, 0), 3)
+        yield np.digitize(blobs, np.quantile(blobs, [0.5, 0.8])).astype(np.uint8)
+    nested = np.zeros((90, 90), np.uint8)
+    for cls in (UNMELTED, PORE):  # a ring, an island of the same class in its hole, a speck in that
+        offset = 0 if cls == UNMELTED else 45
+        cv2.circle(nested, (22 + offset, 22 + offset), 20, int(cls), 3)
+        cv2.circle(nested, (22 + offset, 22 + offset), 9, int(cls), -1)
+        cv2.circle(nested, (22 + offset, 22 + offset), 4, MELTED, -1)
+        nested[22 + offset, 22 + offset] = cls
+    yield nested
+    yield nested.T.copy()
+
+
+def test_region_table_equals_the_one_region_at_a_time_reference():
+    from tests import naive
+
+    for mask in _random_masks():
+        for min_area in (1, 4, 30):
+            got = measure(mask, _grey(mask.shape), um_per_px=0.7, min_region_area_px=min_area).regions
+            want = naive.regions(mask, um_per_px=0.7, min_region_area_px=min_area)
+            assert len(got) == len(want)
+            for region, expected in zip(got, want, strict=True):
+                for field, value in expected.items():
+                    actual = getattr(region, field)
+                    assert type(actual) is type(value), field
+                    if isinstance(value, float):
+                        assert actual == pytest.approx(value, rel=1e-9, abs=1e-12), (field, region, expected)
+                    else:
+                        assert actual == value, (field, region, expected)
+
+
+def test_region_inside_a_hole_of_its_own_class_is_measured_like_a_lone_one():
+    ring = np.zeros((80, 80), np.uint8)
+    cv2.circle(ring, (40, 40), 30, PORE, 4)
+    island = np.zeros_like(ring)
+    cv2.circle(island, (40, 40), 10, PORE, -1)
+    together = measure(np.maximum(ring, island), _grey(ring.shape), um_per_px=1.0, min_region_area_px=1)
+    alone = measure(island, _grey(ring.shape), um_per_px=1.0, min_region_area_px=1).regions[0]
+    assert together.metrics["pore_count"] == 2.0
+    inner = next(r for r in together.regions if r.area_px == alone.area_px)
+    assert (inner.perimeter_px, inner.solidity, inner.bbox_x) == (alone.perimeter_px, alone.solidity, alone.bbox_x)
+
+
+def test_every_label_gets_the_contour_its_bbox_crop_would_give():
+    from inspectd import measure as measure_module
+
+    for mask in _random_masks():
+        class_mask = (mask == UNMELTED).view(np.uint8)
+        n_labels, labels = cv2.connectedComponents(class_mask, connectivity=8, ltype=cv2.CV_32S)
+        if n_labels == 1:
+            continue
+        components = measure_module._component_stats(labels, n_labels, *measure_module._row_runs(class_mask))
+        wanted = np.arange(1, n_labels)
+        traced = measure_module._outer_contours(class_mask, labels, wanted, components)
+        for label, contour in zip(wanted.tolist(), traced, strict=True):
+            assert np.array_equal(contour, measure_module._crop_contour(labels, label, components))

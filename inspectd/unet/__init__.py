@@ -1,0 +1,1 @@
+"""The U-Net segmentation model: contract (`contract.py`, no torch), training and export (torch)."""
