@@ -40,7 +40,8 @@ import zmq
 
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import Severity, StatusCallback
-from inspectd.sources.trigger import DEFAULT_TRIGGER_ENDPOINT, CameraMode, CameraSource, Grab
+from inspectd.sources.camera import CameraMode, CameraSource, Grab
+from inspectd.sources.trigger import DEFAULT_TRIGGER_ENDPOINT
 
 logger = logging.getLogger(__name__)
 
