@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the headers PyGObject builds against, and systemd-analyze (unit tests).
 APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd
 
-.PHONY: venv system-deps demo test test-slow lint bench clean
+.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -21,7 +21,9 @@ $(STAMP): pyproject.toml
 	$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,plc]'
+	# torch for training/export: pin the CPU build (an unpinned torch pulls a multi-GB CUDA build).
+	$(PY) -m pip install -q 'torch==2.13.0' && $(PY) -m pip install -q -e '.[train]'
 	-$(PY) -m pip install -q -e '.[aravis]' || echo "note: PyGObject did not build: camera tests will be skipped"
 	# fast-slic's sdist imports cython at build time: build it without isolation.
 	-$(PY) -m pip install -q cython wheel && $(PY) -m pip install -q --no-build-isolation fast-slic \
@@ -38,6 +40,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The CUDA kernels on numba's CUDA simulator (no GPU needed; small images, slow).
+test-gpu-sim: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpu tests/kernels
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check inspectd kernels tests bench

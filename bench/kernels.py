@@ -10,6 +10,13 @@ faster), and writes the same numbers as JSON.
 scikit-image is single-threaded numpy code, so its column does not change with
 ``--threads``; it is timed with fewer repeats (it is 10-100x slower) and only for uint8.
 
+On a shared machine, check the load average recorded in the JSON: when another process
+keeps the second core busy, OpenCV's 2-thread times fall back to its 1-thread times.
+numba's OpenMP layer (its default where TBB is absent) then stalls for a scheduler tick
+(~4 ms) per parallel region if its workers spin-wait, so this script sets
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it, as the daemon does;
+with it (or with ``--threading-layer tbb``) numba falls back to 1-thread speed instead.
+
 Usage::
 
     .venv/bin/python bench/kernels.py                      # full run, ~2-4 minutes
@@ -197,16 +204,29 @@ def select_threading_layer(layer: str) -> None:
     numba.config.THREADING_LAYER = layer
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, object]:
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
         "opencv": cv2.__version__,
         "numba_threading_layer": numba.threading_layer(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_1_5_15_min": list(os.getloadavg()),
         "clahe_clip_limit": CLAHE_CLIP_LIMIT,
         "clahe_tile_grid_rows_cols": list(CLAHE_TILE_GRID),
         "adaptive_block_size": ADAPTIVE_BLOCK_SIZE,
@@ -235,6 +255,9 @@ def main(argv=None) -> int:
     thread_counts = [int(n) for n in args.threads.split(",")]
     dtypes = [np.dtype(name).type for name in args.dtypes.split(",")]
 
+    # As the daemon does (inspectd.analysis.choose_threading_layer): OpenMP workers sleep
+    # instead of spinning between kernels. Must be set before numba loads libgomp.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     select_threading_layer(args.threading_layer)
     kernels.warm_up()
     env = environment()
@@ -245,6 +268,7 @@ def main(argv=None) -> int:
     )
     print(HEADER)
     rows = run(sizes, thread_counts, repeats, dtypes, with_skimage=not args.no_skimage)
+    env["load_average_after_1_5_15_min"] = list(os.getloadavg())
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"environment": env, "repeats": repeats, "results": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -68,12 +68,14 @@ class Analyzer:
 
     def warm_up(self) -> None:
         """Compile kernels and run the engine once, so the first real frame is not slow."""
-        kernels.warm_up()
+        kernels.warm_up(backend=self.kernel_backend)
         self.engine.warm_up()
 
     @property
     def kernel_backend(self) -> str:
-        return "cpu" if self.cfg.segment.backend.value in ("cpu", "tensorrt") else self.cfg.segment.backend.value
+        """CLAHE/threshold kernels follow `segment.backend`; a TensorRT station uses the GPU if usable."""
+        backend = self.cfg.segment.backend.value
+        return "auto" if backend == "tensorrt" else backend
 
     def analyze(self, frame: Frame) -> FrameResult:
         timings_ms: dict[str, float] = {}

@@ -1,25 +1,122 @@
-"""Numba CPU image kernels for inspectd: CLAHE and thresholds.
+"""Image kernels for inspectd: CLAHE and thresholds, numba on the CPU and on CUDA GPUs.
 
-Pure functions over numpy arrays: no config, logging or I/O, and no import of ``inspectd``.
-Each public function validates its input, allocates the output and calls a private
-``@njit(parallel=True, nogil=True, cache=True)`` core, so calls from several threads overlap
-(the cores release the GIL). ``backend="cuda"`` is reserved for the GPU twins of a later
-issue and raises :class:`CudaUnavailableError` until they exist; ``"auto"`` and ``"cpu"``
-run on the CPU.
+Pure functions over arrays: no config or I/O, and no import of ``inspectd``. The CPU
+kernels (``clahe.py``, ``otsu.py``, ``threshold.py``) each validate their input, allocate
+the output and call private ``@njit(parallel=True, nogil=True, cache=True)`` cores that
+release the GIL. Their CUDA twins (``gpu_clahe.py``, ``gpu_threshold.py``; numba.cuda) take
+the same arguments and also accept device arrays (``__cuda_array_interface__``: CuPy,
+PyTorch, numba), returning device arrays then, so a frame can stay on the GPU between
+stages. The functions below pick one per call by ``backend`` (see ``kernels.backend``:
+``"auto"`` uses a GPU only when one is really usable); importing ``kernels`` never imports
+``numba.cuda``, so it works the same on a CPU-only box.
 """
 
-from kernels.backend import BACKENDS, CudaUnavailableError
-from kernels.clahe import clahe
-from kernels.otsu import otsu_threshold
-from kernels.threshold import adaptive_threshold, threshold
-from kernels.warmup import warm_up
+from kernels.backend import BACKENDS, CudaUnavailableError, select_backend
+from kernels.clahe import clahe as _cpu_clahe
+from kernels.cuda_device import cuda_usable, is_device_array
+from kernels.otsu import otsu_threshold as _cpu_otsu_threshold
+from kernels.threshold import adaptive_threshold as _cpu_adaptive_threshold
+from kernels.threshold import threshold as _cpu_threshold
+from kernels.warmup import warm_up as _cpu_warm_up
 
 __all__ = [
     "BACKENDS",
     "CudaUnavailableError",
     "adaptive_threshold",
     "clahe",
+    "cuda_usable",
+    "is_device_array",
     "otsu_threshold",
     "threshold",
     "warm_up",
 ]
+
+
+def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
+    """Contrast-limited adaptive histogram equalisation of a 2-D uint8 or uint16 image.
+
+    Matches ``cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(cols, rows)).apply(img)``
+    within one grey level on either backend. ``tile_grid`` is ``(rows, cols)`` of tiles
+    (numpy order) while OpenCV's ``tileGridSize`` is ``(cols, rows)``. ``clip_limit=0``
+    disables clipping. Device-array input (CUDA backend) gives a device-array result.
+
+    >>> import numpy as np, kernels
+    >>> img = np.random.default_rng(0).integers(0, 256, (64, 96), dtype=np.uint8)
+    >>> kernels.clahe(img, clip_limit=2.0, tile_grid=(4, 6), backend="cpu").shape
+    (64, 96)
+    """
+    if select_backend(backend, "clahe", on_device=is_device_array(img)) == "cuda":
+        from kernels.gpu_clahe import gpu_clahe
+
+        return gpu_clahe(img, clip_limit, tile_grid)
+    return _cpu_clahe(img, clip_limit, tile_grid, backend="cpu")
+
+
+def otsu_threshold(img, backend="auto"):
+    """Otsu's threshold of a 2-D uint8/uint16 image as an int, identical to OpenCV's THRESH_OTSU.
+
+    The CUDA backend builds the histogram on the GPU and runs the CPU kernel's search on
+    it, so both backends return the same integer.
+
+    >>> import numpy as np, kernels
+    >>> kernels.otsu_threshold(np.array([[10, 10, 200, 200]], dtype=np.uint8))
+    10
+    """
+    if select_backend(backend, "otsu_threshold", on_device=is_device_array(img)) == "cuda":
+        from kernels.gpu_threshold import gpu_otsu_threshold
+
+        return gpu_otsu_threshold(img)
+    return _cpu_otsu_threshold(img, backend="cpu")
+
+
+def threshold(img, value, backend="auto"):
+    """Binary mask: 1 where ``img > value``, else 0 (uint8), as OpenCV's THRESH_BINARY.
+
+    >>> import numpy as np, kernels
+    >>> kernels.threshold(np.array([[0, 99, 100, 255]], dtype=np.uint8), 99).tolist()
+    [[0, 0, 1, 1]]
+    """
+    if select_backend(backend, "threshold", on_device=is_device_array(img)) == "cuda":
+        from kernels.gpu_threshold import gpu_threshold
+
+        return gpu_threshold(img, value)
+    return _cpu_threshold(img, value, backend="cpu")
+
+
+def adaptive_threshold(img, block_size, offset, backend="auto"):
+    """Local-mean threshold (``cv2.adaptiveThreshold`` with ADAPTIVE_THRESH_MEAN_C); CPU only.
+
+    ``backend="cuda"`` raises CudaUnavailableError: there is no CUDA twin yet.
+
+    >>> import numpy as np, kernels
+    >>> img = np.zeros((5, 5), dtype=np.uint8); img[2, 2] = 200
+    >>> int(kernels.adaptive_threshold(img, 3, 0).sum())
+    1
+    """
+    select_backend(backend, "adaptive_threshold", has_cuda_kernel=False)
+    return _cpu_adaptive_threshold(img, block_size, offset, backend="cpu")
+
+
+def warm_up(backend="auto"):
+    """Compile every kernel the backend will run, before the first frame (JIT off the watchdog clock).
+
+    Always warms the CPU kernels (``auto`` still sends ``adaptive_threshold`` there); when
+    ``backend`` resolves to CUDA, also compiles and runs the CUDA kernels once on tiny
+    uint8 and uint16 frames (about a second per kernel on a cold start).
+
+    >>> import kernels
+    >>> kernels.warm_up(backend="cpu")
+    """
+    _cpu_warm_up()
+    if select_backend(backend, "warm_up") != "cuda":
+        return
+    import numpy as np
+
+    from kernels.gpu_clahe import gpu_clahe
+    from kernels.gpu_threshold import gpu_otsu_threshold, gpu_threshold
+
+    for dtype in (np.uint8, np.uint16):
+        img = (np.arange(19 * 23) % 251).astype(dtype).reshape(19, 23)
+        gpu_clahe(img, clip_limit=2.0, tile_grid=(2, 3))
+        gpu_otsu_threshold(img)
+        gpu_threshold(img, 100)

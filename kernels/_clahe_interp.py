@@ -150,7 +150,8 @@ def interpolate_direct(img, luts, tiles_y, tiles_x, tile_h, tile_w, out):
         out = (upper * S + (lower - upper) * wy + S*S/2) >> 2B
     i.e. three multiplies and no float conversions. Worst-case deviation from OpenCV's
     float32 value before rounding: 65535 / S < 0.0001, so outputs differ by at most one
-    level (only at exact .5 ties). Largest intermediate: 65535 * S * S < 2**63.
+    level, where OpenCV's value sits at (or, through its own float32 error, near) a .5
+    tie. Largest intermediate: 65535 * S * S < 2**63.
     """
     height, width = img.shape
     cx1, cx2, _, wx = axis_weights(width, tile_w, tiles_x, _SCALE_16U)

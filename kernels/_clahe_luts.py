@@ -81,15 +81,16 @@ def tile_histograms(img, tiles_y, tiles_x, tile_h, tile_w, n_strips, lane_stride
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def tile_cdfs(partial, n_tiles, n_strips, lane_stride, hist_size, clip):
-    """Merge, clip, redistribute and prefix-sum each tile's histogram, in place.
+def tile_luts(partial, n_tiles, n_strips, lane_stride, hist_size, clip, lut_scale, luts):
+    """Merge, clip, redistribute and prefix-sum each tile's histogram, then write its LUT.
 
-    Tile ``t``'s cumulative histogram ends up in ``partial[t * n_strips, :hist_size]``
-    (the buffer is reused: a fresh (n_tiles, 65536) array would cost 16 MiB of page
-    faults per call). Passes per tile: merge strips and lanes, count the excess
-    (vectorised), clip and add the batch (vectorised), the strided residual, prefix sum.
+    Works in place in ``partial`` (a fresh (n_tiles, 65536) int32 array would cost 16 MiB
+    of page faults per call). Passes per tile: merge strips and lanes, count the excess
+    (vectorised), clip and add the batch (vectorised), the strided residual, prefix sum,
+    then luts[tile, v] = round(cdf[v] * lut_scale) in float32 like OpenCV (vectorised).
     """
     n_lanes = 4 if lane_stride else 1
+    max_value = np.float32(hist_size - 1)
     for tile in prange(n_tiles):
         hist = partial[tile * n_strips, :hist_size]
         for part_index in range(n_strips):
@@ -119,15 +120,7 @@ def tile_cdfs(partial, n_tiles, n_strips, lane_stride, hist_size, clip):
         for i in range(hist_size):
             total += hist[i]
             hist[i] = total
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def luts_from_cdfs(partial, n_tiles, n_strips, hist_size, lut_scale, luts):
-    """luts[tile, v] = round(cdf[tile, v] * lut_scale), float32 like OpenCV, saturated."""
-    max_value = np.float32(hist_size - 1)
-    for tile in prange(n_tiles):
-        cdf = partial[tile * n_strips, :hist_size]
-        dst = luts[tile]
+        lut = luts[tile]
         for i in range(hist_size):
-            value = np.rint(np.float32(cdf[i]) * lut_scale)
-            dst[i] = min(max(value, np.float32(0.0)), max_value)
+            value = np.rint(np.float32(hist[i]) * lut_scale)
+            lut[i] = min(max(value, np.float32(0.0)), max_value)

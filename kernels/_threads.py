@@ -18,10 +18,10 @@ from kernels.config import PARALLEL_MIN_PIXELS
 
 
 @contextmanager
-def threads_for(n_pixels: int) -> Iterator[int]:
-    """Yield the thread count to plan work for; one thread for images under PARALLEL_MIN_PIXELS."""
+def threads_for(n_pixels: int, min_pixels: int = PARALLEL_MIN_PIXELS) -> Iterator[int]:
+    """Yield the thread count to plan work for; one thread for images under ``min_pixels``."""
     threads = numba.get_num_threads()
-    if n_pixels >= PARALLEL_MIN_PIXELS or threads == 1:
+    if n_pixels >= min_pixels or threads == 1:
         yield threads
         return
     numba.set_num_threads(1)

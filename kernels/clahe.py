@@ -6,6 +6,11 @@ clipped counts redistributed evenly plus a strided residual, one LUT per tile, b
 interpolation between tile centres. When the image does not divide into the grid, the
 histograms see a copy padded with BORDER_REFLECT_101; here the padding is an index mapping
 used by the edge tiles only, never a materialised image.
+
+Three parallel passes (see ``_clahe_luts.py`` and ``_clahe_interp.py``): histograms over
+(tile, strip) work items; per-tile clip, redistribution and LUT; interpolation over bands
+of rows. LUTs equal OpenCV's exactly; interpolation is integer fixed point and may round
+one grey level differently from OpenCV's float32 (mostly at exact .5 ties).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels._clahe_interp import interpolate_direct, interpolate_row_blend_u8
-from kernels._clahe_luts import luts_from_cdfs, tile_cdfs, tile_histograms
+from kernels._clahe_luts import tile_histograms, tile_luts
 from kernels._threads import threads_for
 from kernels._validate import check_image, check_positive_int, check_real
 from kernels.backend import resolve_backend
@@ -93,9 +98,8 @@ def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
             )
             raise ValueError(msg)
         partial = tile_histograms(img, tiles_y, tiles_x, tile_h, tile_w, n_strips, lane_stride, hist_size)
-        tile_cdfs(partial, n_tiles, n_strips, lane_stride, hist_size, clip)
         luts = np.empty((n_tiles, hist_size), dtype=img.dtype)
-        luts_from_cdfs(partial, n_tiles, n_strips, hist_size, lut_scale, luts)
+        tile_luts(partial, n_tiles, n_strips, lane_stride, hist_size, clip, lut_scale, luts)
         del partial
 
         out = np.empty_like(img)

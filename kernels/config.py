@@ -1,8 +1,9 @@
 """Tuning constants for the numba CPU kernels, kept in one place (as stumpy's ``config.py``).
 
 Changing a value here changes speed, never results, except where a comment says otherwise.
-Kernels read these at JIT-compile time as globals, so a change needs a fresh process (and,
-because kernels use ``cache=True``, numba notices the source change and recompiles).
+Most are read by the Python wrappers on every call. The two CLAHE_WEIGHT_BITS values are
+frozen into the compiled kernels, and numba's on-disk cache only re-checks a kernel's own
+source file: after changing them, delete ``kernels/__pycache__/*.nbi`` and ``*.nbc``.
 """
 
 # Bits of the fixed-point interpolation weights used by CLAHE. With 11 bits the worst-case
@@ -15,9 +16,10 @@ CLAHE_WEIGHT_BITS_8U = 11
 # 65535 / 2**20 < 0.0001 levels of error, 65535 * 2**40 < 2**63.
 CLAHE_WEIGHT_BITS_16U = 20
 
-# 8-bit CLAHE blends the two tile rows' LUTs once per image row (tiles_x * 256 vectorised
-# multiply-adds) so each pixel then needs 2 table look-ups instead of 4. That pays while
-# the blended table is small next to the row: use it when tiles_x * 256 <= ratio * width.
+# 8-bit CLAHE folds the four LUTs around each column segment into one table per image row
+# ((tiles_x + 1) * 512 vectorised multiply-adds) so each pixel then needs 2 table look-ups
+# instead of 4. That pays while the tables are small next to the row: used when
+# (tiles_x + 1) * 256 <= ratio * width, else the four-look-up path runs.
 CLAHE_ROW_BLEND_MAX_RATIO = 4.0
 
 # Images with fewer pixels run on the calling thread alone (see kernels/_threads.py): the

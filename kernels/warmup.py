@@ -12,7 +12,9 @@ from kernels.threshold import adaptive_threshold, threshold
 def warm_up() -> None:
     """Run each public kernel once on tiny uint8 and uint16 images (compiles or loads the cache).
 
-    Takes seconds on a cold cache, well under one with numba's on-disk cache warm.
+    Takes 10-20 s on a cold cache, well under one second with numba's on-disk cache
+    warm. Covers writeable arrays (what decoders return); a read-only input is a
+    different numba type and compiles once more on first use.
 
     >>> import kernels
     >>> kernels.warm_up()

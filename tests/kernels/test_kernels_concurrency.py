@@ -31,7 +31,7 @@ def test_two_threads_at_once_give_serial_results():
         )
 
     expected = [run_all(img) for img in images]
-    rounds = 15
+    rounds = 10
     failures = []
     start = threading.Barrier(2)
 
