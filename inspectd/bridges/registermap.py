@@ -1,7 +1,7 @@
 """The Modbus register map: which holding register holds what, and how values are encoded.
 
 A line integrator programs the PLC side against this table, so it is documented
-(`inspectd bridge modbus --print-map`, docs/plc.md) and configurable (a YAML or JSON file
+(`inspectd bridge modbus --print-map`, README "Integrating with a PLC") and configurable (a YAML or JSON file
 given with `--map`; every key is optional and defaults to the table below, so a file may
 move just one field). Addresses are 0-based protocol addresses (what goes on the wire);
 in Modicon numbering holding register N is 4xxxx = 40001 + N.
