@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "bridge", help="forward verdicts to a PLC (Modbus TCP or OPC UA) with a new-result/ack handshake",
         description="Subscribe to the daemon's verdicts (gaps filled by replay), show them one at a time "
                     "on a PLC with a new-result / acknowledge handshake, and forward PLC triggers to the "
-                    "daemon's triggered camera. See the README, "Integrating with a PLC".")
+                    "daemon's triggered camera. See the README section 'Integrating with a PLC'.")
     kinds = parser.add_subparsers(dest="bridge_kind", metavar="KIND")
     kinds.required = True
 
