@@ -17,7 +17,9 @@ from inspectd.errors import ConfigError
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 # Order shown in --help; each module defines `add_parser(subparsers)` and `run(args) -> int`.
-COMMAND_MODULES = ("analyze", "run", "subscribe", "bridge", "synth", "demo", "validate_config", "evaluate", "build_engine", "train", "export", "bench")
+COMMAND_MODULES = (
+    "analyze", "run", "subscribe", "bridge", "synth", "demo", "validate_config",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
