@@ -57,6 +57,7 @@ from pydantic import Field, ValidationError, model_validator
 from inspectd.bridges.handshake import AckMode, StatusBit, TriggerStatus, VerdictCode
 from inspectd.config import StrictModel
 from inspectd.errors import ConfigError
+from inspectd.message import finite_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def encode_number(value: Any, number_type: NumberType, *, scale: float = 1.0,
         >>> encode_number(None, NumberType.INT16), encode_number(-3, NumberType.UINT16)
         ([32768], [0])
     """
-    number = _finite(value)
+    number = finite_or_none(value)
     if number_type is NumberType.FLOAT32:
         scaled = math.nan if number is None else number * scale
         try:
@@ -501,13 +502,3 @@ def _put(values: dict[int, int], address: int, words: list[int]) -> None:
 
 def _span(address: int, registers: int) -> str:
     return str(address) if registers == 1 else f"{address}-{address + registers - 1}"
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
