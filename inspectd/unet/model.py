@@ -1,0 +1,172 @@
+"""The coating U-Net in plain torch: encoder / bottleneck / decoder with skip connections.
+
+Why this shape: the daemon runs it with ONNX Runtime on two CPU cores over 2560x1920
+frames, so the cost per pixel decides the frame rate. The full-resolution levels carry few
+channels (8 by default) and most parameters sit at the coarse levels, where a multiply
+costs 1/16-1/256 as much; each decoder level first narrows the coarse features with a 1x1
+conv at low resolution (cheap), then upsamples bilinearly, concatenates the encoder's skip
+and runs one 3x3 conv. Per level that is half the multiplies of the textbook double-conv
+decoder on a concatenation, for the same skip connections. Every conv is followed by
+BatchNorm + ReLU (folded into the conv on ONNX export); a 1x1 conv gives the class logits.
+
+`widths` has one entry per resolution level: `widths[0]` at full resolution, the last one
+the bottleneck. With 5 levels the net pools 4 times, so H and W must be multiples of 16
+(`inspectd.unet.contract.INPUT_MULTIPLE`).
+
+Example:
+    >>> import torch
+    >>> model = UNet(widths=(4, 8, 16, 32, 64)).eval()
+    >>> model(torch.zeros(1, 1, 32, 48)).shape
+    torch.Size([1, 3, 32, 48])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inspectd.unet.contract import INPUT_MULTIPLE, N_CLASSES
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURE_NAME = "lean-unet"
+# The bundled model's widths: 8 channels at full resolution up to 256 at 1/16.
+DEFAULT_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 256)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Grey image `[N, 1, H, W]` -> class logits `[N, 3, H, W]` (H, W multiples of 2**(levels-1))."""
+
+    def __init__(
+        self,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        in_channels: int = 1,
+        n_classes: int = N_CLASSES,
+    ) -> None:
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if len(widths) < 2 or min(widths) < 1:
+            msg = f"widths needs at least two positive entries (levels), got {list(widths)}"
+            raise ValueError(msg)
+        if INPUT_MULTIPLE % (2 ** (len(widths) - 1)):
+            msg = (f"{len(widths)} levels pool {len(widths) - 1} times, which does not divide the "
+                   f"contract's input multiple {INPUT_MULTIPLE}")
+            raise ValueError(msg)
+        self.widths = widths
+        self.in_channels = in_channels
+        self.n_classes = n_classes
+        self.encoder = nn.ModuleList(
+            nn.Sequential(
+                _conv_bn_relu(in_channels if level == 0 else widths[level - 1], widths[level]),
+                _conv_bn_relu(widths[level], widths[level]),
+            )
+            for level in range(len(widths))
+        )
+        # narrow[level]: coarse features of level+1 -> widths[level] channels, before upsampling.
+        self.narrow = nn.ModuleList(
+            _conv_bn_relu(widths[level + 1], widths[level], kernel_size=1)
+            for level in range(len(widths) - 1)
+        )
+        self.decoder = nn.ModuleList(
+            _conv_bn_relu(2 * widths[level], widths[level]) for level in range(len(widths) - 1)
+        )
+        self.head = nn.Conv2d(widths[0], n_classes, kernel_size=1)
+
+    @property
+    def downsampling(self) -> int:
+        """H and W must be multiples of this."""
+        return 2 ** (len(self.widths) - 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        skips = []
+        features = image
+        for level, block in enumerate(self.encoder):
+            if level:
+                features = F.max_pool2d(features, 2)
+            features = block(features)
+            skips.append(features)
+        features = skips.pop()  # the bottleneck
+        for level in reversed(range(len(self.decoder))):
+            coarse = self.narrow[level](features)
+            upsampled = F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
+            features = self.decoder[level](torch.cat([upsampled, skips[level]], dim=1))
+        return self.head(features)
+
+    def architecture(self) -> dict[str, Any]:
+        """What `build_model` needs to rebuild this net (stored in checkpoints and the card)."""
+        return {
+            "name": ARCHITECTURE_NAME,
+            "widths": list(self.widths),
+            "in_channels": self.in_channels,
+            "n_classes": self.n_classes,
+        }
+
+
+def build_model(architecture: dict[str, Any] | None = None) -> UNet:
+    """A fresh `UNet` from an `architecture()` dict (None = the bundled model's shape).
+
+    >>> build_model({"name": "lean-unet", "widths": [4, 8, 16]}).widths
+    (4, 8, 16)
+    """
+    architecture = dict(architecture or {})
+    name = architecture.pop("name", ARCHITECTURE_NAME)
+    if name != ARCHITECTURE_NAME:
+        msg = f"unknown U-Net architecture {name!r}; this version builds {ARCHITECTURE_NAME!r}"
+        raise ValueError(msg)
+    return UNet(
+        widths=architecture.get("widths", DEFAULT_WIDTHS),
+        in_channels=int(architecture.get("in_channels", 1)),
+        n_classes=int(architecture.get("n_classes", N_CLASSES)),
+    )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters.
+
+    >>> count_parameters(nn.Conv2d(1, 2, 3))
+    20
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def multiply_accumulates(model: nn.Module, height_px: int = 512, width_px: int = 512) -> int:
+    """Conv multiply-accumulates of one forward pass on a `[1, C, H, W]` input (GFLOPs ~ 2x this / 1e9).
+
+    Counted from the convolutions' output sizes with forward hooks; BatchNorm, ReLU,
+    pooling and interpolation are a few percent on top and left out, as is usual.
+
+    >>> multiply_accumulates(nn.Conv2d(1, 2, 3, padding=1), 4, 4)
+    288
+    """
+    total = 0
+
+    def count(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        nonlocal total
+        kernel_h, kernel_w = module.kernel_size
+        total += output.numel() * (module.in_channels // module.groups) * kernel_h * kernel_w
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, height_px, width_px))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return total

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Reproduce the bundled model inspectd/models/unet-coating-v1.onnx (+ its model card) from
+# nothing but the project's own commands: `inspectd synth` -> `inspectd train` ->
+# `inspectd export`, then held-out metrics on frames drawn with other seeds and parameters.
+#
+#   scripts/train_bundled_model.sh [WORK_DIR]      (default WORK_DIR: /tmp/inspectd-unet-v1)
+#
+# Needs the [train] extra (`pip install torch==2.13.0 && pip install -e '.[train]'`).
+# Time: the bundled run's `inspectd train` took 30 min on a shared 2-core CPU with one torch
+# thread (about 1 min per epoch when the machine was quiet); synth, calibration, export and
+# held-out metrics add about 2 min. Knobs for a quick dry run: EPOCHS, TILES_PER_EPOCH,
+# SCALE_N (divides every set's frame count), MODEL_OUT (write the model elsewhere).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${1:-/tmp/inspectd-unet-v1}"
+PY="${PYTHON:-$REPO/.venv/bin/python}"
+INSPECTD=("$PY" -m inspectd.cli)
+EPOCHS="${EPOCHS:-12}"
+TILES_PER_EPOCH="${TILES_PER_EPOCH:-800}"
+SCALE_N="${SCALE_N:-1}"
+MODEL="${MODEL_OUT:-$REPO/inspectd/models/unet-coating-v1.onnx}"
+
+rm -rf "$WORK"
+mkdir -p "$WORK/train/images" "$WORK/train/masks" "$WORK/heldout/images" "$WORK/heldout/masks"
+
+# synth_set SPLIT NAME N WxH SEED [more inspectd synth options]: one varied set, files
+# renamed NAME_synth_NNNN.* so sets can share one folder.
+synth_set() {
+  local split="$1" name="$2" n=$(( $3 / SCALE_N > 0 ? $3 / SCALE_N : 1 )) size="$4" seed="$5"
+  shift 5
+  local tmp="$WORK/sets/$split/$name"
+  "${INSPECTD[@]}" synth --n "$n" --size "$size" --seed "$seed" --vary "$@" \
+    --out "$tmp/images" --masks-dir "$tmp/masks" >/dev/null
+  for f in "$tmp"/images/*.png; do mv "$f" "$WORK/$split/images/${name}_$(basename "$f")"; done
+  for f in "$tmp"/masks/*.png; do mv "$f" "$WORK/$split/masks/${name}_$(basename "$f")"; done
+}
+
+# Training: 8- and 16-bit, frame sizes 640x480..2560x1920 (CLAHE tiles scale with the frame),
+# sparse to crowded particles and pores; `--vary` draws every frame's particle and pore sizes,
+# flattening, cracks, illumination, blur, noise and lamella angle around those.
+synth_set train a8   40 1024x768  1001
+synth_set train b16  24 1024x768  1002 --bit-depth 16
+synth_set train c8    6 2560x1920 1003
+synth_set train d8   16 1280x960  1004 --unmelted-fraction 0.30 --pore-fraction 0.06
+synth_set train e16  16 640x480   1005 --bit-depth 16 --unmelted-fraction 0.06 --pore-fraction 0.012
+synth_set train f8   16 768x768   1006 --unmelted-fraction 0.45 --pore-fraction 0.02
+synth_set train g16   8 1280x960  1007 --bit-depth 16 --unmelted-fraction 0.20 --pore-fraction 0.10
+
+# Held out: other seeds, other target fractions, other sizes; never seen in training.
+synth_set heldout h8   12 1024x768  9001 --unmelted-fraction 0.22 --pore-fraction 0.04
+synth_set heldout i16  12 1024x768  9002 --bit-depth 16 --unmelted-fraction 0.10 --pore-fraction 0.025
+synth_set heldout j8    4 2560x1920 9003 --unmelted-fraction 0.18 --pore-fraction 0.05
+synth_set heldout k16   8 1600x1200 9004 --bit-depth 16 --unmelted-fraction 0.35 --pore-fraction 0.03
+rm -rf "$WORK/sets"
+
+# One torch thread: the bundled run was made so on a shared 2-core machine, and CPU training
+# is bit-for-bit repeatable only at the same thread count (OMP_NUM_THREADS=2 is faster).
+OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" "${INSPECTD[@]}" --log-level INFO train --images "$WORK/train/images" --masks "$WORK/train/masks" \
+  --epochs "$EPOCHS" --tiles-per-epoch "$TILES_PER_EPOCH" --batch-size 8 --lr 0.004 --tile 256 \
+  --val-fraction 0.1 --seed 7 --out "$WORK/run"
+
+# Measure the exported file itself (ONNX Runtime), then export again with the numbers in
+# the card (the export is deterministic: same bytes, same sha256).
+"${INSPECTD[@]}" export --checkpoint "$WORK/run/best.pt" --out "$WORK/run/model.onnx" --no-card
+"$PY" "$REPO/scripts/heldout_metrics.py" --onnx "$WORK/run/model.onnx" \
+  --images "$WORK/heldout/images" --masks "$WORK/heldout/masks" --json "$WORK/heldout_metrics.json"
+"${INSPECTD[@]}" export --checkpoint "$WORK/run/best.pt" --out "$MODEL" \
+  --metrics "$WORK/heldout_metrics.json" \
+  --training-command "scripts/train_bundled_model.sh (EPOCHS=$EPOCHS TILES_PER_EPOCH=$TILES_PER_EPOCH SCALE_N=$SCALE_N, OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}): inspectd synth x11 sets -> inspectd train -> inspectd export"
+cmp "$WORK/run/model.onnx" "$MODEL"
+echo "bundled model: $MODEL (card: ${MODEL%.onnx}.json); run folder: $WORK/run"
