@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the headers PyGObject builds against, and systemd-analyze (unit tests).
 APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd
 
-.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench clean
+.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -50,6 +50,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/kernels.py
+
+# The whole station: daemon pipeline per engine beside the seed-style pipeline (minutes).
+bench-throughput: $(STAMP)
+	$(PY) bench/throughput.py --frames 30 --size 2560x1920 --rate 10 --engines classical,unet \
+	  --json bench/results/throughput.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

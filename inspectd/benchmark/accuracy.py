@@ -1,0 +1,73 @@
+"""Accuracy beside speed: each benchmarked engine scored on a held-out generated set.
+
+Why in the benchmark: a faster pipeline that is less accurate must show as such, in the
+same table. The set is drawn by `inspectd.synth` with a seed and base parameters that
+neither the bundled model's training (`scripts/train_bundled_model.sh`, seeds 1001-1007)
+nor its model card's held-out set (seeds 9001-9004) used, and `vary=True` so each frame has
+its own particle and pore sizes, illumination and noise. Scores come from
+`inspectd.evaluate` (the code behind `inspectd evaluate`): per-class IoU pooled over all
+pixels, on the engine exactly as configured in the run (including the U-Net's working scale).
+
+Example:
+    >>> import tempfile
+    >>> from inspectd.config import Config
+    >>> from inspectd.engines.registry import create_engine
+    >>> pairs = write_heldout_set(Path(tempfile.mkdtemp()), n=1, width=96, height=64)
+    >>> engine = create_engine(Config().segment); engine.warm_up()
+    >>> scores = score_engine(engine, pairs, Config())
+    >>> 0.0 <= scores["iou"]["unmelted"] <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inspectd.config import Config
+from inspectd.engines.base import SegmentationEngine
+from inspectd.evaluate import LabelledImage, evaluate_set, match_pairs, summarise
+from inspectd.synth import SynthParams, write_dataset
+
+logger = logging.getLogger(__name__)
+
+HELDOUT_SEED = 5_550_001
+HELDOUT_PARAMS = SynthParams(unmelted_fraction=0.24, pore_fraction=0.035, particle_diameter_px=46.0,
+                             pore_diameter_px=9.0, crack_count=4, lamella_angle_deg=6.0)
+
+
+def heldout_description(n: int, width: int, height: int) -> dict[str, Any]:
+    return {"generator": "inspectd.synth.write_dataset(vary=True)", "frames": n, "size": f"{width}x{height}",
+            "seed": HELDOUT_SEED, "base_params": dataclasses.asdict(HELDOUT_PARAMS),
+            "note": "seed and base parameters differ from the bundled model's training (seeds 1001-1007) "
+                    "and its model card's held-out set (seeds 9001-9004)"}
+
+
+def write_heldout_set(folder: Path, n: int, width: int, height: int) -> list[LabelledImage]:
+    """Write `n` labelled frames into `folder` (masks beside them) and return the matched pairs."""
+    write_dataset(folder, n=n, height=height, width=width, seed=HELDOUT_SEED, params=HELDOUT_PARAMS, vary=True)
+    return match_pairs(folder, folder)
+
+
+def score_engine(engine: SegmentationEngine, pairs: Sequence[LabelledImage], cfg: Config) -> dict[str, Any]:
+    """Pooled per-class IoU, mean IoU, pixel accuracy and fraction errors of one loaded engine."""
+    results, mode = evaluate_set([engine], pairs, cfg)
+    summary = summarise(results[0], mode)
+    iou = {name: _round(scores["pooled"]["iou"]) for name, scores in summary["classes"].items()}
+    present = [value for value in iou.values() if value is not None]
+    return {
+        "iou": iou,
+        "mean_iou": _round(sum(present) / len(present)) if present else None,
+        "pixel_accuracy": _round(summary["pixel_accuracy"]["pooled"]),
+        "fraction_errors_pct_points": {key: _round(value["mean_abs_error_pct_points"])
+                                       for key, value in summary["fraction_errors"].items()},
+        "label_mode": mode,
+        "images": len(pairs),
+    }
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
