@@ -89,7 +89,7 @@ def create_engine(segment_cfg: SegmentConfig) -> SegmentationEngine:
         ...     create_engine(SegmentConfig(engine="nope"))
         ... except EngineError as exc:
         ...     print(str(exc).splitlines()[0])
-        unknown segmentation engine 'nope'; available: classical
+        unknown segmentation engine 'nope'; available: classical, unet
     """
     name = segment_cfg.engine
     engine_cls = ENGINES.get(name)
