@@ -244,12 +244,10 @@ class Daemon:
             logger.info("journal retention removed %d verdict(s)", removed)
 
     def _on_source_status(self, update: StatusUpdate) -> None:
+        # The source has logged the event already; here it only feeds status and metrics.
         if update.severity in (Severity.WARNING, Severity.ERROR):
             self.metrics.source_errors.labels(source=update.source_id).inc()
-            self._last_source_event = f"{update.source_id}: {update.event} {update.payload}"
-            logger.warning("source %s: %s %s", update.source_id, update.event, dict(update.payload))
-        else:
-            logger.info("source %s: %s %s", update.source_id, update.event, dict(update.payload))
+            self._last_source_event = f"{update.source_id}: {update.event} {dict(update.payload)}"
 
     def _status_line(self) -> str:
         pipeline = self.pipeline
