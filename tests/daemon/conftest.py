@@ -7,6 +7,7 @@ publish), so subscriber tests run against the real thing without the analysis pi
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from inspectd.control import ControlServer, replay_handler
 from inspectd.journal import Journal
 from inspectd.message import build_verdict_message, decode, validate
 from inspectd.publish import Publisher
+from inspectd.sources.base import StatusUpdate
 
 STATION = "test-station"
 SHA = "ab" * 32
@@ -141,3 +143,19 @@ def mini_daemon(tmp_path: Path, zmq_context: zmq.Context) -> Iterator[MiniDaemon
     daemon = MiniDaemon(tmp_path, zmq_context)
     yield daemon
     daemon.close()
+
+
+class Recorder:
+    """A source's `on_status` callback that keeps every StatusUpdate, thread-safely."""
+
+    def __init__(self) -> None:
+        self.updates: list[StatusUpdate] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, update: StatusUpdate) -> None:
+        with self._lock:
+            self.updates.append(update)
+
+    def events(self) -> list[str]:
+        with self._lock:
+            return [u.event for u in self.updates]

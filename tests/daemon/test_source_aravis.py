@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,8 @@ import zmq
 
 from inspectd.errors import SourceConnectionError
 from inspectd.sources.aravis_camera import AravisCameraSource, list_cameras, load_aravis
-from inspectd.sources.base import SourceItem, SourceState, StatusUpdate
+from inspectd.sources.base import SourceItem, SourceState
+from tests.daemon.conftest import Recorder
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 try:
@@ -91,27 +91,6 @@ def fake_camera(tmp_path: Path):
     camera.start()
     yield camera
     camera.kill()
-
-
-@pytest.fixture
-def zmq_context():
-    context = zmq.Context()
-    yield context
-    context.term()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.updates: list[StatusUpdate] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, update: StatusUpdate) -> None:
-        with self._lock:
-            self.updates.append(update)
-
-    def events(self) -> list[str]:
-        with self._lock:
-            return [u.event for u in self.updates]
 
 
 def next_item(source: AravisCameraSource, timeout_s: float = 15.0) -> SourceItem:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import pytest
 import zmq
 
 from inspectd.errors import ConfigError, SourceConnectionError
-from inspectd.sources.base import SourceItem, SourceState, StatusUpdate, sha256_of_pixels
+from inspectd.sources.base import SourceItem, SourceState, sha256_of_pixels
 from inspectd.sources.opencv_camera import OpenCVCameraSource, is_live_target, to_grey
 from inspectd.sources.registry import create_source
 from inspectd.sources.trigger import Backoff, TriggerServer
+from tests.daemon.conftest import Recorder
 
 WIDTH, HEIGHT = 64, 48
 LEVEL_STEP = 12  # grey level added per frame, so frame order is visible in the pixels
@@ -55,27 +55,6 @@ def wait_until(predicate, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.updates: list[StatusUpdate] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, update: StatusUpdate) -> None:
-        with self._lock:
-            self.updates.append(update)
-
-    def events(self) -> list[str]:
-        with self._lock:
-            return [u.event for u in self.updates]
-
-
-@pytest.fixture
-def zmq_context():
-    context = zmq.Context()
-    yield context
-    context.term()
 
 
 def send_trigger(context: zmq.Context, endpoint: str, message: object) -> dict:
