@@ -159,3 +159,29 @@ class Recorder:
     def events(self) -> list[str]:
         with self._lock:
             return [u.event for u in self.updates]
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> bool:
+    """Poll `predicate` until it holds or `timeout_s` passes; returns its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def send_trigger(context: zmq.Context, endpoint: str, message: object) -> dict:
+    """One trigger request over a fresh REQ socket, as a PLC bridge sends it (raw bytes or JSON)."""
+    client = context.socket(zmq.REQ)
+    client.setsockopt(zmq.LINGER, 0)
+    client.setsockopt(zmq.RCVTIMEO, 10_000)
+    client.connect(endpoint)
+    try:
+        if isinstance(message, bytes):
+            client.send(message)
+        else:
+            client.send_json(message)
+        return client.recv_json()
+    finally:
+        client.close()

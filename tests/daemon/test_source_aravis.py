@@ -24,7 +24,7 @@ import zmq
 from inspectd.errors import SourceConnectionError
 from inspectd.sources.aravis_camera import AravisCameraSource, list_cameras, load_aravis
 from inspectd.sources.base import SourceItem, SourceState
-from tests.daemon.conftest import Recorder
+from tests.daemon.conftest import Recorder, send_trigger, wait_until
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 try:
@@ -99,27 +99,6 @@ def next_item(source: AravisCameraSource, timeout_s: float = 15.0) -> SourceItem
     return item
 
 
-def wait_until(predicate, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
-def send_trigger(context: zmq.Context, endpoint: str, part_id: str) -> dict:
-    client = context.socket(zmq.REQ)
-    client.setsockopt(zmq.LINGER, 0)
-    client.setsockopt(zmq.RCVTIMEO, 10_000)
-    client.connect(endpoint)
-    try:
-        client.send_json({"part_id": part_id})
-        return client.recv_json()
-    finally:
-        client.close()
-
-
 @needs_fake_camera
 def test_frames_flow(fake_camera: FakeCamera) -> None:
     source = AravisCameraSource("gige", camera_id=fake_camera.device_id, fps_cap=20, buffer_size=8)
@@ -164,7 +143,7 @@ def test_camera_killed_and_restarted_reconnects(fake_camera: FakeCamera) -> None
     try:
         next_item(source)
         fake_camera.kill()
-        assert wait_until(lambda: source.stats()["camera_lost"] >= 1)
+        assert wait_until(lambda: source.stats()["camera_lost"] >= 1, timeout_s=20)
         assert source.state is SourceState.RECONNECTING
         while source.get(timeout_s=0.1) is not None:  # frames captured before the kill
             pass
@@ -199,7 +178,7 @@ def test_triggered_part_ids_and_no_inspection_while_camera_down(
         endpoint = source.trigger_endpoint
         assert source.get(timeout_s=0.5) is None  # software-triggered: nothing until asked
         for part in ("S-1", "S-2", "S-3"):
-            reply = send_trigger(zmq_context, endpoint, part)
+            reply = send_trigger(zmq_context, endpoint, {"part_id": part})
             assert reply["ok"] is True
             item = next_item(source)
             assert item.part_id == part
@@ -207,7 +186,7 @@ def test_triggered_part_ids_and_no_inspection_while_camera_down(
             assert item.pixels.shape == FAKE_SIZE
 
         fake_camera.kill()
-        reply = send_trigger(zmq_context, endpoint, "S-down")
+        reply = send_trigger(zmq_context, endpoint, {"part_id": "S-down"})
         assert reply["ok"] is True  # accepted; the outcome comes as an item
         down = next_item(source, timeout_s=30)
         assert down.part_id == "S-down" and down.pixels is None
@@ -218,10 +197,10 @@ def test_triggered_part_ids_and_no_inspection_while_camera_down(
 
         fake_camera.start()
         assert wait_until(lambda: source.state is SourceState.RUNNING, timeout_s=30)
-        reply = send_trigger(zmq_context, endpoint, "S-back")
+        reply = send_trigger(zmq_context, endpoint, {"part_id": "S-back"})
         back = next_item(source)
         while back.pixels is None:  # a trigger racing the reconnect may still be refused
-            reply = send_trigger(zmq_context, endpoint, "S-back")
+            reply = send_trigger(zmq_context, endpoint, {"part_id": "S-back"})
             back = next_item(source)
         assert back.part_id == "S-back" and back.pixels.shape == FAKE_SIZE
         assert source.stats()["reconnects"] >= 1
@@ -240,7 +219,7 @@ def test_incomplete_buffers_are_counted_and_never_inspected(tmp_path: Path) -> N
     source.start()
     try:
         items = [next_item(source, timeout_s=30) for _ in range(3)]
-        assert wait_until(lambda: source.stats().get("incomplete_buffers", 0) >= 1)
+        assert wait_until(lambda: source.stats().get("incomplete_buffers", 0) >= 1, timeout_s=20)
     finally:
         source.stop()
         camera.kill()

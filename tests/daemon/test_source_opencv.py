@@ -16,7 +16,7 @@ from inspectd.sources.base import SourceItem, SourceState, sha256_of_pixels
 from inspectd.sources.opencv_camera import OpenCVCameraSource, is_live_target, to_grey
 from inspectd.sources.registry import create_source
 from inspectd.sources.trigger import Backoff, TriggerServer
-from tests.daemon.conftest import Recorder
+from tests.daemon.conftest import Recorder, send_trigger, wait_until
 
 WIDTH, HEIGHT = 64, 48
 LEVEL_STEP = 12  # grey level added per frame, so frame order is visible in the pixels
@@ -46,30 +46,6 @@ def take(source: OpenCVCameraSource, n: int, timeout_s: float = 10.0) -> list[So
         if item is not None:
             items.append(item)
     return items
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-def send_trigger(context: zmq.Context, endpoint: str, message: object) -> dict:
-    client = context.socket(zmq.REQ)
-    client.setsockopt(zmq.LINGER, 0)
-    client.setsockopt(zmq.RCVTIMEO, 10_000)
-    client.connect(endpoint)
-    try:
-        if isinstance(message, bytes):
-            client.send(message)
-        else:
-            client.send_json(message)
-        return client.recv_json()
-    finally:
-        client.close()
 
 
 def test_video_file_frames_flow_then_end(tmp_path: Path) -> None:
