@@ -384,25 +384,32 @@ def parse_object(raw: Any, *, yaml_text: str | None = None, origin: str = "<conf
 
 def parse(text: str, *, origin: str = "<config>") -> Config:
     """Parse and validate YAML text."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        msg = f"{origin}: not valid YAML: {exc}"
-        raise ConfigError(msg) from exc
-    return parse_object(raw, yaml_text=text, origin=origin)
+    return parse_object(parse_yaml(text, origin=origin), yaml_text=text, origin=origin)
 
 
 def load(path: str | Path | None) -> Config:
     """Load a config file; `None` gives the built-in defaults."""
     if path is None:
         return Config()
-    path = Path(path)
+    return parse(read_text(path, "config file"), origin=str(path))
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A settings file's text (config, register map, node map), or ConfigError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        msg = f"{path}: cannot read config file: {exc.strerror or exc}"
+        msg = f"{path}: cannot read {what}: {exc.strerror or exc}"
         raise ConfigError(msg) from exc
-    return parse(text, origin=str(path))
+
+
+def parse_yaml(text: str, *, origin: str, kind: str = "YAML") -> Any:
+    """YAML (of which JSON is a subset) to Python objects, or ConfigError naming the origin."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        msg = f"{origin}: not valid {kind}: {exc}"
+        raise ConfigError(msg) from exc
 
 
 def _describe(exc: ValidationError, yaml_text: str | None, origin: str) -> str:

@@ -47,7 +47,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from inspectd.bridges.handshake import (
@@ -58,7 +57,7 @@ from inspectd.bridges.handshake import (
     TriggerStatus,
     VerdictCode,
 )
-from inspectd.config import StrictModel
+from inspectd.config import StrictModel, parse_yaml, read_text
 from inspectd.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -154,15 +153,7 @@ def load_node_map(path: str | Path | None) -> NodeMap:
     """
     if path is None:
         return NodeMap()
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        msg = f"{path}: cannot read node map: {exc.strerror or exc}"
-        raise ConfigError(msg) from exc
-    except yaml.YAMLError as exc:
-        msg = f"{path}: not valid YAML/JSON: {exc}"
-        raise ConfigError(msg) from exc
+    raw = parse_yaml(read_text(path, "node map"), origin=str(path), kind="YAML/JSON")
     try:
         return NodeMap.model_validate(raw or {})
     except ValidationError as exc:

@@ -55,7 +55,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from inspectd.bridges.handshake import AckMode, StatusBit, TriggerStatus, VerdictCode
-from inspectd.config import StrictModel
+from inspectd.config import StrictModel, parse_yaml, read_text
 from inspectd.errors import ConfigError
 from inspectd.message import finite_or_none
 
@@ -386,13 +386,7 @@ def load_register_map(path: str | Path | None) -> RegisterMap:
     """
     if path is None:
         return RegisterMap()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        msg = f"{path}: cannot read register map: {exc.strerror or exc}"
-        raise ConfigError(msg) from exc
-    return parse_register_map(text, origin=str(path))
+    return parse_register_map(read_text(path, "register map"), origin=str(path))
 
 
 def parse_register_map(text: str, *, origin: str = "<register map>") -> RegisterMap:
@@ -406,11 +400,7 @@ def parse_register_map(text: str, *, origin: str = "<register map>") -> Register
         ...
         inspectd.errors.ConfigError: <register map>: seq_lo and new_result both use register 3
     """
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        msg = f"{origin}: not valid YAML/JSON: {exc}"
-        raise ConfigError(msg) from exc
+    raw = parse_yaml(text, origin=origin, kind="YAML/JSON")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
