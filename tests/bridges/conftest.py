@@ -12,7 +12,6 @@ import asyncio
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from inspectd.bridges.handshake import Bridge
 from inspectd.bridges.modbus import ModbusBus
 from inspectd.bridges.registermap import RegisterMap
 from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint
+from tests.daemon.conftest import wait_for as daemon_wait_for
 
 # pymodbus is the optional [plc] extra: imported by the helpers that need it, so the tests
 # without a fieldbus (cursor, register map, handshake decisions) run where it is absent.
@@ -39,12 +39,8 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 15.0, interval_s: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
+    """The daemon tests' poller with the bridges' longer default (a PLC round trip is slower)."""
+    return daemon_wait_for(predicate, timeout_s, interval_s)
 
 
 class ModbusPlcServer:

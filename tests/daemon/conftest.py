@@ -82,6 +82,7 @@ def recv_messages(sock: zmq.Socket, count: int, *, timeout_s: float = 10.0,
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0, interval_s: float = 0.01) -> bool:
+    """Poll `predicate` until it holds or `timeout_s` passes; returns its last value."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -159,16 +160,6 @@ class Recorder:
     def events(self) -> list[str]:
         with self._lock:
             return [u.event for u in self.updates]
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    """Poll `predicate` until it holds or `timeout_s` passes; returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def send_trigger(context: zmq.Context, endpoint: str, message: object) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from inspectd.service import Notifier, StallWatchdog, watchdog_interval_s
+from tests.daemon.conftest import wait_for
 
 
 class NotifyListener:
@@ -48,12 +49,7 @@ class NotifyListener:
         return sum(msg.splitlines().count(line) for msg in self.snapshot())
 
     def wait_for(self, predicate, timeout_s: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.01)
-        return predicate()
+        return wait_for(predicate, timeout_s)
 
     def close(self) -> None:
         self._stop.set()

@@ -24,7 +24,7 @@ import zmq
 from inspectd.errors import SourceConnectionError
 from inspectd.sources.aravis_camera import AravisCameraSource, list_cameras, load_aravis
 from inspectd.sources.base import SourceItem, SourceState
-from tests.daemon.conftest import Recorder, send_trigger, wait_until
+from tests.daemon.conftest import Recorder, send_trigger, wait_for
 
 FAKE_CAMERA = shutil.which("arv-fake-gv-camera-0.8")
 try:
@@ -143,7 +143,7 @@ def test_camera_killed_and_restarted_reconnects(fake_camera: FakeCamera) -> None
     try:
         next_item(source)
         fake_camera.kill()
-        assert wait_until(lambda: source.stats()["camera_lost"] >= 1, timeout_s=20)
+        assert wait_for(lambda: source.stats()["camera_lost"] >= 1, timeout_s=20)
         assert source.state is SourceState.RECONNECTING
         while source.get(timeout_s=0.1) is not None:  # frames captured before the kill
             pass
@@ -196,7 +196,7 @@ def test_triggered_part_ids_and_no_inspection_while_camera_down(
         assert down.error.startswith("NO_INSPECTION: camera_lost")
 
         fake_camera.start()
-        assert wait_until(lambda: source.state is SourceState.RUNNING, timeout_s=30)
+        assert wait_for(lambda: source.state is SourceState.RUNNING, timeout_s=30)
         reply = send_trigger(zmq_context, endpoint, {"part_id": "S-back"})
         back = next_item(source)
         while back.pixels is None:  # a trigger racing the reconnect may still be refused
@@ -219,7 +219,7 @@ def test_incomplete_buffers_are_counted_and_never_inspected(tmp_path: Path) -> N
     source.start()
     try:
         items = [next_item(source, timeout_s=30) for _ in range(3)]
-        assert wait_until(lambda: source.stats().get("incomplete_buffers", 0) >= 1, timeout_s=20)
+        assert wait_for(lambda: source.stats().get("incomplete_buffers", 0) >= 1, timeout_s=20)
     finally:
         source.stop()
         camera.kill()

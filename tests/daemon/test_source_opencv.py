@@ -16,7 +16,7 @@ from inspectd.sources.base import SourceItem, SourceState, sha256_of_pixels
 from inspectd.sources.opencv_camera import OpenCVCameraSource, is_live_target, to_grey
 from inspectd.sources.registry import create_source
 from inspectd.sources.trigger import Backoff, TriggerServer
-from tests.daemon.conftest import Recorder, send_trigger, wait_until
+from tests.daemon.conftest import Recorder, send_trigger, wait_for
 
 WIDTH, HEIGHT = 64, 48
 LEVEL_STEP = 12  # grey level added per frame, so frame order is visible in the pixels
@@ -54,7 +54,7 @@ def test_video_file_frames_flow_then_end(tmp_path: Path) -> None:
     source = OpenCVCameraSource("cam-a", device=str(video), buffer_size=16, on_status=events)
     source.start()
     items = take(source, 6)
-    assert wait_until(lambda: source.state is SourceState.ENDED)
+    assert wait_for(lambda: source.state is SourceState.ENDED)
     assert source.get(timeout_s=0.2) is None
     assert source.finished
 
@@ -97,7 +97,7 @@ def test_free_run_drops_the_oldest_frames_when_the_pipeline_lags(tmp_path: Path)
     video = write_video(tmp_path / "burst.avi", 12)
     source = OpenCVCameraSource("cam-burst", device=str(video), buffer_size=3)
     source.start()
-    assert wait_until(lambda: source.state is SourceState.ENDED)  # nobody consumed meanwhile
+    assert wait_for(lambda: source.state is SourceState.ENDED)  # nobody consumed meanwhile
     stats = source.stats()
     assert stats["frames"] == 12
     assert stats["drops"] == 9 and stats["queued"] == 3
@@ -122,7 +122,7 @@ def test_absent_camera_reconnects_with_backoff_until_it_appears(tmp_path: Path) 
     source.start()
     try:
         assert source.state is SourceState.RECONNECTING
-        assert wait_until(lambda: source.stats()["connect_attempts"] >= 3)
+        assert wait_for(lambda: source.stats()["connect_attempts"] >= 3)
         assert "connect_failed" in events.events()
         # The "camera" appears (atomically, as a finished file).
         write_video(tmp_path / "staging.avi", 3)
@@ -172,7 +172,7 @@ def test_triggered_part_ids_round_trip_and_end_gives_no_inspection(
         assert last.metadata["no_inspection_reason"] == "ended"
         assert last.metadata["trigger_id"] == replies[3]["trigger_id"]
         assert last.error.startswith("NO_INSPECTION: ended")
-        assert wait_until(lambda: source.state is SourceState.ENDED)
+        assert wait_for(lambda: source.state is SourceState.ENDED)
         refused = send_trigger(zmq_context, endpoint, {"part_id": "P-5"})
         assert refused["ok"] is False and "ended" in refused["error"]
         stats = source.stats()
