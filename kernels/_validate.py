@@ -44,3 +44,17 @@ def check_real(value: object, name: str, kernel_name: str) -> float:
         msg = f"{kernel_name}: {name} must be a finite number, got {value!r}"
         raise ValueError(msg)
     return float(value)
+
+
+def check_clahe_arguments(clip_limit, tile_grid) -> tuple[float, int, int]:
+    """(clip_limit, tile rows, tile cols) after the checks both CLAHE backends share."""
+    clip_limit = check_real(clip_limit, "clip_limit", "clahe")
+    if clip_limit < 0:
+        msg = f"clahe: clip_limit must be >= 0 (0 disables clipping), got {clip_limit}"
+        raise ValueError(msg)
+    if not isinstance(tile_grid, (tuple, list)) or len(tile_grid) != 2:
+        msg = f"clahe: tile_grid must be (rows, cols) of positive integers, got {tile_grid!r}"
+        raise ValueError(msg)
+    tiles_y = check_positive_int(tile_grid[0], "tile_grid rows", "clahe")
+    tiles_x = check_positive_int(tile_grid[1], "tile_grid cols", "clahe")
+    return clip_limit, tiles_y, tiles_x

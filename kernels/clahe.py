@@ -20,7 +20,7 @@ import numpy as np
 from kernels._clahe_interp import interpolate_direct, interpolate_row_blend_u8
 from kernels._clahe_luts import tile_histograms, tile_luts
 from kernels._threads import threads_for
-from kernels._validate import check_image, check_positive_int, check_real
+from kernels._validate import check_clahe_arguments, check_image
 from kernels.backend import resolve_backend
 from kernels.config import (
     CLAHE_LANES_MIN_TILE_AREA,
@@ -62,15 +62,7 @@ def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
     """
     resolve_backend(backend, "clahe")
     img = check_image(img, "clahe")
-    clip_limit = check_real(clip_limit, "clip_limit", "clahe")
-    if clip_limit < 0:
-        msg = f"clahe: clip_limit must be >= 0 (0 disables clipping), got {clip_limit}"
-        raise ValueError(msg)
-    if not isinstance(tile_grid, (tuple, list)) or len(tile_grid) != 2:
-        msg = f"clahe: tile_grid must be (rows, cols) of positive integers, got {tile_grid!r}"
-        raise ValueError(msg)
-    tiles_y = check_positive_int(tile_grid[0], "tile_grid rows", "clahe")
-    tiles_x = check_positive_int(tile_grid[1], "tile_grid cols", "clahe")
+    clip_limit, tiles_y, tiles_x = check_clahe_arguments(clip_limit, tile_grid)
     hist_size = 256 if img.dtype == np.uint8 else 65536
 
     height, width = img.shape

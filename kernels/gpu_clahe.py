@@ -35,8 +35,8 @@ import math
 import numpy as np
 from numba import cuda
 
-from kernels import cuda_device, gpu_config
-from kernels._validate import check_positive_int, check_real
+from kernels import _clahe_luts, cuda_device, gpu_config
+from kernels._validate import check_clahe_arguments
 from kernels.gpu_config import HIST_COPIES, MAX_THREADS_PER_BLOCK
 
 # Shared-memory shapes must be compile-time constants: a module global is one.
@@ -46,17 +46,8 @@ _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
 
 
-@cuda.jit(device=True)
-def reflect_101(index, length):
-    """OpenCV's borderInterpolate for BORDER_REFLECT_101 (any distance past either end)."""
-    if length == 1:
-        return 0
-    while index < 0 or index >= length:
-        if index < 0:
-            index = -index
-        else:
-            index = 2 * (length - 1) - index
-    return index
+# The CPU kernel's index mapping, compiled once more as a device function.
+reflect_101 = cuda.jit(device=True)(_clahe_luts.reflect_101.py_func)
 
 
 @cuda.jit(device=True)
@@ -302,19 +293,6 @@ def tile_geometry(height, width, tiles_y, tiles_x):
     return padded_h // tiles_y, padded_w // tiles_x
 
 
-def _check_arguments(clip_limit, tile_grid):
-    clip_limit = check_real(clip_limit, "clip_limit", "clahe")
-    if clip_limit < 0:
-        msg = f"clahe: clip_limit must be >= 0 (0 disables clipping), got {clip_limit}"
-        raise ValueError(msg)
-    if not isinstance(tile_grid, (tuple, list)) or len(tile_grid) != 2:
-        msg = f"clahe: tile_grid must be (rows, cols) of positive integers, got {tile_grid!r}"
-        raise ValueError(msg)
-    tiles_y = check_positive_int(tile_grid[0], "tile_grid rows", "clahe")
-    tiles_x = check_positive_int(tile_grid[1], "tile_grid cols", "clahe")
-    return clip_limit, tiles_y, tiles_x
-
-
 def _threads_per_block() -> int:
     threads = gpu_config.THREADS_PER_BLOCK
     if not 1 <= threads <= MAX_THREADS_PER_BLOCK:
@@ -341,7 +319,7 @@ def gpu_clahe(img, clip_limit=2.0, tile_grid=(8, 8)):
     >>> out.shape, out.dtype
     ((24, 32), dtype('uint8'))
     """
-    clip_limit, tiles_y, tiles_x = _check_arguments(clip_limit, tile_grid)
+    clip_limit, tiles_y, tiles_x = check_clahe_arguments(clip_limit, tile_grid)
     dev, on_device = cuda_device.device_image(img, "clahe")
     dtype = np.dtype(dev.dtype)
     height, width = dev.shape
