@@ -1,4 +1,5 @@
-"""Image kernels for inspectd: CLAHE and thresholds, numba on the CPU and on CUDA GPUs.
+"""Image kernels for inspectd: CLAHE and thresholds, numba on the CPU and on CUDA GPUs,
+and the guided U-Net's fused upsample + argmax (``guided.py``, CPU).
 
 Pure functions over arrays: no config or I/O, and no import of ``inspectd``. The CPU
 kernels (``clahe.py``, ``otsu.py``, ``threshold.py``) each validate their input, allocate
@@ -14,6 +15,7 @@ stages. The functions below pick one per call by ``backend`` (see ``kernels.back
 from kernels.backend import BACKENDS, CudaUnavailableError, select_backend
 from kernels.clahe import clahe as _cpu_clahe
 from kernels.cuda_device import cuda_usable, is_device_array
+from kernels.guided import guided_argmax
 from kernels.otsu import otsu_threshold as _cpu_otsu_threshold
 from kernels.threshold import adaptive_threshold as _cpu_adaptive_threshold
 from kernels.threshold import threshold as _cpu_threshold
@@ -25,6 +27,7 @@ __all__ = [
     "adaptive_threshold",
     "clahe",
     "cuda_usable",
+    "guided_argmax",
     "is_device_array",
     "otsu_threshold",
     "threshold",

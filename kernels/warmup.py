@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.clahe import clahe
+from kernels.guided import guided_argmax
 from kernels.otsu import otsu_threshold
 from kernels.threshold import adaptive_threshold, threshold
 
@@ -29,3 +30,4 @@ def warm_up() -> None:
             otsu_threshold(img)
             threshold(img, 100)
             adaptive_threshold(img, 3, 0)
+            guided_argmax(np.zeros((6, shape[0], shape[1]), np.float32), img, 4)

@@ -4,9 +4,8 @@
 Used by `scripts/train_bundled_model.sh` to fill the model card's `heldout` section; the
 general tool is `inspectd evaluate`. For each image + mask pair (matched by stem, mask
 convention detected as in training): decode, enhance with the pipeline's CLAHE, then
-- U-Net at each working scale: downscale the enhanced frame (INTER_AREA) when scale < 1,
-  run the whole frame through ONNX Runtime (reflect-padded to a multiple of 16), argmax,
-  resize the mask back with nearest neighbour (what the engine does);
+- U-Net at each working scale: the U-Net engine as the daemon runs it (default tiles;
+  INTER_AREA down when scale < 1, mask back with nearest neighbour);
 - the classical engine with the default config.
 IoU per class is computed on the confusion matrix summed over all images; fractions are
 per image. Also times ONNX Runtime on a 512x512 tile with 2 threads (min of repeats).
@@ -23,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
-from inspectd.config import PreprocessConfig, SegmentConfig
+from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
 from inspectd.decode import decode_file
 from inspectd.engines.registry import create_engine
 from inspectd.preprocess import enhance
@@ -55,17 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
-    classical = create_engine(SegmentConfig(engine="classical"))
-    classical.load()
-
-    engines = {"classical": None, **{f"unet@{s:g}": s for s in scales}}
+    engines = {"classical": create_engine(SegmentConfig(engine="classical"))}
+    for scale in scales:
+        unet_cfg = UnetConfig(model=args.onnx, scale=scale, intra_op_threads=args.threads)
+        engines[f"unet@{scale:g}"] = create_engine(SegmentConfig(engine="unet", backend="cpu", unet=unet_cfg))
+    for engine in engines.values():
+        engine.load()
     confusion = {name: np.zeros((N_CLASSES, N_CLASSES), np.int64) for name in engines}
     fraction_errors = {name: {"unmelted_pct": [], "porosity_pct": []} for name in engines}
     for pair in pairs:
         truth = to_class_index(raw_masks[pair.sample_id], convention)
         enhanced = enhance(decode_file(pair.image_path)[0].pixels, PreprocessConfig())
-        for name, scale in engines.items():
-            predicted = classical.segment(enhanced) if scale is None else unet_mask(session, enhanced, scale)
+        for name, engine in engines.items():
+            predicted = engine.segment(enhanced)
             confusion[name] += np.bincount(truth.astype(np.int64).ravel() * N_CLASSES + predicted.ravel(),
                                            minlength=N_CLASSES**2).reshape(N_CLASSES, N_CLASSES)
             for key, cls in (("unmelted_pct", 1), ("porosity_pct", 2)):
@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         "images_dir": str(args.images),
         "mask_convention": convention.value,
         "method": "IoU per class on the confusion matrix summed over all held-out images; "
-                  "U-Net = exported ONNX through ONNX Runtime on whole frames at the given working "
-                  "scale (INTER_AREA down, nearest-neighbour mask back up); classical = default config",
+                  "U-Net = the U-Net engine (ONNX Runtime, default tiles) at the given working scale "
+                  "(INTER_AREA down, nearest-neighbour mask back up below 1); classical = default config",
         "engines": {},
         "onnxruntime_ms_per_512x512_tile": tile_latency_ms(session),
         "latency_threads": args.threads,
@@ -102,23 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def unet_mask(session: ort.InferenceSession, enhanced: np.ndarray, scale: float) -> np.ndarray:
-    height, width = enhanced.shape
-    small = enhanced
-    if scale < 1.0:
-        size = (max(16, round(width * scale)), max(16, round(height * scale)))
-        small = cv2.resize(enhanced, size, interpolation=cv2.INTER_AREA)
-    inputs = contract.normalise(small)
-    pad_h, pad_w = -inputs.shape[2] % contract.INPUT_MULTIPLE, -inputs.shape[3] % contract.INPUT_MULTIPLE
-    if pad_h or pad_w:
-        inputs = np.pad(inputs, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-    (logits,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: inputs})
-    mask = logits[0, :, : small.shape[0], : small.shape[1]].argmax(0).astype(np.uint8)
-    if mask.shape != enhanced.shape:
-        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    return mask
-
-
 def iou(confusion: np.ndarray) -> np.ndarray:
     overlap = np.diag(confusion).astype(np.float64)
     union = confusion.sum(0) + confusion.sum(1) - overlap
@@ -127,12 +110,13 @@ def iou(confusion: np.ndarray) -> np.ndarray:
 
 def tile_latency_ms(session: ort.InferenceSession, repeats: int = 15) -> float:
     tile = np.random.default_rng(0).standard_normal((1, 1, 512, 512), dtype=np.float32)
+    output_names = [session.get_outputs()[0].name]
     for _ in range(3):
-        session.run(None, {contract.INPUT_NAME: tile})
+        session.run(output_names, {contract.INPUT_NAME: tile})
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        session.run(None, {contract.INPUT_NAME: tile})
+        session.run(output_names, {contract.INPUT_NAME: tile})
         times.append(time.perf_counter() - started)
     return round(1000.0 * min(times), 2)
 

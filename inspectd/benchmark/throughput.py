@@ -68,7 +68,7 @@ DEFAULT_FRAMES = 30
 DEFAULT_ENGINES = "classical,unet"
 DEFAULT_WORKERS = "1,2"
 # The U-Net's working scales: the first is the `unet` entry, the others are compared beside it.
-DEFAULT_UNET_SCALES = "0.75,1.0"
+DEFAULT_UNET_SCALES = "1.0,0.5"
 FRAME_SEED = 77_000
 CLASSICAL_MIN_FPS = 10.0
 UNET_MIN_RATIO_TO_SEED = 5.0

@@ -40,13 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, one-cycle schedule (default: %(default)s)")
-    parser.add_argument("--tile", type=int, default=256, help="training tile side, px, multiple of 16 (default: %(default)s)")
+    parser.add_argument("--tile", type=int, default=256, help="training tile side, px, multiple of 32 (default: %(default)s)")
     parser.add_argument("--tiles-per-epoch", type=int, default=None,
                         help="augmented tiles per epoch (default: 8 per training image)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images kept for validation (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--widths", type=_widths, default=None, metavar="W0,W1,...",
                         help="channels per level, full resolution first (default: 8,16,32,64,256)")
+    parser.add_argument("--output-stride", type=int, default=1, choices=(1, 2, 4, 8),
+                        help="1: logits at full resolution (v1); >1: guided U-Net running at 1/stride "
+                             "with a per-pixel affine head (v2 uses 4) (default: %(default)s)")
     parser.add_argument("--min-scale", type=float, default=0.5,
                         help="tiles are also drawn downscaled to this factor, for segment.unet.scale < 1 (default: %(default)s)")
     parser.add_argument("--config", default=None,
@@ -60,7 +63,7 @@ def command_line(args: argparse.Namespace) -> str:
     parts = ["inspectd", "train", "--images", args.images, "--masks", args.masks, "--out", args.out,
              "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
              "--tile", str(args.tile), "--val-fraction", str(args.val_fraction), "--seed", str(args.seed),
-             "--min-scale", str(args.min_scale)]
+             "--min-scale", str(args.min_scale), "--output-stride", str(args.output_stride)]
     if args.tiles_per_epoch is not None:
         parts += ["--tiles-per-epoch", str(args.tiles_per_epoch)]
     if args.widths is not None:
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         tiles_per_epoch=args.tiles_per_epoch,
         widths=args.widths or DEFAULT_WIDTHS,
+        output_stride=args.output_stride,
         augment=AugmentSettings(scale_range=(args.min_scale, 1.0)),
         preprocess=cfg.preprocess,
         command=command_line(args),

@@ -246,7 +246,7 @@ class TensorRTRunner:
         self.min_tile_hw = (int(min_shape[2]), int(min_shape[3]))
         self.max_tile_hw = (int(max_shape[2]), int(max_shape[3]))
         self._input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(contract.INPUT_NAME)))
-        self._output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(contract.OUTPUT_NAME)))
+        self._output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         self._local = threading.local()
         logger.info("TensorRT plan %s: batch up to %d, tiles %s..%s, %s device buffers", plan_path.name,
                     self.max_batch, self.min_tile_hw, self.max_tile_hw, self.memory.name)
@@ -256,13 +256,16 @@ class TensorRTRunner:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if inputs != [contract.INPUT_NAME] or contract.OUTPUT_NAME not in outputs:
+        output_name = next((name for name in contract.OUTPUT_NAMES if name in outputs), None)
+        if inputs != [contract.INPUT_NAME] or output_name is None:
             msg = (f"TensorRT plan {self.plan_path} breaks the model contract: inputs {inputs}, outputs {outputs}; "
-                   f"expected input '{contract.INPUT_NAME}' and output '{contract.OUTPUT_NAME}'")
+                   f"expected input '{contract.INPUT_NAME}' and output '{contract.OUTPUT_NAME}' or "
+                   f"'{contract.AFFINE_OUTPUT_NAME}'")
             raise EngineError(msg)
+        self.output_name = output_name
 
     def tile_side_px(self, wanted_px: int) -> int:
-        """The square tile side to use: `wanted_px` clipped to the plan's profile (a multiple of 16)."""
+        """The square tile side to use: `wanted_px` clipped to the plan's profile (a multiple of 32)."""
         largest = min(self.max_tile_hw)
         smallest = max(self.min_tile_hw)
         side = min(wanted_px, largest) // contract.INPUT_MULTIPLE * contract.INPUT_MULTIPLE
@@ -281,7 +284,10 @@ class TensorRTRunner:
             msg = "TensorRT could not create an execution context (out of GPU memory?)"
             raise EngineError(msg)
         in_shape = (self.max_batch, 1, *tile_hw)
-        out_shape = (self.max_batch, contract.N_CLASSES, *tile_hw)
+        if not context.set_input_shape(contract.INPUT_NAME, in_shape):
+            msg = f"TensorRT rejected input shape {in_shape} (outside the plan's profile)"
+            raise EngineError(msg)
+        out_shape = tuple(context.get_tensor_shape(self.output_name))  # [N, 3, h, w] or [N, 6, h/s, w/s]
         host_in = self.memory.alloc_pinned(in_shape, self._input_dtype)
         host_out = self.memory.alloc_pinned(out_shape, self._output_dtype)
         state = _WorkerState(
@@ -294,14 +300,14 @@ class TensorRTRunner:
             device_out=self.memory.alloc_device(host_out.nbytes),
         )
         context.set_tensor_address(contract.INPUT_NAME, state.device_in[1])
-        context.set_tensor_address(contract.OUTPUT_NAME, state.device_out[1])
+        context.set_tensor_address(self.output_name, state.device_out[1])
         self._local.state = state
         logger.debug("TensorRT worker %s: context, stream and %d-tile buffers of %s", threading.current_thread().name,
                      self.max_batch, tile_hw)
         return state
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for up to `max_batch` tiles (float32 `[N,1,h,w]` -> float32 `[N,3,h,w]`)."""
+        """The model's output for up to `max_batch` tiles (float32 `[N,1,h,w]` -> `[N,3,h,w]` or `[N,6,h/s,w/s]`)."""
         n_tiles, _, tile_h, tile_w = batch.shape
         if n_tiles > self.max_batch:
             msg = f"TensorRT plan takes at most {self.max_batch} tiles per call, got {n_tiles}"

@@ -2,7 +2,7 @@
 
 Why tiles: the seed resized whole frames down to the network's input and lost the small
 pores; a 2560x1920 frame in one piece needs gigabytes of activations. So the frame is
-reflect-padded to multiples of `INPUT_MULTIPLE` (the U-Net pools four times) and cut into
+reflect-padded to multiples of `multiple` (the U-Net engine passes the model contract's 32) and cut into
 equal tiles of at most `tile_px` per side that overlap by at least `overlap_px`; each tile's
 logits are weighted by a feather that rises linearly across the overlap on every side that
 borders another tile (weight 1 on sides at the frame border, where no other tile helps),
@@ -11,13 +11,15 @@ summed, and the class is the argmax of the weighted sum. Where two tiles overlap
 pixels nearest a tile edge (whose convolutions saw zero padding) get the least weight.
 
 Geometry: per axis, the number of tiles is the fewest that keep the overlap; then the tile
-shrinks (to a multiple of 16) so that the tiles do not reach far beyond the frame, and the
-starts are spread evenly on multiples of 16 (the pooling grid stays aligned with the frame's,
+shrinks (to a multiple of `multiple`) so that the tiles do not reach far beyond the frame, and
+the starts are spread evenly on that grid (the pooling grid stays aligned with the frame's,
 so overlapping tiles see the same pooling windows). A frame smaller than a tile is one tile of
 its own padded size (unless the model has a fixed input size). Every tile has the same shape,
 so tiles can be batched into one network call.
 
 Memory: the accumulator is float32 [classes, H, W] (59 MB for a 2560x1920 frame, 3 classes).
+A guided U-Net's output is 1/stride as large per side; `TilePlan.coarse` maps the layout
+onto it, and its 6 coarse maps of a 2560x1920 frame take 7 MB at stride 4.
 
 Example:
     >>> import numpy as np
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-INPUT_MULTIPLE = 16
+INPUT_MULTIPLE = 16  # the default grid; the U-Net engine passes the contract's (32)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,28 @@ class TilePlan:
     @property
     def n_tiles(self) -> int:
         return len(self.origins)
+
+    def coarse(self, stride: int) -> TilePlan:
+        """The same layout at 1/`stride` resolution, for a model whose output is that much coarser.
+
+        Tile sides and origins are multiples of the plan's `multiple`, which the stride
+        divides, so every tile maps onto whole coarse pixels; the feather shrinks with it.
+
+        >>> plan_tiles(1920, 2560, 512, 64, multiple=32).coarse(4).tile_hw
+        (112, 120)
+        """
+        if stride == 1:
+            return self
+        if any(v % stride for v in (*self.padded_hw, *self.tile_hw, *(c for o in self.origins for c in o))):
+            msg = f"tile layout {self.tile_hw} / {self.padded_hw} is not on a grid of {stride} px"
+            raise ValueError(msg)
+        return TilePlan(
+            frame_hw=(-(-self.frame_hw[0] // stride), -(-self.frame_hw[1] // stride)),
+            padded_hw=(self.padded_hw[0] // stride, self.padded_hw[1] // stride),
+            tile_hw=(self.tile_hw[0] // stride, self.tile_hw[1] // stride),
+            overlap_px=self.overlap_px // stride,
+            origins=tuple((y // stride, x // stride) for y, x in self.origins),
+        )
 
 
 def round_up(value: int, multiple: int = INPUT_MULTIPLE) -> int:

@@ -8,7 +8,10 @@ What it does with an enhanced frame (uint8/uint16, any size, e.g. 2560x1920):
    `tile_px` (`tiling.plan_tiles`), runs the tiles in batches through the runner, and
    blends the logits with linear feathers (`tiling.TileBlender`);
 3. takes the argmax as the class-index mask (0 melted, 1 unmelted, 2 pore), resized back
-   with nearest-neighbour when it was downscaled.
+   with nearest-neighbour when it was downscaled. A guided U-Net (output `affine`, the
+   bundled v2 model) returns coarse per-class pairs at 1/stride instead of logits; they
+   are blended on the coarse grid (`TilePlan.coarse`) and `kernels.guided_argmax` turns
+   them and the full-resolution frame into the mask in one pass.
 
 Where it runs (`segment.backend`, decided once at `load()` and logged once; `backend`
 then says what is really used):
@@ -44,11 +47,13 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
+import kernels
 from inspectd.config import SegmentConfig
 from inspectd.engines import tiling
 from inspectd.engines.base import SegmentationEngine
-from inspectd.engines.onnx_session import OnnxRuntimeRunner
+from inspectd.engines.onnx_session import OnnxRuntimeRunner, choose_providers
 from inspectd.engines.tensorrt_runtime import TensorRTRunner, tensorrt_status
 from inspectd.errors import EngineError
 from inspectd.unet import contract
@@ -61,8 +66,8 @@ BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 # call); a GPU gains from the larger batch. Activations stay small: 4 tiles of 512x512 at
 # 8-16 channels are 35-70 MB per layer.
 TILES_PER_RUN = 4
-# Probe input at load: small, but deep enough for four poolings.
-_PROBE_SIDE_PX = 32
+# Probe input at load: small, but deep enough for every layout the contract allows.
+_PROBE_SIDE_PX = contract.INPUT_MULTIPLE
 
 
 class TileRunner(Protocol):
@@ -70,19 +75,33 @@ class TileRunner(Protocol):
 
     backend: str
     max_batch: int | None
+    output_name: str  # contract.OUTPUT_NAME or contract.AFFINE_OUTPUT_NAME
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
     def describe(self) -> str: ...
 
 
-def bundled_model_path() -> Path:
-    """Where the shipped model lives (`inspectd/models/unet-coating-v1.onnx`).
+def bundled_model_path(precision: str = "fp32") -> Path:
+    """Where the shipped model lives: `inspectd/models/unet-coating-v2.onnx`, or its int8 twin.
 
-    >>> bundled_model_path().name
-    'unet-coating-v1.onnx'
+    >>> bundled_model_path().name, bundled_model_path("int8").name
+    ('unet-coating-v2.onnx', 'unet-coating-v2.int8.onnx')
     """
-    return BUNDLED_MODELS_DIR / contract.BUNDLED_MODEL
+    return BUNDLED_MODELS_DIR / (contract.BUNDLED_INT8_MODEL if precision == "int8" else contract.BUNDLED_MODEL)
+
+
+def bundled_precision(requested: str, backend: str) -> str:
+    """fp32 or int8 for the bundled model: `auto` is int8 on the CPU (ONNX Runtime's int8
+    convolutions), fp32 on a GPU (TensorRT and the CUDA provider build their own reduced
+    precision from the fp32 graph).
+
+    >>> bundled_precision("auto", "cpu"), bundled_precision("auto", "cuda"), bundled_precision("fp32", "cpu")
+    ('int8', 'fp32', 'fp32')
+    """
+    if requested != "auto":
+        return requested
+    return "int8" if backend == "cpu" else "fp32"
 
 
 def file_sha256(path: Path) -> str:
@@ -115,6 +134,7 @@ class UnetEngine(SegmentationEngine):
         self._tile_px = self.cfg.tile_px
         self._overlap_px = self.cfg.overlap_px
         self._tiles_per_run = TILES_PER_RUN
+        self._output_stride = 1  # > 1: a guided U-Net (set by the probe at load)
 
     # ------------------------------------------------------------------ properties
 
@@ -132,6 +152,11 @@ class UnetEngine(SegmentationEngine):
         return self._model_path
 
     @property
+    def output_stride(self) -> int:
+        """1 for a logits model; the coarse grid's stride for a guided U-Net."""
+        return self._output_stride
+
+    @property
     def tile_px(self) -> int:
         return self._fixed_tile_hw[0] if self._fixed_tile_hw else self._tile_px
 
@@ -141,7 +166,7 @@ class UnetEngine(SegmentationEngine):
         requested = self.segment_cfg.backend.value
         runner = self._tensorrt_runner(requested)
         if runner is None:
-            model_path = self._onnx_path()
+            model_path = self._onnx_path(requested)
             ort_runner = OnnxRuntimeRunner(model_path, self.cfg, requested)
             self._fixed_tile_hw = ort_runner.fixed_hw
             runner, self._model_path = ort_runner, model_path
@@ -152,14 +177,16 @@ class UnetEngine(SegmentationEngine):
         self._runner = runner
         self._probe()
         self._model_hash = file_sha256(self._model_path)
-        logger.info("U-Net engine: %s, model %s (sha256 %s), tiles <= %d px with %d px overlap, scale %.2f",
-                    runner.describe(), self._model_path, self._model_hash[:12], self.tile_px, self._overlap_px,
-                    self.cfg.scale)
+        logger.info("U-Net engine: %s, model %s (sha256 %s, %s), tiles <= %d px with %d px overlap, scale %.2f",
+                    runner.describe(), self._model_path, self._model_hash[:12],
+                    f"guided, output stride {self._output_stride}" if self._output_stride > 1 else "logits",
+                    self.tile_px, self._overlap_px, self.cfg.scale)
 
-    def _onnx_path(self) -> Path:
+    def _onnx_path(self, requested_backend: str) -> Path:
         if self.cfg.model is not None:
             return Path(self.cfg.model)
-        path = bundled_model_path()
+        backend = choose_providers(requested_backend, ort.get_available_providers()).backend
+        path = bundled_model_path(bundled_precision(self.cfg.precision.value, backend))
         if not path.is_file():
             msg = (f"the bundled U-Net model {path} is missing (a source checkout without the trained model?); "
                    "set segment.unet.model to an ONNX file")
@@ -194,11 +221,18 @@ class UnetEngine(SegmentationEngine):
         except Exception as exc:  # a runtime's own error: the model cannot run on this input
             msg = f"U-Net model {self._model_path} fails on a {probe_hw} probe tile: {str(exc).strip().splitlines()[0]}"
             raise EngineError(msg) from exc
-        expected = (1, contract.N_CLASSES, *probe_hw)
-        if logits.shape != expected:
-            msg = (f"U-Net model {self._model_path} returned logits of shape {list(logits.shape)} for a "
-                   f"{list(batch.shape)} input; the contract needs {list(expected)}")
+        output_name = self._runner.output_name
+        channels = contract.output_channels(output_name)
+        stride = probe_hw[0] // logits.shape[2] if logits.ndim == 4 and logits.shape[2] else 0
+        if output_name == contract.OUTPUT_NAME:
+            stride = 1
+        expected = (1, channels, probe_hw[0] // max(stride, 1), probe_hw[1] // max(stride, 1))
+        if logits.shape != expected or stride < 1 or probe_hw[0] % stride:
+            needs = "[1, 6, H/s, W/s] (s the output stride)" if stride != 1 else str(list(expected))
+            msg = (f"U-Net model {self._model_path} returned '{output_name}' of shape {list(logits.shape)} for a "
+                   f"{list(batch.shape)} input; the contract needs {needs}")
             raise EngineError(msg)
+        self._output_stride = stride
 
     def warm_up(self) -> None:
         """Load, then run one full-size tile (so session arenas and kernels are ready before READY)."""
@@ -222,12 +256,19 @@ class UnetEngine(SegmentationEngine):
 
     def segment_full_resolution(self, enhanced: np.ndarray) -> np.ndarray:
         """uint8 class-index mask of `enhanced` by blended tiles, at the frame's own resolution."""
-        return self._blend(enhanced).argmax()
+        blender = self._blend(enhanced)
+        if self._output_stride == 1:
+            return blender.argmax()
+        return kernels.guided_argmax(blender.blended(), enhanced, self._output_stride,
+                                     mean=contract.NORM_MEAN, std=contract.NORM_STD)
 
     def blended_logits(self, enhanced: np.ndarray) -> np.ndarray:
-        """Feather-blended logits `[3, H, W]` float32 of a 2-D enhanced frame (no scaling)."""
+        """Feather-blended model output of a 2-D enhanced frame (no scaling), float32.
+
+        Logits `[3, H, W]`; for a guided U-Net its coarse pairs `[6, ceil(H/s), ceil(W/s)]`.
+        """
         blender = self._blend(enhanced)
-        height, width = enhanced.shape
+        height, width = blender.plan.frame_hw
         return blender.sum[:, :height, :width] / blender.weight_sum[:height, :width]
 
     def _blend(self, enhanced: np.ndarray) -> tiling.TileBlender:
@@ -236,12 +277,13 @@ class UnetEngine(SegmentationEngine):
         plan = tiling.plan_tiles(height, width, self._tile_px, self._overlap_px, fixed_tile_hw=self._fixed_tile_hw,
                                  multiple=contract.INPUT_MULTIPLE)
         normalised = contract.normalise(tiling.pad_frame(enhanced, plan))[0, 0]
-        blender = tiling.TileBlender(plan, contract.N_CLASSES)
+        stride = self._output_stride
+        blender = tiling.TileBlender(plan.coarse(stride), contract.output_channels(self._runner.output_name))
         tiles = list(tiling.extract_tiles(normalised, plan))
         for start in range(0, plan.n_tiles, self._tiles_per_run):
             batch = np.stack(tiles[start:start + self._tiles_per_run])[:, None]
             logits = self._runner.run(batch)
             for offset, tile_logits in enumerate(logits):
-                y, x = plan.origins[start + offset]
+                y, x = blender.plan.origins[start + offset]
                 blender.add(tile_logits, y, x)
         return blender

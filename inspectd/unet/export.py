@@ -3,7 +3,11 @@
 Why the check: an export that silently changes the numbers (an op lowered differently, a
 BatchNorm left in training mode) would only show as worse masks on the line. So every
 export runs the torch model and ONNX Runtime on the same random input of a non-square size
-(and batch 2) and refuses the file if any logit differs by 1e-4 or more.
+(and batch 2) and refuses the file if any output differs by 1e-4 or more.
+
+A guided U-Net (`output_stride` > 1) is exported without its full-resolution step: the
+file returns the coarse pairs (`affine`), and the engine applies them to the frame with
+`kernels.guided_argmax`, which is checked against `guided_logits` in the tests.
 
 Why the legacy TorchScript exporter (`dynamo=False`): it needs no `onnxscript`, folds each
 BatchNorm into its conv, and writes the same bytes for the same weights.
@@ -50,7 +54,7 @@ OPSET = 17
 TOLERANCE = 1e-4
 CARD_FORMAT = "inspectd-model-card/1"
 # Batch 2, non-square, not a power of two: catches fixed-size and transposed-axis exports.
-VERIFY_SHAPE = (2, 1, 80, 144)
+VERIFY_SHAPE = (2, 1, 96, 160)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,27 @@ class ExportResult:
     card: dict[str, Any]
 
 
+class _CoarsePairs(torch.nn.Module):
+    """What a guided U-Net's ONNX file computes: `UNet.affine`."""
+
+    def __init__(self, model: UNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.affine(image)
+
+
+def exported_module(model: UNet) -> tuple[torch.nn.Module, str]:
+    """The module that goes into the ONNX file and its output name (`logits`, or `affine` if guided)."""
+    if model.output_stride == 1:
+        return model, contract.OUTPUT_NAME
+    # In the model's own mode: the exporter restores the wrapper's mode afterwards, and a
+    # fresh module is in training mode, which would leave the model training (BatchNorm
+    # statistics updated by the next forward pass).
+    return _CoarsePairs(model).train(model.training), contract.AFFINE_OUTPUT_NAME
+
+
 def export_onnx(model: UNet, onnx_path: str | Path, opset: int = OPSET) -> None:
     """Write `model` (switched to eval mode) as ONNX with dynamic batch, height and width."""
     if opset < 17:
@@ -74,15 +99,16 @@ def export_onnx(model: UNet, onnx_path: str | Path, opset: int = OPSET) -> None:
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     size = 2 * model.downsampling
     dynamic = {0: "batch", 2: "height", 3: "width"}
+    module, output_name = exported_module(model)
     with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
         torch.onnx.export(
-            model,
+            module,
             (torch.zeros(1, model.in_channels, size, size),),
             str(onnx_path),
             input_names=[contract.INPUT_NAME],
-            output_names=[contract.OUTPUT_NAME],
-            dynamic_axes={contract.INPUT_NAME: dynamic, contract.OUTPUT_NAME: dynamic},
+            output_names=[output_name],
+            dynamic_axes={contract.INPUT_NAME: dynamic, output_name: dynamic},
             opset_version=opset,
             do_constant_folding=True,
             training=torch.onnx.TrainingMode.EVAL,
@@ -93,15 +119,16 @@ def export_onnx(model: UNet, onnx_path: str | Path, opset: int = OPSET) -> None:
 
 def verify_onnx(model: UNet, onnx_path: str | Path, shape: tuple[int, ...] = VERIFY_SHAPE,
                 seed: int = 0) -> float:
-    """Max |torch - ONNX Runtime| over the logits of one random input; EngineError if >= 1e-4."""
+    """Max |torch - ONNX Runtime| over the outputs of one random input; EngineError if >= 1e-4."""
     inputs = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     model.eval()
+    module, output_name = exported_module(model)
     with torch.no_grad():
-        expected = model(torch.from_numpy(inputs)).numpy()
+        expected = module(torch.from_numpy(inputs)).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run([contract.OUTPUT_NAME], {contract.INPUT_NAME: inputs})
+    (actual,) = session.run([output_name], {contract.INPUT_NAME: inputs})
     if actual.shape != expected.shape:
-        msg = f"{onnx_path}: ONNX Runtime gave logits of shape {actual.shape}, torch {expected.shape}"
+        msg = f"{onnx_path}: ONNX Runtime gave '{output_name}' of shape {actual.shape}, torch {expected.shape}"
         raise EngineError(msg)
     max_abs_diff = float(np.max(np.abs(actual - expected)))
     if not max_abs_diff < TOLERANCE:
@@ -109,6 +136,24 @@ def verify_onnx(model: UNet, onnx_path: str | Path, shape: tuple[int, ...] = VER
                f"{list(shape)} input (tolerance {TOLERANCE}); the export is not trusted")
         raise EngineError(msg)
     return max_abs_diff
+
+
+def architecture_summary(model: UNet) -> str:
+    """One sentence on the layout, for the model card.
+
+    >>> architecture_summary(UNet(widths=(4, 8, 16)))[:40]
+    'U-Net: 3 levels (2 max-pools), two 3x3 c'
+    """
+    levels, pools = len(model.widths), len(model.widths) - 1
+    folded = "; BatchNorm folded into the convs in the ONNX file"
+    if model.output_stride == 1:
+        return (f"U-Net: {levels} levels ({pools} max-pools), two 3x3 conv+BN+ReLU per encoder level, decoder "
+                "levels 1x1 narrow -> bilinear x2 -> concat skip -> 3x3 conv+BN+ReLU, 1x1 head" + folded)
+    stride = model.output_stride
+    return (f"guided U-Net: {stride}x{stride} stride-{stride} conv stem, then {levels} levels at 1/{stride} "
+            f"({pools} max-pools; 3x3 conv+BN+ReLU, two per level below the first), decoder levels 1x1 narrow -> "
+            "bilinear x2 -> add skip -> 3x3 conv+BN+ReLU, 1x1 head to 3 per-class (a, b) pairs; full-resolution "
+            f"logit = a + b * image with (a, b) upsampled {stride}x bilinearly" + folded)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -166,14 +211,12 @@ def model_card(
                  "opset": OPSET, "dynamic_axes": ["batch", "height", "width"]},
         "architecture": {
             **model.architecture(),
-            "summary": "U-Net: 5 levels (4 max-pools), two 3x3 conv+BN+ReLU per encoder level, "
-                       "decoder levels 1x1 narrow -> bilinear x2 -> concat skip -> 3x3 conv+BN+ReLU, "
-                       "1x1 head; BatchNorm folded into the convs in the ONNX file",
+            "summary": architecture_summary(model),
             "parameters": count_parameters(model),
             "gmacs_per_512x512": round(macs / 1e9, 3),
             "gflops_per_512x512": round(2 * macs / 1e9, 3),
         },
-        "contract": contract_record(),
+        "contract": contract_record(model.output_stride),
         "preprocess": checkpoint.get("preprocess"),
         "training": {
             "command": training_command or train_settings.get("command"),

@@ -13,11 +13,25 @@ BatchNorm + ReLU (folded into the conv on ONNX export); a 1x1 conv gives the cla
 the bottleneck. With 5 levels the net pools 4 times, so H and W must be multiples of 16
 (`inspectd.unet.contract.INPUT_MULTIPLE`).
 
+`output_stride` > 1 (the bundled v2 model: 4) makes it a guided U-Net. Why: on two CPU
+cores the thin full-resolution layers above cost half of the time while adding little
+that a per-pixel model cannot. A `stride`x`stride` strided conv (stem) reads every
+full-resolution pixel once, nothing is resized away, and the whole U-Net runs at
+1/stride; its head gives, per class c, a coarse affine pair (a_c, b_c), and the logit of
+a full-resolution pixel is `a_c + b_c * image` with (a, b) bilinearly upsampled
+(`guided_logits`; the guide is the normalised input). Small dark pores keep their
+full-resolution outline because the guide carries it. Training sees those full-resolution
+logits; the ONNX file holds only the coarse pairs (`affine`, `[N, 2*3, H/s, W/s]`) and the
+engine applies the guide in one fused pass (`kernels.guided_argmax`).
+
 Example:
     >>> import torch
     >>> model = UNet(widths=(4, 8, 16, 32, 64)).eval()
     >>> model(torch.zeros(1, 1, 32, 48)).shape
     torch.Size([1, 3, 32, 48])
+    >>> guided = UNet(widths=(4, 8), output_stride=4).eval()
+    >>> guided.affine(torch.zeros(1, 1, 32, 48)).shape, guided(torch.zeros(1, 1, 32, 48)).shape
+    (torch.Size([1, 6, 8, 12]), torch.Size([1, 3, 32, 48]))
 """
 
 from __future__ import annotations
@@ -35,8 +49,9 @@ from inspectd.unet.contract import INPUT_MULTIPLE, N_CLASSES
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE_NAME = "lean-unet"
-# The bundled model's widths: 8 channels at full resolution up to 256 at 1/16.
+# The v1 model's widths: 8 channels at full resolution up to 256 at 1/16.
 DEFAULT_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 256)
+OUTPUT_STRIDES = (1, 2, 4, 8)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
@@ -55,21 +70,38 @@ class UNet(nn.Module):
         widths: Sequence[int] = DEFAULT_WIDTHS,
         in_channels: int = 1,
         n_classes: int = N_CLASSES,
+        output_stride: int = 1,
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
         if len(widths) < 2 or min(widths) < 1:
             msg = f"widths needs at least two positive entries (levels), got {list(widths)}"
             raise ValueError(msg)
-        if INPUT_MULTIPLE % (2 ** (len(widths) - 1)):
-            msg = (f"{len(widths)} levels pool {len(widths) - 1} times, which does not divide the "
-                   f"contract's input multiple {INPUT_MULTIPLE}")
+        if output_stride not in OUTPUT_STRIDES:
+            msg = f"output_stride must be one of {list(OUTPUT_STRIDES)}, got {output_stride}"
+            raise ValueError(msg)
+        downsampling = output_stride * 2 ** (len(widths) - 1)
+        if INPUT_MULTIPLE % downsampling:
+            msg = (f"output stride {output_stride} and {len(widths)} levels ({len(widths) - 1} pools) downsample "
+                   f"{downsampling}x, which does not divide the contract's input multiple {INPUT_MULTIPLE}")
             raise ValueError(msg)
         self.widths = widths
         self.in_channels = in_channels
         self.n_classes = n_classes
-        self.encoder = nn.ModuleList(
+        self.output_stride = output_stride
+        # Guided: the strided stem is level 0's first conv, so level 0 keeps one 3x3 conv.
+        self.stem = (
             nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], output_stride, stride=output_stride, bias=False),
+                nn.BatchNorm2d(widths[0]),
+                nn.ReLU(inplace=True),
+            )
+            if output_stride > 1 else nn.Identity()
+        )
+        self.encoder = nn.ModuleList(
+            nn.Sequential(_conv_bn_relu(widths[0], widths[0]))
+            if level == 0 and output_stride > 1
+            else nn.Sequential(
                 _conv_bn_relu(in_channels if level == 0 else widths[level - 1], widths[level]),
                 _conv_bn_relu(widths[level], widths[level]),
             )
@@ -80,19 +112,35 @@ class UNet(nn.Module):
             _conv_bn_relu(widths[level + 1], widths[level], kernel_size=1)
             for level in range(len(widths) - 1)
         )
+        # Guided nets add the skip instead of concatenating it (LinkNet style): half the
+        # decoder's multiplies and no concat copy, at the 1/stride resolution where it all runs.
+        skip_factor = 1 if output_stride > 1 else 2
         self.decoder = nn.ModuleList(
-            _conv_bn_relu(2 * widths[level], widths[level]) for level in range(len(widths) - 1)
+            _conv_bn_relu(skip_factor * widths[level], widths[level]) for level in range(len(widths) - 1)
         )
-        self.head = nn.Conv2d(widths[0], n_classes, kernel_size=1)
+        self.head = nn.Conv2d(widths[0], n_classes * (2 if output_stride > 1 else 1), kernel_size=1)
 
     @property
     def downsampling(self) -> int:
         """H and W must be multiples of this."""
-        return 2 ** (len(self.widths) - 1)
+        return self.output_stride * 2 ** (len(self.widths) - 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Full-resolution class logits `[N, 3, H, W]` (what training scores)."""
+        if self.output_stride == 1:
+            return self._coarse(image)
+        return guided_logits(self._coarse(image), image, self.output_stride)
+
+    def affine(self, image: torch.Tensor) -> torch.Tensor:
+        """Guided nets: the coarse per-class pairs `[N, 2*3, H/s, W/s]` (what the ONNX file returns)."""
+        if self.output_stride == 1:
+            msg = "affine() is for guided nets (output_stride > 1); this one returns logits directly"
+            raise ValueError(msg)
+        return self._coarse(image)
+
+    def _coarse(self, image: torch.Tensor) -> torch.Tensor:
         skips = []
-        features = image
+        features = self.stem(image)
         for level, block in enumerate(self.encoder):
             if level:
                 features = F.max_pool2d(features, 2)
@@ -102,7 +150,11 @@ class UNet(nn.Module):
         for level in reversed(range(len(self.decoder))):
             coarse = self.narrow[level](features)
             upsampled = F.interpolate(coarse, scale_factor=2.0, mode="bilinear", align_corners=False)
-            features = self.decoder[level](torch.cat([upsampled, skips[level]], dim=1))
+            if self.output_stride > 1:
+                merged = upsampled + skips[level]
+            else:
+                merged = torch.cat([upsampled, skips[level]], dim=1)
+            features = self.decoder[level](merged)
         return self.head(features)
 
     def architecture(self) -> dict[str, Any]:
@@ -112,7 +164,23 @@ class UNet(nn.Module):
             "widths": list(self.widths),
             "in_channels": self.in_channels,
             "n_classes": self.n_classes,
+            "output_stride": self.output_stride,
         }
+
+
+def guided_logits(affine: torch.Tensor, guide: torch.Tensor, stride: int) -> torch.Tensor:
+    """Full-resolution logits `a_c + b_c * guide` from coarse pairs upsampled bilinearly.
+
+    `kernels.guided_argmax` computes the argmax of exactly this (half-pixel centres, edge
+    clamping: `align_corners=False`), without materialising the logits.
+
+    >>> pairs = torch.zeros(1, 6, 1, 1); pairs[0, 5] = 1.0  # pore logit = 1 * guide
+    >>> guided_logits(pairs, torch.full((1, 1, 2, 2), 3.0), 2)[0, :, 0, 0].tolist()
+    [0.0, 0.0, 3.0]
+    """
+    upsampled = F.interpolate(affine, scale_factor=float(stride), mode="bilinear", align_corners=False)
+    n_classes = affine.shape[1] // 2
+    return upsampled[:, :n_classes] + upsampled[:, n_classes:] * guide
 
 
 def build_model(architecture: dict[str, Any] | None = None) -> UNet:
@@ -130,6 +198,7 @@ def build_model(architecture: dict[str, Any] | None = None) -> UNet:
         widths=architecture.get("widths", DEFAULT_WIDTHS),
         in_channels=int(architecture.get("in_channels", 1)),
         n_classes=int(architecture.get("n_classes", N_CLASSES)),
+        output_stride=int(architecture.get("output_stride", 1)),
     )
 
 

@@ -97,6 +97,7 @@ class TrainSettings:
     seed: int = 0
     tiles_per_epoch: int | None = None
     widths: tuple[int, ...] = DEFAULT_WIDTHS
+    output_stride: int = 1
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     dice_weight: float = 0.5
     weight_decay: float = 1e-4
@@ -133,6 +134,7 @@ class TrainSettings:
             "seed": self.seed,
             "tiles_per_epoch": self.tiles_per_epoch,
             "widths": list(self.widths),
+            "output_stride": self.output_stride,
             "augment": dataclasses.asdict(self.augment),
             "dice_weight": self.dice_weight,
             "weight_decay": self.weight_decay,
@@ -183,7 +185,7 @@ def train(
         f"{CLASS_NAMES[c]} {100.0 * counts[c] / max(1, counts.sum()):.1f}% (weight {class_weights[c]:.2f})"
         for c in range(contract.N_CLASSES)))
 
-    model = UNet(widths=settings.widths)
+    model = UNet(widths=settings.widths, output_stride=settings.output_stride)
     say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, "
         f"{multiply_accumulates(model) * 2 / 1e9:.2f} GFLOPs per 512x512 tile")
     tiles_per_epoch = settings.tiles_per_epoch or 8 * len(train_images)
@@ -273,7 +275,8 @@ def calibrate_checkpoint(checkpoint_path: str | Path, val_images: list[LabelledI
     masks = [image.mask for image in val_images]
     offsets, before, after = calibrate_logit_bias(logits, masks)
     with torch.no_grad():
-        model.head.bias += torch.from_numpy(offsets)
+        # Logit c is head channel c in both layouts (a guided net's b_c follow in 3..5).
+        model.head.bias[: contract.N_CLASSES] += torch.from_numpy(offsets)
     previous = checkpoint.get("calibration")
     total = offsets + (np.array(previous["logit_bias"], np.float32) if previous else 0.0)
     calibration = {
@@ -480,22 +483,33 @@ def _checkpoint(model: UNet, epoch: int, metrics: dict[str, float], settings: Tr
         "train": settings.record(),
         "data": data_record,
         "preprocess": settings.preprocess.model_dump(mode="json"),
-        "contract": contract_record(),
+        "contract": contract_record(model.output_stride),
         "versions": {"inspectd": inspectd.__version__, "torch": torch.__version__},
     }
 
 
-def contract_record() -> dict[str, Any]:
-    """The input/output contract as recorded in checkpoints and model cards."""
+def contract_record(output_stride: int = 1) -> dict[str, Any]:
+    """The input/output contract as recorded in checkpoints and model cards.
+
+    A guided U-Net's (output_stride > 1) ONNX file returns the coarse pairs, not logits.
+    """
+    classes = {str(c): CLASS_NAMES[c] for c in range(contract.N_CLASSES)}
+    if output_stride == 1:
+        output = {"name": contract.OUTPUT_NAME, "dtype": "float32",
+                  "shape": ["N", contract.N_CLASSES, "H", "W"], "classes": classes}
+    else:
+        output = {"name": contract.AFFINE_OUTPUT_NAME, "dtype": "float32",
+                  "shape": ["N", 2 * contract.N_CLASSES, f"H/{output_stride}", f"W/{output_stride}"],
+                  "meaning": "channels 0-2: a_c, 3-5: b_c per class c; logit_c = bilinear(a_c) + bilinear(b_c) * "
+                             "image (align_corners=False), evaluated by kernels.guided_argmax",
+                  "classes": classes}
     return {
         "input": {"name": contract.INPUT_NAME, "dtype": "float32", "shape": ["N", 1, "H", "W"],
                   "normalisation": f"(enhanced / max_level - {contract.NORM_MEAN}) / {contract.NORM_STD}, "
                                    "max_level 255 (uint8) or 65535 (uint16); enhanced = "
                                    "inspectd.preprocess.enhance (pipeline CLAHE)",
                   "multiple_of": contract.INPUT_MULTIPLE},
-        "output": {"name": contract.OUTPUT_NAME, "dtype": "float32",
-                   "shape": ["N", contract.N_CLASSES, "H", "W"],
-                   "classes": {str(c): CLASS_NAMES[c] for c in range(contract.N_CLASSES)}},
+        "output": output,
     }
 
 

@@ -133,3 +133,26 @@ def build_shrinking(seed: int = 0) -> onnx.ModelProto:
     x = g.conv("image", 1, 3, k=1, relu=False)
     g.nodes.append(helper.make_node("MaxPool", [x], ["logits"], kernel_shape=[2, 2], strides=[2, 2]))
     return g.model("image", "logits", 3)
+
+
+def build_guided(stride: int = 4, seed: int = 0, *, n_out: int = 6) -> onnx.ModelProto:
+    """A random guided U-Net head: stride-`stride` conv stem, 3x3 conv, 1x1 to `n_out` coarse maps `affine`.
+
+    The contract's guided output is [N, 6, H/stride, W/stride]; `n_out` != 6 breaks it.
+    """
+    g = _GraphBuilder(seed)
+    w = g._weight((8, 1, stride, stride), stride * stride)
+    stem = g._name("stem")
+    g.nodes.append(helper.make_node("Conv", ["image", w, g._bias(8)], [stem], kernel_shape=[stride, stride],
+                                    strides=[stride, stride]))
+    relu = g._name("relu")
+    g.nodes.append(helper.make_node("Relu", [stem], [relu]))
+    x = g.conv(relu, 8, 8)
+    g.conv(x, 8, n_out, k=1, relu=False, out="affine")
+    x_info = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    y_info = helper.make_tensor_value_info("affine", TensorProto.FLOAT, ["N", n_out, "h", "w"])
+    graph = helper.make_graph(g.nodes, "random_guided", [x_info], [y_info], g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -1,4 +1,4 @@
-"""The bundled model `inspectd/models/unet-coating-v1.onnx` and its card (no torch needed)."""
+"""The bundled model `inspectd/models/unet-coating-v2.onnx`, its int8 twin and their card (no torch needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import onnxruntime as ort
 import pytest
 
 import inspectd
-from inspectd.config import PreprocessConfig
+from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
+from inspectd.engines import create_engine
 from inspectd.preprocess import enhance
 from inspectd.synth import SynthParams, generate
 from inspectd.types import UNMELTED
@@ -19,12 +20,8 @@ from inspectd.unet import contract
 
 MODELS = Path(inspectd.__file__).parent / "models"
 MODEL_PATH = MODELS / contract.BUNDLED_MODEL
+INT8_PATH = MODELS / contract.BUNDLED_INT8_MODEL
 CARD_PATH = MODELS / contract.BUNDLED_CARD
-
-
-@pytest.fixture(scope="module")
-def session() -> ort.InferenceSession:
-    return ort.InferenceSession(str(MODEL_PATH), providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +29,24 @@ def card() -> dict:
     return json.loads(CARD_PATH.read_text(encoding="utf-8"))
 
 
-def test_bundled_model_has_the_contract_names_and_dynamic_size(session: ort.InferenceSession) -> None:
+@pytest.mark.parametrize("path", [MODEL_PATH, INT8_PATH], ids=["fp32", "int8"])
+def test_bundled_models_have_the_contract_names_and_dynamic_size(path: Path) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (model_input,), (model_output,) = session.get_inputs(), session.get_outputs()
-    assert model_input.name == contract.INPUT_NAME and model_output.name == contract.OUTPUT_NAME
+    assert model_input.name == contract.INPUT_NAME and model_output.name == contract.AFFINE_OUTPUT_NAME
     assert model_input.type == "tensor(float)"
     batch, channels, height, width = model_input.shape
     assert channels == 1 and all(isinstance(d, str) for d in (batch, height, width))
-    assert model_output.shape[1] == contract.N_CLASSES
-    for shape in [(1, 1, 48, 80), (2, 1, 64, 32)]:
-        (logits,) = session.run(None, {contract.INPUT_NAME: np.zeros(shape, np.float32)})
-        assert logits.shape == (shape[0], contract.N_CLASSES, shape[2], shape[3])
+    for shape in [(1, 1, 64, 96), (2, 1, 96, 32)]:
+        (pairs,) = session.run(None, {contract.INPUT_NAME: np.zeros(shape, np.float32)})
+        assert pairs.shape == (shape[0], 2 * contract.N_CLASSES, shape[2] // 4, shape[3] // 4)
 
 
-def test_card_sha256_matches_the_file(card: dict) -> None:
-    digest = hashlib.sha256(MODEL_PATH.read_bytes()).hexdigest()
-    assert card["file"]["sha256"] == digest
-    assert card["file"]["name"] == contract.BUNDLED_MODEL
-    assert card["file"]["bytes"] == MODEL_PATH.stat().st_size < 10_000_000
+def test_card_sha256_matches_the_files(card: dict) -> None:
+    for record, path in ((card["file"], MODEL_PATH), (card["int8"]["file"], INT8_PATH)):
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert record["name"] == path.name
+        assert record["bytes"] == path.stat().st_size < 10_000_000
 
 
 def test_card_records_architecture_training_and_targets(card: dict) -> None:
@@ -57,21 +55,32 @@ def test_card_records_architecture_training_and_targets(card: dict) -> None:
     assert card["contract"]["input"]["name"] == contract.INPUT_NAME
     assert "train --images" in card["training"]["train_command"]
     assert card["training"]["data"]["mask_convention"] == "class-index"
-    heldout = card["heldout"]["engines"]
-    unet, classical = heldout["unet@1"], heldout["classical"]
-    assert unet["iou_unmelted"] >= 0.90
-    for key in ("iou_melted", "iou_unmelted", "iou_pore"):
-        assert unet[key] > classical[key]
+    assert card["architecture"]["output_stride"] == 4
+    assert card["contract"]["output"]["name"] == contract.AFFINE_OUTPUT_NAME
+    # Issue 4's targets, for the fp32 file and for the int8 file the CPU runs.
+    for heldout in (card["heldout"]["engines"], card["int8"]["heldout"]["engines"]):
+        unet, classical = heldout["unet@1"], heldout["classical"]
+        assert unet["iou_unmelted"] >= 0.90
+        for key in ("iou_melted", "iou_unmelted", "iou_pore"):
+            assert unet[key] > classical[key]
+    assert card["int8"]["agreement_with_fp32"] >= 0.98
 
 
-def test_bundled_model_segments_an_unseen_generated_frame(session: ort.InferenceSession) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_bundled_model_segments_an_unseen_generated_frame(precision: str) -> None:
     # A seed and parameters outside the training sets; a 16-bit frame through the pipeline CLAHE.
     sample = generate(320, 384, seed=770_001, params=SynthParams(unmelted_fraction=0.25, pore_fraction=0.05,
                                                                  bit_depth=16, lamella_angle_deg=30.0))
-    inputs = contract.normalise(enhance(sample.image, PreprocessConfig()))
-    (logits,) = session.run(None, {contract.INPUT_NAME: inputs})
-    predicted = logits[0].argmax(0)
+    engine = create_engine(SegmentConfig(engine="unet", backend="cpu", unet=UnetConfig(precision=precision)))
+    predicted = engine.segment(enhance(sample.image, PreprocessConfig()))
+    assert engine.model_path.name == (contract.BUNDLED_INT8_MODEL if precision == "int8" else contract.BUNDLED_MODEL)
     truth = sample.mask
     overlap = np.count_nonzero((predicted == UNMELTED) & (truth == UNMELTED))
     union = np.count_nonzero((predicted == UNMELTED) | (truth == UNMELTED))
     assert overlap / union > 0.8
+
+
+def test_auto_precision_runs_the_int8_file_on_the_cpu() -> None:
+    engine = create_engine(SegmentConfig(engine="unet", backend="cpu"))
+    engine.load()
+    assert engine.model_path == INT8_PATH

@@ -17,6 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+import kernels
+
 pytest.importorskip("onnx")
 
 from inspectd import config as config_module  # noqa: E402
@@ -31,7 +33,14 @@ from inspectd.errors import EngineError  # noqa: E402
 from inspectd.preprocess import enhance  # noqa: E402
 from inspectd.types import Frame  # noqa: E402
 from inspectd.unet import contract  # noqa: E402
-from tests.unet.random_unet import LOCAL_RADIUS_PX, build_local, build_shrinking, build_unet, save  # noqa: E402
+from tests.unet.random_unet import (  # noqa: E402
+    LOCAL_RADIUS_PX,
+    build_guided,
+    build_local,
+    build_shrinking,
+    build_unet,
+    save,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,7 @@ def _engine(model, backend="cpu", **unet_kwargs) -> UnetEngine:
 def _whole_frame_logits(model_path, enhanced):
     """Reference: the whole (reflect-padded) frame through ONNX Runtime in one call."""
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    plan = tiling.plan_tiles(*enhanced.shape, 4096, 0)
+    plan = tiling.plan_tiles(*enhanced.shape, 4096, 0, multiple=contract.INPUT_MULTIPLE)
     logits = session.run(None, {"image": contract.normalise(tiling.pad_frame(enhanced, plan))})[0][0]
     return logits[:, :enhanced.shape[0], :enhanced.shape[1]]
 
@@ -130,7 +139,7 @@ def test_tiles_of_odd_frames_blend_to_whole_frame_inference_on_a_local_model(mod
     engine = _engine(models["local"], tile_px=128, overlap_px=32)
     whole = _whole_frame_logits(models["local"], frame_333x700)
     blended = engine.blended_logits(frame_333x700)
-    plan = tiling.plan_tiles(333, 700, 128, 32)
+    plan = tiling.plan_tiles(333, 700, 128, 32, multiple=contract.INPUT_MULTIPLE)
     assert plan.n_tiles > 6
     interior = _interior_mask(plan, LOCAL_RADIUS_PX)
     assert interior.mean() > 0.9
@@ -234,7 +243,7 @@ def test_inferred_wrong_class_count_is_an_engine_error_at_load(tmp_path):
 
 def test_output_of_the_wrong_size_is_caught_by_the_load_probe(tmp_path):
     path = save(build_shrinking(), tmp_path / "shrinking.onnx")
-    _refused_at_load(path, r"returned logits of shape \[1, 3, 16, 16\] for a \[1, 1, 32, 32\] input")
+    _refused_at_load(path, r"returned 'logits' of shape \[1, 3, 16, 16\] for a \[1, 1, 32, 32\] input")
 
 
 def test_bad_model_refuses_the_analyzer_at_start_up(tmp_path):
@@ -336,3 +345,33 @@ def test_analyzer_with_the_unet_engine_records_engine_backend_and_model_hash(mod
                            model_hash=analyzer.engine.model_hash)
     assert record["engine"] == {"name": "unet", "backend": "cpu",
                                 "model_hash": hashlib.sha256(models["unet"].read_bytes()).hexdigest()}
+
+
+# --------------------------------------------------------------------------- guided U-Net (output `affine`)
+
+
+def test_guided_model_output_stride_is_read_from_the_probe(tmp_path) -> None:
+    for stride in (2, 4, 8):
+        engine = _engine(save(build_guided(stride=stride, seed=stride), tmp_path / f"g{stride}.onnx"))
+        engine.load()
+        assert engine.output_stride == stride
+
+
+def test_guided_tiles_agree_with_whole_frame_pairs_through_the_kernel(tmp_path, frame_333x700) -> None:
+    path = save(build_guided(stride=4, seed=3), tmp_path / "guided.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    plan = tiling.plan_tiles(333, 700, 4096, 0, multiple=contract.INPUT_MULTIPLE)
+    pairs = session.run(None, {"image": contract.normalise(tiling.pad_frame(frame_333x700, plan))})[0][0]
+    whole = kernels.guided_argmax(pairs, frame_333x700, 4)
+    one_tile = _engine(path, tile_px=1024, overlap_px=64)
+    assert np.array_equal(one_tile.segment(frame_333x700), whole)
+    assert np.allclose(one_tile.blended_logits(frame_333x700), pairs[:, :84, :175], atol=1e-5)
+    tiled = _engine(path, tile_px=128, overlap_px=32)
+    mask = tiled.segment(frame_333x700)
+    assert mask.shape == (333, 700) and mask.dtype == np.uint8
+    assert np.mean(mask == whole) > 0.99  # receptive field 3 coarse px: only tile borders differ
+
+
+def test_guided_output_with_the_wrong_channel_count_is_refused_at_load(tmp_path) -> None:
+    path = save(build_guided(stride=4, n_out=4), tmp_path / "bad.onnx")
+    _refused_at_load(path, r"output 'affine' has shape \['N', 4, 'h', 'w'\], expected \[N, 6, H, W\]")

@@ -14,6 +14,8 @@ onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 
 from inspectd import cli  # noqa: E402
+from inspectd.config import SegmentConfig, UnetConfig  # noqa: E402
+from inspectd.engines import create_engine  # noqa: E402
 from inspectd.errors import EngineError  # noqa: E402
 from inspectd.synth import write_dataset  # noqa: E402
 from inspectd.unet import contract  # noqa: E402
@@ -22,10 +24,10 @@ from inspectd.unet.model import UNet  # noqa: E402
 from inspectd.unet.train import TrainSettings, train  # noqa: E402
 
 
-def _randomised(widths=(4, 8, 16, 32, 64), seed: int = 0) -> UNet:
+def _randomised(widths=(4, 8, 16, 32, 64), seed: int = 0, output_stride: int = 1) -> UNet:
     """A model whose BatchNorms hold non-trivial statistics, so folding them is exercised."""
     torch.manual_seed(seed)
-    model = UNet(widths=widths)
+    model = UNet(widths=widths, output_stride=output_stride)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -127,3 +129,52 @@ def test_cli_export_of_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys) -
     code = cli.main(["export", "--checkpoint", str(bogus), "--out", str(tmp_path / "x.onnx")])
     assert code == 2
     assert "not an inspectd U-Net checkpoint" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- guided U-Net (output_stride > 1)
+
+
+def test_guided_export_returns_the_coarse_pairs_and_matches_torch(tmp_path: Path) -> None:
+    model = _randomised(widths=(8, 16, 32, 64), output_stride=4)
+    path = tmp_path / "guided.onnx"
+    export_onnx(model, path)
+    assert not model.training  # the exporter restores the wrapper's mode onto the model
+    assert verify_onnx(model, path) < 1e-4
+    (graph_output,) = onnx.load(str(path)).graph.output
+    assert graph_output.name == contract.AFFINE_OUTPUT_NAME
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (pairs,) = session.run(None, {contract.INPUT_NAME: np.zeros((2, 1, 96, 160), np.float32)})
+    assert pairs.shape == (2, 2 * contract.N_CLASSES, 24, 40)
+
+
+def test_engine_on_a_guided_export_gives_the_argmax_of_the_torch_logits(tmp_path: Path) -> None:
+    """The whole chain: torch full-resolution logits == ONNX pairs + tiles + kernels.guided_argmax."""
+    model = _randomised(widths=(8, 16, 32, 64), output_stride=4, seed=4)
+    path = tmp_path / "guided.onnx"
+    export_onnx(model, path)
+    frame = np.random.default_rng(5).integers(0, 256, (200, 330), dtype=np.uint8)
+    frame = np.asarray(torch.nn.functional.avg_pool2d(torch.from_numpy(frame[None].astype(np.float32)), 5, 1, 2)[0]
+                       ).astype(np.uint8)  # some spatial structure
+    padded = np.pad(frame, ((0, 224 - 200), (0, 352 - 330)), mode="reflect")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(contract.normalise(padded)))[0, :, :200, :330].numpy()
+    expected = logits.argmax(0)
+    whole = create_engine(SegmentConfig(engine="unet", backend="cpu", unet=UnetConfig(model=path, tile_px=512)))
+    assert whole.segment(frame).shape == frame.shape
+    assert whole.output_stride == 4
+    assert np.mean(whole.segment(frame) == expected) > 0.9999
+    tiled = create_engine(SegmentConfig(engine="unet", backend="cpu",
+                                        unet=UnetConfig(model=path, tile_px=128, overlap_px=32)))
+    assert np.mean(tiled.segment(frame) == expected) > 0.97
+
+
+def test_guided_card_records_the_affine_output(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_dataset(root / "images", n=4, height=64, width=64, seed=3, masks_dir=root / "masks")
+    train(TrainSettings(root / "images", root / "masks", root / "run", epochs=1, batch_size=2, tile_px=32,
+                        tiles_per_epoch=4, val_fraction=0.25, widths=(4, 8), output_stride=4), progress=False)
+    result = export_checkpoint(root / "run" / "best.pt", tmp_path / "g.onnx")
+    assert result.card["architecture"]["output_stride"] == 4
+    assert result.card["architecture"]["summary"].startswith("guided U-Net")
+    assert result.card["contract"]["output"]["name"] == contract.AFFINE_OUTPUT_NAME
+    assert result.card["contract"]["output"]["shape"] == ["N", 6, "H/4", "W/4"]

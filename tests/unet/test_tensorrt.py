@@ -64,7 +64,7 @@ def test_build_engine_int8_without_calibration_images_is_a_usage_error(tmp_path,
 
 
 @pytest.mark.parametrize(("options", "problem"), [
-    (BuildOptions(tile_px=500), "tile_px must be a positive multiple of 16"),
+    (BuildOptions(tile_px=500), "tile_px must be a positive multiple of 32"),
     (BuildOptions(min_tile_px=1024), "larger than tile_px"),
     (BuildOptions(max_batch=0), "max_batch"),
     (BuildOptions(int8=True), "--calib"),
