@@ -72,6 +72,8 @@ DEFAULT_UNET_SCALES = "1.0,0.5"
 FRAME_SEED = 77_000
 CLASSICAL_MIN_FPS = 10.0
 UNET_MIN_RATIO_TO_SEED = 5.0
+# Issue 4's accuracy targets, which a U-Net scale must hold for its speed to count.
+UNET_MIN_IOU_UNMELTED = 0.90
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -317,6 +319,8 @@ def add_ratios_and_targets(document: dict[str, Any]) -> None:
     seed_fps = seed.get("fps") if seed.get("available") else None
     seed_p50 = seed["latency_ms"]["p50"] if seed.get("available") else None
     targets = []
+    classical_iou = next((e.get("accuracy") or {} for e in document["engines"].values()
+                          if e.get("engine") == "classical" and e.get("available", True)), {}).get("iou", {})
     for key, entry in document["engines"].items():
         if not entry.get("available", True):
             continue
@@ -330,13 +334,31 @@ def add_ratios_and_targets(document: dict[str, Any]) -> None:
         if entry["engine"] == "unet" and entry["backend"] == "cpu" and seed_fps:
             ratio = entry["ratios"]["fps_vs_seed"]
             iou = (entry.get("accuracy") or {}).get("iou", {})
+            accurate = unet_accuracy_holds(iou, classical_iou)
             targets.append({
-                "name": f"{key} (scale {entry['scale']:g}) >= {UNET_MIN_RATIO_TO_SEED:g}x the seed-style peer's frames/s",
-                "met": ratio >= UNET_MIN_RATIO_TO_SEED,
+                "name": f"{key} (scale {entry['scale']:g}) >= {UNET_MIN_RATIO_TO_SEED:g}x the seed-style peer's "
+                        f"frames/s, holding IoU unmelted >= {UNET_MIN_IOU_UNMELTED:g} and every class above classical",
+                "met": ratio >= UNET_MIN_RATIO_TO_SEED and bool(accurate),
                 "detail": f"{entry['fps']:.2f} vs {seed_fps:.2f} frames/s = {ratio:.2f}x; held-out IoU unmelted "
-                          f"{report.fmt(iou.get('unmelted'), 3)}, pore {report.fmt(iou.get('pore'), 3)}",
+                          f"{report.fmt(iou.get('unmelted'), 3)}, pore {report.fmt(iou.get('pore'), 3)}"
+                          + {True: "", False: "; accuracy targets NOT held",
+                             None: "; accuracy not measured"}[accurate],
             })
     document["targets"] = targets
+
+
+def unet_accuracy_holds(iou: dict[str, float | None], classical_iou: dict[str, float | None]) -> bool | None:
+    """Issue 4's targets on the benchmark's held-out frames; None when either side was not measured.
+
+    >>> unet_accuracy_holds({"melted": .9, "unmelted": .92, "pore": .8}, {"melted": .8, "unmelted": .4, "pore": .7})
+    True
+    >>> unet_accuracy_holds({"melted": .9, "unmelted": .85, "pore": .8}, {"melted": .8, "unmelted": .4, "pore": .7})
+    False
+    """
+    classes = ("melted", "unmelted", "pore")
+    if any(iou.get(c) is None or classical_iou.get(c) is None for c in classes):
+        return None
+    return iou["unmelted"] >= UNET_MIN_IOU_UNMELTED and all(iou[c] > classical_iou[c] for c in classes)
 
 
 def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:

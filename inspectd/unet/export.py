@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import logging
@@ -43,6 +42,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from inspectd.engines.unet import file_sha256
 from inspectd.errors import EngineError
 from inspectd.unet import contract
 from inspectd.unet.model import UNet, count_parameters, multiply_accumulates
@@ -156,15 +156,6 @@ def architecture_summary(model: UNet) -> str:
             f"logit = a + b * image with (a, b) upsampled {stride}x bilinearly" + folded)
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file (the model hash verdicts record)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_checkpoint(
     checkpoint_path: str | Path,
     onnx_path: str | Path,
@@ -178,7 +169,7 @@ def export_checkpoint(
     onnx_path = Path(onnx_path)
     export_onnx(model, onnx_path)
     max_abs_diff = verify_onnx(model, onnx_path)
-    digest = sha256_file(onnx_path)
+    digest = file_sha256(onnx_path)
     card = model_card(model, checkpoint, onnx_path, digest, max_abs_diff, heldout_metrics,
                       training_command)
     written = None

@@ -16,10 +16,11 @@ import onnxruntime as ort  # noqa: E402
 from inspectd import cli  # noqa: E402
 from inspectd.config import SegmentConfig, UnetConfig  # noqa: E402
 from inspectd.engines import create_engine  # noqa: E402
+from inspectd.engines.unet import file_sha256  # noqa: E402
 from inspectd.errors import EngineError  # noqa: E402
 from inspectd.synth import write_dataset  # noqa: E402
 from inspectd.unet import contract  # noqa: E402
-from inspectd.unet.export import export_checkpoint, export_onnx, sha256_file, verify_onnx  # noqa: E402
+from inspectd.unet.export import export_checkpoint, export_onnx, verify_onnx  # noqa: E402
 from inspectd.unet.model import UNet  # noqa: E402
 from inspectd.unet.train import TrainSettings, train  # noqa: E402
 
@@ -92,7 +93,7 @@ def test_export_checkpoint_writes_a_card_whose_sha256_matches(tiny_checkpoint: P
                                training_command="make-believe data + inspectd train")
     card = json.loads((tmp_path / "m.json").read_text())
     assert result.card_path == tmp_path / "m.json"
-    assert card["file"]["sha256"] == sha256_file(tmp_path / "m.onnx") == result.sha256
+    assert card["file"]["sha256"] == file_sha256(tmp_path / "m.onnx") == result.sha256
     assert card["file"]["bytes"] == (tmp_path / "m.onnx").stat().st_size
     arch = card["architecture"]
     assert arch["widths"] == [4, 8, 16, 32, 64] and arch["parameters"] > 0
