@@ -229,6 +229,11 @@ def bench_size(timer: EventTimer, width: int, height: int, bandwidth: dict[str, 
     add("clahe u16", lambda: kernels.clahe(dev16, CLAHE_CLIP_LIMIT, grid, backend="cuda"), 4 * n)
     add("otsu u8", lambda: kernels.otsu_threshold(dev8, backend="cuda"), n)
     add("threshold u8", lambda: kernels.threshold(dev8, level, backend="cuda"), 2 * n)
+    # The guided U-Net's last step: 6 coarse float maps at 1/4 per side, the frame, the mask.
+    pairs = cuda.to_device(np.random.default_rng(2).standard_normal(
+        (6, -(-height // 4), -(-width // 4))).astype(np.float32), stream=timer.stream)
+    add("guided argmax u8 (stride 4)", lambda: kernels.guided_argmax(pairs, dev8, 4, backend="cuda"),
+        6 * 4 * pairs.shape[1] * pairs.shape[2] + 2 * n)
 
     pinned = cuda_device.pinned_empty(frame8.shape, np.uint8)
     pinned[...] = frame8

@@ -1,5 +1,5 @@
 """Image kernels for inspectd: CLAHE and thresholds, numba on the CPU and on CUDA GPUs,
-and the guided U-Net's fused upsample + argmax (``guided.py``, CPU).
+and the guided U-Net's fused upsample + argmax (``guided.py``, ``gpu_guided.py``).
 
 Pure functions over arrays: no config or I/O, and no import of ``inspectd``. The CPU
 kernels (``clahe.py``, ``otsu.py``, ``threshold.py``) each validate their input, allocate
@@ -15,7 +15,7 @@ stages. The functions below pick one per call by ``backend`` (see ``kernels.back
 from kernels.backend import BACKENDS, CudaUnavailableError, select_backend
 from kernels.clahe import clahe as _cpu_clahe
 from kernels.cuda_device import cuda_usable, is_device_array
-from kernels.guided import guided_argmax
+from kernels.guided import guided_argmax as _cpu_guided_argmax
 from kernels.otsu import otsu_threshold as _cpu_otsu_threshold
 from kernels.threshold import adaptive_threshold as _cpu_adaptive_threshold
 from kernels.threshold import threshold as _cpu_threshold
@@ -116,6 +116,7 @@ def warm_up(backend="auto"):
     import numpy as np
 
     from kernels.gpu_clahe import gpu_clahe
+    from kernels.gpu_guided import gpu_guided_argmax
     from kernels.gpu_threshold import gpu_otsu_threshold, gpu_threshold
 
     for dtype in (np.uint8, np.uint16):
@@ -123,3 +124,24 @@ def warm_up(backend="auto"):
         gpu_clahe(img, clip_limit=2.0, tile_grid=(2, 3))
         gpu_otsu_threshold(img)
         gpu_threshold(img, 100)
+        gpu_guided_argmax(np.zeros((6, 5, 6), np.float32), img, 4)
+
+
+def guided_argmax(affine, image, stride, mean=0.5, std=0.25, backend="auto"):
+    """The guided U-Net's class mask: argmax_c of bilinear(a_c) + bilinear(b_c) * guide (see ``kernels.guided``).
+
+    ``affine``: float32 ``[2 * classes, h, w]`` coarse pairs; ``image``: the enhanced uint8/uint16
+    frame (the guide is ``(image / max_level - mean) / std``). Device-array input (CUDA
+    backend) gives a device-array mask.
+
+    >>> import numpy as np, kernels
+    >>> pairs = np.zeros((6, 1, 1), np.float32); pairs[5] = 1.0
+    >>> kernels.guided_argmax(pairs, np.array([[0, 255]], np.uint8), 2, backend="cpu").tolist()
+    [[0, 2]]
+    """
+    on_device = is_device_array(image) or is_device_array(affine)
+    if select_backend(backend, "guided_argmax", on_device=on_device) == "cuda":
+        from kernels.gpu_guided import gpu_guided_argmax
+
+        return gpu_guided_argmax(affine, image, stride, mean, std)
+    return _cpu_guided_argmax(affine, image, stride, mean, std)

@@ -67,7 +67,7 @@ def select_backend(backend: str, kernel_name: str, *, has_cuda_kernel: bool = Tr
         if not has_cuda_kernel:
             msg = (
                 f"{kernel_name}: backend='cuda' asked for, but {kernel_name} has no CUDA "
-                "kernel (only clahe, otsu_threshold and threshold do); use backend='cpu' or 'auto'."
+                "kernel (only clahe, otsu_threshold, threshold and guided_argmax do); use backend='cpu' or 'auto'."
             )
             raise CudaUnavailableError(msg)
         ok, reason = cuda_device.cuda_usable()

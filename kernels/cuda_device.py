@@ -275,6 +275,11 @@ def device_image(img: object, kernel_name: str) -> tuple[object, bool]:
     return dev, False
 
 
+def import_device_array(obj):
+    """Any device array (numba, CuPy, PyTorch) as a numba device array, its producer finished writing it."""
+    return _import_device_array(obj, thread_stream())
+
+
 def _import_device_array(obj, stream):
     if getattr(obj, "__cuda_ndarray__", False):  # a numba (or simulator) device array
         producer = getattr(obj, "stream", 0)

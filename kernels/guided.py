@@ -98,6 +98,20 @@ def _guided_argmax(affine, image, inv_stride, inv_max, mean, inv_std, out):
                         labels[x] = c if better else labels[x]
 
 
+def check_guided_arguments(affine_shape: tuple, image_shape: tuple, stride: object) -> int:
+    """The stride as an int, or ValueError when the pairs' shape cannot serve the image (both backends)."""
+    stride = check_positive_int(stride, "stride", "guided_argmax")
+    if len(affine_shape) != 3 or affine_shape[0] < 2 or affine_shape[0] % 2:
+        msg = f"guided_argmax: affine must be [2 * classes, h, w], got shape {tuple(affine_shape)}"
+        raise ValueError(msg)
+    height, width = image_shape
+    if affine_shape[1] * stride < height or affine_shape[2] * stride < width:
+        msg = (f"guided_argmax: coarse pairs {tuple(affine_shape[1:])} x stride {stride} do not cover "
+               f"the {height}x{width} image")
+        raise ValueError(msg)
+    return stride
+
+
 def guided_argmax(affine, image, stride, mean=0.5, std=0.25):
     """uint8 class per pixel of ``image`` from the guided U-Net's coarse pairs.
 
@@ -113,16 +127,9 @@ def guided_argmax(affine, image, stride, mean=0.5, std=0.25):
     [[0, 2]]
     """
     image = check_image(image, "guided_argmax")
-    stride = check_positive_int(stride, "stride", "guided_argmax")
     affine = np.ascontiguousarray(affine, dtype=np.float32)
-    if affine.ndim != 3 or affine.shape[0] < 2 or affine.shape[0] % 2:
-        msg = f"guided_argmax: affine must be [2 * classes, h, w], got shape {affine.shape}"
-        raise ValueError(msg)
+    stride = check_guided_arguments(affine.shape, image.shape, stride)
     height, width = image.shape
-    if affine.shape[1] * stride < height or affine.shape[2] * stride < width:
-        msg = (f"guided_argmax: coarse pairs {affine.shape[1:]} x stride {stride} do not cover "
-               f"the {height}x{width} image")
-        raise ValueError(msg)
     max_level = 65535.0 if image.dtype == np.uint16 else 255.0
     out = np.empty((height, width), np.uint8)
     with threads_for(height * width):

@@ -46,10 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images kept for validation (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--widths", type=_widths, default=None, metavar="W0,W1,...",
-                        help="channels per level, full resolution first (default: 8,16,32,64,256)")
-    parser.add_argument("--output-stride", type=int, default=1, choices=(1, 2, 4, 8),
-                        help="1: logits at full resolution (v1); >1: guided U-Net running at 1/stride "
-                             "with a per-pixel affine head (v2 uses 4) (default: %(default)s)")
+                        help="channels per level, finest first (default: 16,32,64,192, the bundled v2 model's)")
+    parser.add_argument("--output-stride", type=int, default=4, choices=(1, 2, 4, 8),
+                        help="1: logits at full resolution (the v1 layout); >1: guided U-Net running at 1/stride "
+                             "with a per-pixel affine head (default: %(default)s, the bundled v2 model's)")
     parser.add_argument("--min-scale", type=float, default=0.5,
                         help="tiles are also drawn downscaled to this factor, for segment.unet.scale < 1 (default: %(default)s)")
     parser.add_argument("--config", default=None,

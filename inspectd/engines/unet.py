@@ -259,8 +259,9 @@ class UnetEngine(SegmentationEngine):
         blender = self._blend(enhanced)
         if self._output_stride == 1:
             return blender.argmax()
-        return kernels.guided_argmax(blender.blended(), enhanced, self._output_stride,
-                                     mean=contract.NORM_MEAN, std=contract.NORM_STD)
+        # Where the network ran on a GPU, its CUDA twin may run there too (auto: if usable).
+        return kernels.guided_argmax(blender.blended(), enhanced, self._output_stride, mean=contract.NORM_MEAN,
+                                     std=contract.NORM_STD, backend="cpu" if self.backend == "cpu" else "auto")
 
     def blended_logits(self, enhanced: np.ndarray) -> np.ndarray:
         """Feather-blended model output of a 2-D enhanced frame (no scaling), float32.

@@ -20,7 +20,7 @@ Example:
     >>> import tempfile; from pathlib import Path
     >>> from inspectd.unet.model import UNet
     >>> path = Path(tempfile.mkdtemp()) / "tiny.onnx"
-    >>> model = UNet(widths=(4, 8, 16)).eval()
+    >>> model = UNet(widths=(4, 8, 16), output_stride=1).eval()
     >>> export_onnx(model, path)
     >>> verify_onnx(model, path) < 1e-4
     True
@@ -141,7 +141,7 @@ def verify_onnx(model: UNet, onnx_path: str | Path, shape: tuple[int, ...] = VER
 def architecture_summary(model: UNet) -> str:
     """One sentence on the layout, for the model card.
 
-    >>> architecture_summary(UNet(widths=(4, 8, 16)))[:40]
+    >>> architecture_summary(UNet(widths=(4, 8, 16), output_stride=1))[:40]
     'U-Net: 3 levels (2 max-pools), two 3x3 c'
     """
     levels, pools = len(model.widths), len(model.widths) - 1

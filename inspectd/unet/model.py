@@ -26,7 +26,7 @@ engine applies the guide in one fused pass (`kernels.guided_argmax`).
 
 Example:
     >>> import torch
-    >>> model = UNet(widths=(4, 8, 16, 32, 64)).eval()
+    >>> model = UNet(widths=(4, 8, 16, 32, 64), output_stride=1).eval()
     >>> model(torch.zeros(1, 1, 32, 48)).shape
     torch.Size([1, 3, 32, 48])
     >>> guided = UNet(widths=(4, 8), output_stride=4).eval()
@@ -49,8 +49,10 @@ from inspectd.unet.contract import INPUT_MULTIPLE, N_CLASSES
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE_NAME = "lean-unet"
-# The v1 model's widths: 8 channels at full resolution up to 256 at 1/16.
-DEFAULT_WIDTHS: tuple[int, ...] = (8, 16, 32, 64, 256)
+# The bundled v2 model's shape: a stride-4 guided U-Net, 16 channels at 1/4 up to 192 at 1/32.
+# (v1: widths 8, 16, 32, 64, 256 at output stride 1, logits at full resolution.)
+DEFAULT_WIDTHS: tuple[int, ...] = (16, 32, 64, 192)
+DEFAULT_OUTPUT_STRIDE = 4
 OUTPUT_STRIDES = (1, 2, 4, 8)
 
 
@@ -70,7 +72,7 @@ class UNet(nn.Module):
         widths: Sequence[int] = DEFAULT_WIDTHS,
         in_channels: int = 1,
         n_classes: int = N_CLASSES,
-        output_stride: int = 1,
+        output_stride: int = DEFAULT_OUTPUT_STRIDE,
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -198,7 +200,8 @@ def build_model(architecture: dict[str, Any] | None = None) -> UNet:
         widths=architecture.get("widths", DEFAULT_WIDTHS),
         in_channels=int(architecture.get("in_channels", 1)),
         n_classes=int(architecture.get("n_classes", N_CLASSES)),
-        output_stride=int(architecture.get("output_stride", 1)),
+        # A checkpoint that names its widths but no stride predates guided nets: stride 1.
+        output_stride=int(architecture.get("output_stride", 1 if "widths" in architecture else DEFAULT_OUTPUT_STRIDE)),
     )
 
 

@@ -65,6 +65,7 @@ from inspectd.unet.data import (
     split_ids,
 )
 from inspectd.unet.model import (
+    DEFAULT_OUTPUT_STRIDE,
     DEFAULT_WIDTHS,
     UNet,
     build_model,
@@ -97,7 +98,7 @@ class TrainSettings:
     seed: int = 0
     tiles_per_epoch: int | None = None
     widths: tuple[int, ...] = DEFAULT_WIDTHS
-    output_stride: int = 1
+    output_stride: int = DEFAULT_OUTPUT_STRIDE
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     dice_weight: float = 0.5
     weight_decay: float = 1e-4

@@ -43,7 +43,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ckpt")
     write_dataset(root / "images", n=4, height=64, width=64, seed=2, masks_dir=root / "masks")
     train(TrainSettings(root / "images", root / "masks", root / "run", epochs=1, batch_size=2,
-                        tile_px=32, tiles_per_epoch=4, val_fraction=0.25, widths=(4, 8, 16, 32, 64)),
+                        tile_px=32, tiles_per_epoch=4, val_fraction=0.25, widths=(4, 8, 16, 32, 64), output_stride=1),
           progress=False)
     return root / "run" / "best.pt"
 
