@@ -61,10 +61,10 @@ from inspectd.unet import contract
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-# Tiles per network call. On 2 CPU cores it made no measurable difference (the trainer's
-# 0.93 M-parameter U-Net: 2.8-3.2 CPU-seconds per 2560x1920 frame with 1, 2 or 4 tiles per
-# call); a GPU gains from the larger batch. Activations stay small: 4 tiles of 512x512 at
-# 8-16 channels are 35-70 MB per layer.
+# Tiles per network call. On 2 CPU cores it made no measurable difference (v1, the 0.93
+# M-parameter full-resolution U-Net: 2.8-3.2 CPU-seconds per 2560x1920 frame with 1, 2 or 4
+# tiles per call); a GPU gains from the larger batch. Activations stay small: 4 tiles of
+# 1024x1024 are 67 MB per 16-channel layer at full resolution (v1), 4 MB at 1/4 (v2).
 TILES_PER_RUN = 4
 # Probe input at load: small, but deep enough for every layout the contract allows.
 _PROBE_SIDE_PX = contract.INPUT_MULTIPLE

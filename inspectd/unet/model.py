@@ -1,21 +1,22 @@
 """The coating U-Net in plain torch: encoder / bottleneck / decoder with skip connections.
 
 Why this shape: the daemon runs it with ONNX Runtime on two CPU cores over 2560x1920
-frames, so the cost per pixel decides the frame rate. The full-resolution levels carry few
-channels (8 by default) and most parameters sit at the coarse levels, where a multiply
-costs 1/16-1/256 as much; each decoder level first narrows the coarse features with a 1x1
-conv at low resolution (cheap), then upsamples bilinearly, concatenates the encoder's skip
-and runs one 3x3 conv. Per level that is half the multiplies of the textbook double-conv
-decoder on a concatenation, for the same skip connections. Every conv is followed by
-BatchNorm + ReLU (folded into the conv on ONNX export); a 1x1 conv gives the class logits.
+frames, so the cost per pixel decides the frame rate. The finest level carries few
+channels and most parameters sit at the coarse levels, where a multiply costs 1/16-1/256
+as much; each decoder level first narrows the coarse features with a 1x1 conv at low
+resolution (cheap), then upsamples bilinearly, merges the encoder's skip and runs one 3x3
+conv: half the multiplies of the textbook double-conv decoder, for the same skip
+connections. Every conv is followed by BatchNorm + ReLU (folded into the conv on ONNX
+export); a 1x1 conv gives the head.
 
-`widths` has one entry per resolution level: `widths[0]` at full resolution, the last one
-the bottleneck. With 5 levels the net pools 4 times, so H and W must be multiples of 16
-(`inspectd.unet.contract.INPUT_MULTIPLE`).
+`widths` has one entry per resolution level: `widths[0]` at the finest level, the last one
+the bottleneck. `output_stride` x 2**(levels - 1) must divide the contract's input multiple
+(`inspectd.unet.contract.INPUT_MULTIPLE`, 32): the default, 4 levels at stride 4, does.
 
-`output_stride` > 1 (the bundled v2 model: 4) makes it a guided U-Net. Why: on two CPU
-cores the thin full-resolution layers above cost half of the time while adding little
-that a per-pixel model cannot. A `stride`x`stride` strided conv (stem) reads every
+`output_stride` 1 is the v1 layout: the finest level at full resolution, skips
+concatenated, logits out. `output_stride` > 1 (the default and the bundled v2 model: 4)
+makes it a guided U-Net. Why: on two CPU cores v1's thin full-resolution layers were
+memory-bound and took most of the time while adding little that a per-pixel model cannot. A `stride`x`stride` strided conv (stem) reads every
 full-resolution pixel once, nothing is resized away, and the whole U-Net runs at
 1/stride; its head gives, per class c, a coarse affine pair (a_c, b_c), and the logit of
 a full-resolution pixel is `a_c + b_c * image` with (a, b) bilinearly upsampled
