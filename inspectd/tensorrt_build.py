@@ -38,17 +38,13 @@ from typing import Any
 import numpy as np
 
 from inspectd.config import PreprocessConfig
-from inspectd.decode import decode_file
 from inspectd.engines import tiling
 from inspectd.engines.tensorrt_runtime import device_memory, require_tensorrt
-from inspectd.errors import EngineError, ImageDecodeError
-from inspectd.preprocess import enhance
+from inspectd.errors import EngineError
 from inspectd.unet import contract
+from inspectd.unet.data import calibration_images, enhanced_images
 
 logger = logging.getLogger(__name__)
-
-CALIBRATION_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
-
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -86,16 +82,8 @@ def calibration_tiles(calib_dir: Path, tile_px: int, preprocess_cfg: PreprocessC
     Each image is decoded, enhanced and cut into non-overlapping tiles (reflect-padded at the
     edges, like inference); unreadable files are skipped with a warning.
     """
-    paths = sorted(p for p in calib_dir.iterdir() if p.is_file() and p.suffix.lower() in CALIBRATION_SUFFIXES
-                   and not p.stem.endswith("_mask"))
     produced = 0
-    for path in paths:
-        try:
-            frames = decode_file(path)
-        except ImageDecodeError as exc:
-            logger.warning("calibration image skipped: %s", exc)
-            continue
-        enhanced = enhance(frames[0].pixels, preprocess_cfg, backend="cpu")
+    for enhanced in enhanced_images(calibration_images(calib_dir), preprocess_cfg):
         plan = tiling.plan_tiles(*enhanced.shape, tile_px, 0, fixed_tile_hw=(tile_px, tile_px))
         normalised = contract.normalise(tiling.pad_frame(enhanced, plan))[0, 0]
         for tile in tiling.extract_tiles(normalised, plan):

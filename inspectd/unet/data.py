@@ -173,6 +173,28 @@ def split_ids(sample_ids: list[str], val_fraction: float, seed: int) -> tuple[li
     return train, val
 
 
+def calibration_images(folder: Path) -> list[Path]:
+    """Micrographs directly in `folder` (the extensions training reads; `*_mask` files left out), sorted.
+
+    Calibration of reduced-precision models (`inspectd quantize`, `inspectd build-engine
+    --int8`) reads these.
+    """
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(MASK_SUFFIX))
+
+
+def enhanced_images(paths: Iterable[Path], preprocess_cfg: PreprocessConfig) -> Iterator[np.ndarray]:
+    """Each file's first field, enhanced on the CPU as the pipeline does; unreadable files are
+    skipped with a warning (a calibration set is a sample: one bad file should not stop it)."""
+    for path in paths:
+        try:
+            frames = decode_file(path)
+        except ImageDecodeError as exc:
+            logger.warning("calibration image skipped: %s", exc)
+            continue
+        yield enhance(frames[0].pixels, preprocess_cfg, backend="cpu")
+
+
 def load_pairs(
     pairs: list[LabelledPair], preprocess_cfg: PreprocessConfig | None = None
 ) -> tuple[list[LabelledImage], MaskConvention]:

@@ -25,13 +25,11 @@ import numpy as np
 import onnxruntime as ort
 
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
-from inspectd.decode import decode_file
 from inspectd.engines.registry import create_engine
 from inspectd.engines.unet import file_sha256
 from inspectd.errors import EngineError
-from inspectd.preprocess import enhance
 from inspectd.unet import contract
-from inspectd.unet.data import IMAGE_SUFFIXES, MASK_SUFFIX
+from inspectd.unet.data import IMAGE_SUFFIXES, calibration_images, enhanced_images
 
 logger = logging.getLogger(__name__)
 
@@ -54,24 +52,21 @@ class QuantizeResult:
     record: dict[str, Any]  # for the model card's `int8` section
 
 
-def calibration_images(folder: str | Path) -> list[Path]:
-    """Image files directly in `folder` (the extensions training reads; not `*_mask.*` files), sorted."""
+def calibration_frames(folder: str | Path, preprocess_cfg: PreprocessConfig) -> tuple[int, list[np.ndarray]]:
+    """(how many images `folder` holds, the readable ones enhanced as the pipeline does)."""
     folder = Path(folder)
     if not folder.is_dir():
         msg = f"calibration folder {folder} does not exist"
         raise EngineError(msg)
-    paths = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith(MASK_SUFFIX))
+    paths = calibration_images(folder)
     if not paths:
         msg = f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})"
         raise EngineError(msg)
-    return paths
-
-
-def enhanced_frames(paths: list[Path], preprocess_cfg: PreprocessConfig) -> Iterator[np.ndarray]:
-    """Each file's first field, enhanced as the pipeline does."""
-    for path in paths:
-        yield enhance(decode_file(path)[0].pixels, preprocess_cfg)
+    frames = list(enhanced_images(paths, preprocess_cfg))
+    if not frames:
+        msg = f"no calibration image could be read in {folder}"
+        raise EngineError(msg)
+    return len(paths), frames
 
 
 def calibration_tiles(frames: list[np.ndarray], n_tiles: int, tile_px: int, seed: int) -> list[np.ndarray]:
@@ -121,8 +116,7 @@ def quantize_model(
         raise EngineError(msg)
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     preprocess_cfg = preprocess_cfg or PreprocessConfig()
-    paths = calibration_images(calibration_dir)
-    frames = list(enhanced_frames(paths, preprocess_cfg))
+    n_images, frames = calibration_frames(calibration_dir, preprocess_cfg)
     tiles = calibration_tiles(frames, n_tiles, tile_px, seed)
 
     class _Tiles(CalibrationDataReader):
@@ -154,7 +148,7 @@ def quantize_model(
         "file": {"name": out_path.name, "sha256": digest, "bytes": out_path.stat().st_size},
         "method": "onnxruntime.quantization.quantize_static: QDQ, uint8 activations (MinMax ranges), int8 "
                   f"per-channel weights, ops {', '.join(QUANTISED_OPS)}",
-        "calibration": {"images_dir": str(calibration_dir), "images": len(paths), "tiles": n_tiles,
+        "calibration": {"images_dir": str(calibration_dir), "images": n_images, "tiles": n_tiles,
                         "tile_px": tile_px, "seed": seed},
         "agreement_with_fp32": round(agreement, 5),
         "agreement_frames": min(len(frames), CHECK_FRAMES),

@@ -63,9 +63,12 @@ def test_a_model_that_disagrees_too_much_is_refused_and_not_left_behind(fp32_mod
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("folder", "match"), [("missing", "does not exist"), ("empty", "holds no images")])
+@pytest.mark.parametrize(("folder", "match"), [("missing", "does not exist"), ("empty", "holds no images"),
+                                               ("unreadable", "no calibration image could be read")])
 def test_calibration_folder_problems_are_clear(fp32_model, tmp_path, folder, match) -> None:
     (tmp_path / "empty").mkdir()
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     with pytest.raises(EngineError, match=match):
         quantize.quantize_model(fp32_model, tmp_path / folder, tmp_path / "x.onnx")
 
