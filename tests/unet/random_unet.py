@@ -49,12 +49,14 @@ class _GraphBuilder:
         self.initializers.append(numpy_helper.from_array(self.rng.normal(0.0, 0.1, n).astype(np.float32), name))
         return name
 
-    def conv(self, x: str, c_in: int, c_out: int, k: int = 3, relu: bool = True, out: str | None = None) -> str:
+    def conv(self, x: str, c_in: int, c_out: int, k: int = 3, relu: bool = True, out: str | None = None,
+             stride: int = 1) -> str:
+        """k x k conv; stride 1 keeps the size (padded), a stride > 1 (unpadded) divides it."""
         w = self._weight((c_out, c_in, k, k), c_in * k * k)
         y = out or self._name("conv")
-        pad = k // 2
+        pad = k // 2 if stride == 1 else 0
         self.nodes.append(helper.make_node("Conv", [x, w, self._bias(c_out)], [y], kernel_shape=[k, k],
-                                           pads=[pad, pad, pad, pad]))
+                                           pads=[pad, pad, pad, pad], strides=[stride, stride]))
         if not relu:
             return y
         r = self._name("relu")
@@ -78,9 +80,10 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node("Concat", [a, b], [y], axis=1))
         return y
 
-    def model(self, input_name: str, output_name: str, n_out: int | str) -> onnx.ModelProto:
+    def model(self, input_name: str, output_name: str, n_out: int | str,
+              output_hw: tuple[str, str] = ("H", "W")) -> onnx.ModelProto:
         x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 1, "H", "W"])
-        y = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", n_out, "H", "W"])
+        y = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["N", n_out, *output_hw])
         graph = helper.make_graph(self.nodes, "random_unet", [x], [y], self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         model.ir_version = 8
@@ -141,18 +144,6 @@ def build_guided(stride: int = 4, seed: int = 0, *, n_out: int = 6) -> onnx.Mode
     The contract's guided output is [N, 6, H/stride, W/stride]; `n_out` != 6 breaks it.
     """
     g = _GraphBuilder(seed)
-    w = g._weight((8, 1, stride, stride), stride * stride)
-    stem = g._name("stem")
-    g.nodes.append(helper.make_node("Conv", ["image", w, g._bias(8)], [stem], kernel_shape=[stride, stride],
-                                    strides=[stride, stride]))
-    relu = g._name("relu")
-    g.nodes.append(helper.make_node("Relu", [stem], [relu]))
-    x = g.conv(relu, 8, 8)
+    x = g.conv(g.conv("image", 1, 8, k=stride, stride=stride), 8, 8)
     g.conv(x, 8, n_out, k=1, relu=False, out="affine")
-    x_info = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])
-    y_info = helper.make_tensor_value_info("affine", TensorProto.FLOAT, ["N", n_out, "h", "w"])
-    graph = helper.make_graph(g.nodes, "random_guided", [x_info], [y_info], g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return g.model("image", "affine", n_out, output_hw=("h", "w"))
