@@ -222,13 +222,14 @@ class UnetEngine(SegmentationEngine):
             msg = f"U-Net model {self._model_path} fails on a {probe_hw} probe tile: {str(exc).strip().splitlines()[0]}"
             raise EngineError(msg) from exc
         output_name = self._runner.output_name
-        channels = contract.output_channels(output_name)
-        stride = probe_hw[0] // logits.shape[2] if logits.ndim == 4 and logits.shape[2] else 0
         if output_name == contract.OUTPUT_NAME:
             stride = 1
-        expected = (1, channels, probe_hw[0] // max(stride, 1), probe_hw[1] // max(stride, 1))
-        if logits.shape != expected or stride < 1 or probe_hw[0] % stride:
-            needs = "[1, 6, H/s, W/s] (s the output stride)" if stride != 1 else str(list(expected))
+        else:  # guided: the output stride is read from the shapes
+            stride = probe_hw[0] // logits.shape[2] if logits.ndim == 4 and logits.shape[2] else 0
+        expected = (1, contract.output_channels(output_name), probe_hw[0] // max(stride, 1),
+                    probe_hw[1] // max(stride, 1))
+        if stride < 1 or probe_hw[0] % stride or logits.shape != expected:
+            needs = str(list(expected)) if stride == 1 else "[1, 6, H/s, W/s] (s the output stride)"
             msg = (f"U-Net model {self._model_path} returned '{output_name}' of shape {list(logits.shape)} for a "
                    f"{list(batch.shape)} input; the contract needs {needs}")
             raise EngineError(msg)
