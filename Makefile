@@ -43,8 +43,10 @@ test-slow: $(STAMP)
 
 # The CUDA kernels on numba's CUDA simulator (no GPU needed; small images, slow).
 test-gpu-sim: $(STAMP)
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpu tests/kernels
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q --doctest-modules kernels/gpu_clahe.py kernels/gpu_threshold.py kernels/gpu_guided.py
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpu tests/kernels tests/unet/test_engine_device.py
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q --doctest-modules kernels/gpu_clahe.py kernels/gpu_threshold.py kernels/gpu_guided.py \
+		kernels/gpu_tiles.py
+	NUMBA_ENABLE_CUDASIM=1 $(PY) bench/gpu_kernels.py --simulator-smoke-test >/dev/null
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check inspectd kernels tests bench

@@ -24,4 +24,6 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     import kernels
 
     if not kernels.cuda_usable()[0]:
-        collect_ignore += ["kernels/gpu_clahe.py", "kernels/gpu_guided.py", "kernels/gpu_threshold.py"]
+        collect_ignore += [
+            "kernels/gpu_clahe.py", "kernels/gpu_guided.py", "kernels/gpu_threshold.py", "kernels/gpu_tiles.py",
+        ]

@@ -5,6 +5,8 @@ thread's CUDA stream, with CUDA events, as the median of many runs after warm-up
 
 * ``clahe`` uint8 and uint16 (8x8 tiles, clip 2), ``otsu_threshold`` and ``threshold`` on
   uint8 frames already on the device (device array in, device array out);
+* ``unet tiles`` and ``unet blend``: the U-Net engine's device path around the network
+  (pad + normalise + cut into tiles; feather the tiles' coarse outputs together);
 * ``preprocess``: the daemon's GPU path for one frame: upload from page-locked host memory,
   CLAHE, Otsu, threshold, download of the mask (CUDA events on the stream, plus host
   wall-clock time, which adds the Python launch overhead and the host side of Otsu).
@@ -235,6 +237,8 @@ def bench_size(timer: EventTimer, width: int, height: int, bandwidth: dict[str, 
     add("guided argmax u8 (stride 4)", lambda: kernels.guided_argmax(pairs, dev8, 4, backend="cuda"),
         6 * 4 * pairs.shape[1] * pairs.shape[2] + 2 * n)
 
+    add_unet_tile_rows(add, dev8, height, width)
+
     pinned = cuda_device.pinned_empty(frame8.shape, np.uint8)
     pinned[...] = frame8
     upload = cuda.device_array(frame8.shape, dtype=np.uint8)
@@ -255,6 +259,44 @@ def bench_size(timer: EventTimer, width: int, height: int, bandwidth: dict[str, 
         rows.append({"size": f"{width}x{height}", "kernel": name, "device_ms": ms, "wall_ms": None,
                      "floor_ms": None, "x_floor": None})
     return rows
+
+
+def add_unet_tile_rows(add, frame_dev, height: int, width: int) -> None:
+    """The U-Net engine's device path around the network, for the daemon's default tiles (1024 px, 64 overlap).
+
+    ``tiles``: reflect-pad + normalise + cut the whole frame into the float32 batch (floor:
+    the frame read once, the batch written once). ``blend``: zero the accumulators, feather
+    every tile's 6 coarse maps (stride 4) into them, divide (floor: the maps read once, the
+    accumulators written once).
+    """
+    from inspectd.config import UnetConfig
+    from inspectd.engines import tiling
+    from inspectd.unet import contract
+    from kernels.gpu_tiles import gpu_blend_add, gpu_blend_mean, gpu_normalised_tiles
+
+    defaults = UnetConfig()
+    plan = tiling.plan_tiles(height, width, defaults.tile_px, defaults.overlap_px, multiple=contract.INPUT_MULTIPLE)
+    coarse = plan.coarse(4)
+    stream = cuda_device.thread_stream()
+    table = cuda.to_device(np.ascontiguousarray(contract.normalise_table(np.dtype(np.uint8))), stream=stream)
+    origins = cuda.to_device(np.array(plan.origins, np.int32), stream=stream)
+    batch = cuda.device_array((plan.n_tiles, 1, *plan.tile_hw), np.float32, stream=stream)
+    add(f"unet tiles u8 ({plan.n_tiles} x {plan.tile_hw[0]}x{plan.tile_hw[1]})",
+        lambda: gpu_normalised_tiles(frame_dev, table, origins, batch), height * width + 4 * batch.size)
+    outputs = cuda.to_device(np.random.default_rng(3).standard_normal(
+        (plan.n_tiles, 6, *coarse.tile_hw)).astype(np.float32), stream=stream)
+    total = cuda.device_array((6, *coarse.padded_hw), np.float32, stream=stream)
+    weight_sum = cuda.device_array(coarse.padded_hw, np.float32, stream=stream)
+
+    def blend() -> None:
+        cuda_device.zero_fill(total)
+        cuda_device.zero_fill(weight_sum)
+        for index, origin in enumerate(coarse.origins):
+            gpu_blend_add(total, weight_sum, outputs[index], origin, coarse.overlap_px,
+                          tiling.feather_sides(coarse, *origin))
+        gpu_blend_mean(total, weight_sum)
+
+    add(f"unet blend ({plan.n_tiles} tiles, 6 maps, stride 4)", blend, 4 * (outputs.size + total.size))
 
 
 def print_table(rows: list[dict], launch_ms: float) -> None:

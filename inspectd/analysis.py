@@ -27,7 +27,7 @@ from inspectd.config import Config
 from inspectd.engines.registry import create_engine
 from inspectd.errors import InspectdError
 from inspectd.measure import measure
-from inspectd.preprocess import enhance
+from inspectd.preprocess import enhance, enhance_on_device
 from inspectd.types import Frame, Measurements, Verdict
 from inspectd.verdict import decide, error_verdict
 
@@ -60,16 +60,31 @@ class FrameResult:
 class Analyzer:
     """Holds the loaded, warmed-up engine; `analyze` never raises for a bad frame."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, device_frames: bool | None = None) -> None:
+        """`device_frames`: keep each frame on the GPU from CLAHE to the mask (None: when the station can)."""
         choose_threading_layer()
         self.cfg = cfg
         self.engine = create_engine(cfg.segment)
         self.engine.load()
+        self.device_frames = self._device_frames_usable() if device_frames is None else device_frames
+        if self.device_frames:
+            kernels.select_backend("cuda", "the device frame flow")  # CudaUnavailableError, naming what is missing
+            logger.info("frames stay on the GPU from upload to mask (CUDA CLAHE, %s U-Net); the enhanced frame "
+                        "and the mask come back for measurement", self.engine.backend)
+
+    def _device_frames_usable(self) -> bool:
+        """True on a GPU station: the engine reads device frames and runs on the GPU, and the kernels use CUDA."""
+        return (self.engine.takes_device_frames and self.engine.backend in ("cuda", "tensorrt")
+                and kernels.select_backend(self.kernel_backend, "clahe") == "cuda")
 
     def warm_up(self) -> None:
         """Compile kernels and run the engine once, so the first real frame is not slow."""
         kernels.warm_up(backend=self.kernel_backend)
         self.engine.warm_up()
+        if self.device_frames:  # the device path's own kernels (tiles, blend) and bindings
+            side = getattr(self.engine, "tile_px", 64)
+            dummy = np.random.default_rng(0).integers(0, 256, size=(side, side), dtype=np.uint8)
+            self.engine.segment_device(enhance_on_device(dummy, self.cfg.preprocess))
 
     @property
     def kernel_backend(self) -> str:
@@ -81,11 +96,15 @@ class Analyzer:
         timings_ms: dict[str, float] = {}
         try:
             start = time.perf_counter()
-            enhanced = enhance(frame.pixels, self.cfg.preprocess, backend=self.kernel_backend)
+            if self.device_frames:
+                on_device = enhance_on_device(frame.pixels, self.cfg.preprocess)
+                enhanced = kernels.to_host(on_device)  # measure reads its grey levels
+            else:
+                enhanced = enhance(frame.pixels, self.cfg.preprocess, backend=self.kernel_backend)
             timings_ms["preprocess"] = _ms_since(start)
 
             start = time.perf_counter()
-            mask = self.engine.segment(enhanced)
+            mask = self.engine.segment_device(on_device) if self.device_frames else self.engine.segment(enhanced)
             timings_ms["segment"] = _ms_since(start)
 
             start = time.perf_counter()

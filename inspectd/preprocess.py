@@ -30,6 +30,18 @@ def enhance(pixels: np.ndarray, cfg: PreprocessConfig, *, backend: str = "auto")
     return out
 
 
+def enhance_on_device(pixels: np.ndarray, cfg: PreprocessConfig):
+    """`enhance` for the GPU flow: denoise (if configured) on the host, upload once, CLAHE on the device.
+
+    Returns a CUDA device array (the frame stays there for segmentation); needs a usable
+    GPU or numba's simulator, else `kernels.CudaUnavailableError`.
+    """
+    frame = kernels.to_device(_denoise(pixels, cfg.denoise, cfg.denoise_ksize))
+    if not cfg.clahe.enabled:
+        return frame
+    return kernels.clahe(frame, clip_limit=cfg.clahe.clip_limit, tile_grid=cfg.clahe.tile_grid, backend="cuda")
+
+
 def _denoise(pixels: np.ndarray, method: DenoiseMethod, ksize: int) -> np.ndarray:
     if method is DenoiseMethod.GAUSSIAN:
         return cv2.GaussianBlur(pixels, (ksize, ksize), 0)

@@ -31,6 +31,8 @@ __all__ = [
     "is_device_array",
     "otsu_threshold",
     "threshold",
+    "to_device",
+    "to_host",
     "warm_up",
 ]
 
@@ -125,6 +127,34 @@ def warm_up(backend="auto"):
         gpu_otsu_threshold(img)
         gpu_threshold(img, 100)
         gpu_guided_argmax(np.zeros((6, 5, 6), np.float32), img, 4)
+
+
+def to_device(img):
+    """Upload a 2-D uint8/uint16 frame once (staged through page-locked memory): a CUDA device array.
+
+    The stages after it (``clahe``, ``otsu_threshold``, ``threshold``, ``guided_argmax``,
+    the U-Net engine's ``segment_device``) then read it where it is. Raises
+    CudaUnavailableError, naming what is missing, where no GPU (or simulator) is usable.
+    """
+    select_backend("cuda", "to_device")
+    from kernels.cuda_device import upload
+
+    return upload(img)
+
+
+def to_host(dev):
+    """Copy a device array back to numpy, waiting for the work queued before it on this thread.
+
+    >>> import numpy as np, kernels
+    >>> kernels.to_host(np.arange(3)).tolist()  # numpy passes through
+    [0, 1, 2]
+    """
+    if not is_device_array(dev):
+        return dev
+    from kernels.cuda_device import import_device_array
+    from kernels.cuda_device import to_host as _download
+
+    return _download(import_device_array(dev))
 
 
 def guided_argmax(affine, image, stride, mean=0.5, std=0.25, backend="auto"):

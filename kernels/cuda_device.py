@@ -267,12 +267,33 @@ def device_image(img: object, kernel_name: str) -> tuple[object, bool]:
         return dev, True
     host = check_image(img, kernel_name)
     dev = workspace("input", host.shape, host.dtype)
+    _copy_in(dev, host, stream)
+    return dev, False
+
+
+def upload(img: np.ndarray, kernel_name: str = "to_device") -> object:
+    """A new device array holding a validated 2-D uint8/uint16 frame, queued on this thread's stream.
+
+    Unlike the kernels' own uploads (into a per-thread buffer that the next call reuses), the
+    result belongs to the caller: a frame uploaded once can feed several stages.
+    """
+    host = check_image(img, kernel_name)
+    dev = device_output(host.shape, host.dtype)
+    _copy_in(dev, host, thread_stream())
+    return dev
+
+
+def _copy_in(dev, host: np.ndarray, stream) -> None:
     source = host
     if gpu_config.PINNED_STAGING and not _is_page_locked(host):
         source = _staging("upload", host.shape, host.dtype)
         np.copyto(source, host)
     dev.copy_to_device(source, stream=stream)
-    return dev, False
+
+
+def device_pointer(dev) -> int:
+    """The device address of a numba device array's first element (what TensorRT and ONNX Runtime bind)."""
+    return int(dev.__cuda_array_interface__["data"][0])
 
 
 def import_device_array(obj):

@@ -31,8 +31,15 @@ def _source(index, inv_stride, length):
     position = (np.float32(index) + np.float32(0.5)) * inv_stride - np.float32(0.5)
     if position < 0:
         position = np.float32(0.0)
-    lower = min(int(position), length - 1)
-    upper = min(lower + 1, length - 1)
+    # Comparisons rather than min(): this is also the CUDA twin's device function, and numba
+    # 0.68's CUDA target builds the builtin min/max as a separate overload that fails to compile
+    # in the PTX check run without a GPU (tests/kernels/test_backend_selection.py).
+    lower = int(position)
+    if lower > length - 1:
+        lower = length - 1
+    upper = lower + 1
+    if upper > length - 1:
+        upper = length - 1
     return lower, upper, position - np.float32(lower)
 
 

@@ -100,6 +100,20 @@ class SegmentationEngine(abc.ABC):
             raise EngineError(msg)
         return mask
 
+    @property
+    def takes_device_frames(self) -> bool:
+        """True when `segment_device` keeps a frame that is already on the GPU there."""
+        return False
+
+    def segment_device(self, enhanced: Any) -> np.ndarray:
+        """The mask of an enhanced frame held in a CUDA device array (numba, CuPy, PyTorch).
+
+        Engines that cannot read device memory (this default) segment a host copy.
+        """
+        import kernels
+
+        return self.segment(kernels.to_host(enhanced))
+
     # ------------------------------------------------------------------ hooks
 
     def _load(self) -> None:  # noqa: B027 - optional hook, empty by default

@@ -224,5 +224,40 @@ class OnnxRuntimeRunner:
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {contract.INPUT_NAME: batch})[0]
 
+    def run_device(self, batch: object, out: object) -> None:
+        """Tiles from a float32 CUDA device array `batch` [N,1,h,w] -> the output written into device `out`.
+
+        On the CUDA and TensorRT providers both are bound in place (ONNX Runtime I/O binding on
+        the device's addresses): no host round trip. The tiles' producer (this thread's stream)
+        is synchronised first, as ONNX Runtime runs on its own stream, and `run_with_iobinding`
+        returns once the provider has written `out`. On the CPU provider the tiles pass through
+        host memory.
+        """
+        from kernels import cuda_device
+
+        if self.backend == "cpu":
+            host_out = np.empty(tuple(out.shape), np.float32)
+            self.run_bound(cuda_device.to_host(batch), host_out)
+            out.copy_to_device(host_out, stream=cuda_device.thread_stream())
+            return
+        cuda_device.thread_stream().synchronize()
+        self._bind_and_run("cuda", tuple(batch.shape), cuda_device.device_pointer(batch),
+                           tuple(out.shape), cuda_device.device_pointer(out))
+
+    def run_bound(self, batch: np.ndarray, out: np.ndarray) -> None:
+        """`run`, but writing into the caller's float32 array `out` (ONNX Runtime I/O binding on host memory)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if out.dtype != np.float32 or not out.flags.c_contiguous:
+            msg = f"run_bound needs a C-contiguous float32 output array, got {out.dtype}"
+            raise EngineError(msg)
+        self._bind_and_run("cpu", batch.shape, batch.ctypes.data, out.shape, out.ctypes.data)
+
+    def _bind_and_run(self, device: str, in_shape: tuple[int, ...], in_ptr: int,
+                      out_shape: tuple[int, ...], out_ptr: int) -> None:
+        binding = self.session.io_binding()
+        binding.bind_input(contract.INPUT_NAME, device, 0, np.float32, list(in_shape), in_ptr)
+        binding.bind_output(self.output_name, device, 0, np.float32, list(out_shape), out_ptr)
+        self.session.run_with_iobinding(binding)
+
     def describe(self) -> str:
         return f"ONNX Runtime on {', '.join(self.session.get_providers())}"

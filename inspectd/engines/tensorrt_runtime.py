@@ -16,6 +16,8 @@ Why it looks like this:
   (`threading.local`): TensorRT contexts are not thread-safe, the engine is.
 - Buffers are sized once for the profile's largest batch of tiles; a call copies in,
   enqueues, copies out and synchronises only its own stream.
+- `run_device` skips all of that for tiles already on the GPU (`unet_device`): it binds the
+  caller's device arrays and enqueues on the caller's numba stream.
 
 Example (on a machine without TensorRT):
     >>> ok, reason = tensorrt_status()
@@ -299,8 +301,6 @@ class TensorRTRunner:
             device_in=self.memory.alloc_device(host_in.nbytes),
             device_out=self.memory.alloc_device(host_out.nbytes),
         )
-        context.set_tensor_address(contract.INPUT_NAME, state.device_in[1])
-        context.set_tensor_address(self.output_name, state.device_out[1])
         self._local.state = state
         logger.debug("TensorRT worker %s: context, stream and %d-tile buffers of %s", threading.current_thread().name,
                      self.max_batch, tile_hw)
@@ -308,28 +308,60 @@ class TensorRTRunner:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The model's output for up to `max_batch` tiles (float32 `[N,1,h,w]` -> `[N,3,h,w]` or `[N,6,h/s,w/s]`)."""
-        n_tiles, _, tile_h, tile_w = batch.shape
-        if n_tiles > self.max_batch:
-            msg = f"TensorRT plan takes at most {self.max_batch} tiles per call, got {n_tiles}"
-            raise EngineError(msg)
+        n_tiles = batch.shape[0]
         self.memory.enter()
         try:
-            state = self._state((tile_h, tile_w))
+            state = self._shaped_state(tuple(batch.shape))
             host_in = state.host_in[:n_tiles]
             host_out = state.host_out[:n_tiles]
             np.copyto(host_in, batch, casting="same_kind")
-            if not state.context.set_input_shape(contract.INPUT_NAME, (n_tiles, 1, tile_h, tile_w)):
-                msg = f"TensorRT rejected input shape {(n_tiles, 1, tile_h, tile_w)} (outside the plan's profile)"
-                raise EngineError(msg)
             self.memory.to_device(state.device_in[1], host_in, state.stream)
-            if not state.context.execute_async_v3(self.memory.stream_handle(state.stream)):
-                msg = "TensorRT execute_async_v3 failed"
-                raise EngineError(msg)
+            self._execute(state, state.device_in[1], state.device_out[1], self.memory.stream_handle(state.stream))
             self.memory.to_host(host_out, state.device_out[1], state.stream)
             self.memory.synchronize(state.stream)
         finally:
             self.memory.leave()
         return host_out.astype(np.float32, copy=True)
+
+    def run_device(self, batch: object, out: object) -> None:
+        """Tiles from a float32 CUDA device array `batch` [N,1,h,w] -> output written into device `out`.
+
+        No copies: the plan reads and writes the arrays where they are, enqueued on this
+        thread's numba stream (`kernels.cuda_device.thread_stream`), behind the kernel that
+        wrote the tiles and ahead of the ones that blend the output; nothing synchronises.
+        """
+        from kernels import cuda_device
+
+        if self._input_dtype != np.float32 or self._output_dtype != np.float32:
+            msg = (f"TensorRT plan {self.plan_path.name} has {self._input_dtype} -> {self._output_dtype} I/O; "
+                   "device input needs float32 -> float32 (rebuild it with `inspectd build-engine`)")
+            raise EngineError(msg)
+        self.memory.enter()
+        try:
+            state = self._shaped_state(tuple(batch.shape))
+            self._execute(state, cuda_device.device_pointer(batch), cuda_device.device_pointer(out),
+                          int(cuda_device.thread_stream()))
+        finally:
+            self.memory.leave()
+
+    def _shaped_state(self, batch_shape: tuple[int, ...]) -> _WorkerState:
+        """This thread's context, its input shape set to `batch_shape` [N,1,h,w] (inside `memory.enter()`)."""
+        n_tiles, _, tile_h, tile_w = batch_shape
+        if n_tiles > self.max_batch:
+            msg = f"TensorRT plan takes at most {self.max_batch} tiles per call, got {n_tiles}"
+            raise EngineError(msg)
+        state = self._state((tile_h, tile_w))
+        if not state.context.set_input_shape(contract.INPUT_NAME, (n_tiles, 1, tile_h, tile_w)):
+            msg = f"TensorRT rejected input shape {(n_tiles, 1, tile_h, tile_w)} (outside the plan's profile)"
+            raise EngineError(msg)
+        return state
+
+    def _execute(self, state: _WorkerState, input_ptr: int, output_ptr: int, stream_handle: int) -> None:
+        state.context.set_tensor_address(contract.INPUT_NAME, input_ptr)
+        state.context.set_tensor_address(self.output_name, output_ptr)
+        if not state.context.execute_async_v3(stream_handle):
+            msg = "TensorRT execute_async_v3 failed"
+            raise EngineError(msg)
 
     def describe(self) -> str:
         return f"TensorRT plan {self.plan_path.name} ({self.memory.name} buffers, batch <= {self.max_batch})"

@@ -203,6 +203,17 @@ def _ramp(length: int, overlap_px: int, rise_start: bool, rise_end: bool) -> np.
     return weights
 
 
+def feather_sides(plan: TilePlan, y: int, x: int) -> tuple[bool, bool, bool, bool]:
+    """Which sides of the tile at (y, x) face another tile (its feather rises there): top, bottom, left, right.
+
+    >>> feather_sides(plan_tiles(64, 112, 64, 16), 0, 0)
+    (False, False, False, True)
+    """
+    tile_h, tile_w = plan.tile_hw
+    padded_h, padded_w = plan.padded_hw
+    return y > 0, y + tile_h < padded_h, x > 0, x + tile_w < padded_w
+
+
 def tile_weights(plan: TilePlan, y: int, x: int) -> np.ndarray:
     """The feather of the tile at (y, x): linear over `overlap_px` on sides facing another tile.
 
@@ -210,10 +221,9 @@ def tile_weights(plan: TilePlan, y: int, x: int) -> np.ndarray:
     >>> [float(v) for v in tile_weights(plan, 0, 0)[0, [0, 47, 63]]]
     [1.0, 1.0, 0.03125]
     """
-    tile_h, tile_w = plan.tile_hw
-    padded_h, padded_w = plan.padded_hw
-    wy = _ramp(tile_h, plan.overlap_px, y > 0, y + tile_h < padded_h)
-    wx = _ramp(tile_w, plan.overlap_px, x > 0, x + tile_w < padded_w)
+    top, bottom, left, right = feather_sides(plan, y, x)
+    wy = _ramp(plan.tile_hw[0], plan.overlap_px, top, bottom)
+    wx = _ramp(plan.tile_hw[1], plan.overlap_px, left, right)
     return np.outer(wy, wx)
 
 
@@ -227,9 +237,7 @@ class TileBlender:
         self._weights: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
 
     def _weights_at(self, y: int, x: int) -> np.ndarray:
-        tile_h, tile_w = self.plan.tile_hw
-        padded_h, padded_w = self.plan.padded_hw
-        key = (y > 0, y + tile_h < padded_h, x > 0, x + tile_w < padded_w)
+        key = feather_sides(self.plan, y, x)
         if key not in self._weights:
             self._weights[key] = tile_weights(self.plan, y, x)
         return self._weights[key]

@@ -13,6 +13,10 @@ What it does with an enhanced frame (uint8/uint16, any size, e.g. 2560x1920):
    are blended on the coarse grid (`TilePlan.coarse`) and `kernels.guided_argmax` turns
    them and the full-resolution frame into the mask in one pass.
 
+A frame already on the GPU (`segment_device`, the analyzer's device flow after the CUDA
+CLAHE) takes the same steps there (`unet_device`): tiles, network, blend and argmax read and
+write device memory and only the mask comes back.
+
 Where it runs (`segment.backend`, decided once at `load()` and logged once; `backend`
 then says what is really used):
 - `auto`: a TensorRT plan (`segment.unet.engine_plan`) when one is configured and TensorRT,
@@ -51,7 +55,7 @@ import onnxruntime as ort
 
 import kernels
 from inspectd.config import SegmentConfig
-from inspectd.engines import tiling
+from inspectd.engines import tiling, unet_device
 from inspectd.engines.base import SegmentationEngine
 from inspectd.engines.onnx_session import OnnxRuntimeRunner, choose_providers
 from inspectd.engines.tensorrt_runtime import TensorRTRunner, tensorrt_status
@@ -78,6 +82,8 @@ class TileRunner(Protocol):
     output_name: str  # contract.OUTPUT_NAME or contract.AFFINE_OUTPUT_NAME
 
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run_device(self, batch: object, out: object) -> None: ...
 
     def describe(self) -> str: ...
 
@@ -264,6 +270,29 @@ class UnetEngine(SegmentationEngine):
         return kernels.guided_argmax(blender.blended(), enhanced, self._output_stride, mean=contract.NORM_MEAN,
                                      std=contract.NORM_STD, backend="cpu" if self.backend == "cpu" else "auto")
 
+    @property
+    def takes_device_frames(self) -> bool:
+        """Full-resolution inference (`scale` 1) reads a device frame in place; a downscale is done on the host."""
+        return self.cfg.scale >= 1.0
+
+    def segment_device(self, enhanced: object) -> np.ndarray:
+        """The mask of a 2-D uint8/uint16 CUDA device frame, computed on the GPU (`unet_device`).
+
+        Only the mask comes back. With ONNX Runtime on the CPU (tests, the simulator) the
+        tiles pass through host memory; the mask is the one `segment` gives either way.
+        """
+        if not self.takes_device_frames:
+            return super().segment_device(enhanced)
+        from kernels import cuda_device
+
+        self.load()
+        frame = cuda_device.import_device_array(enhanced)
+        if len(frame.shape) != 2 or np.dtype(frame.dtype) not in (np.uint8, np.uint16) or min(frame.shape) < 1:
+            msg = f"engine input must be a non-empty 2-D uint8 or uint16 image, got {frame.dtype} {tuple(frame.shape)}"
+            raise EngineError(msg)
+        return unet_device.segment_device(frame, self._runner, self._plan(*frame.shape), self._output_stride,
+                                          self._tiles_per_run)
+
     def blended_logits(self, enhanced: np.ndarray) -> np.ndarray:
         """Feather-blended model output of a 2-D enhanced frame (no scaling), float32.
 
@@ -275,9 +304,7 @@ class UnetEngine(SegmentationEngine):
 
     def _blend(self, enhanced: np.ndarray) -> tiling.TileBlender:
         self.load()
-        height, width = enhanced.shape
-        plan = tiling.plan_tiles(height, width, self._tile_px, self._overlap_px, fixed_tile_hw=self._fixed_tile_hw,
-                                 multiple=contract.INPUT_MULTIPLE)
+        plan = self._plan(*enhanced.shape)
         normalised = contract.normalise(tiling.pad_frame(enhanced, plan))[0, 0]
         stride = self._output_stride
         blender = tiling.TileBlender(plan.coarse(stride), contract.output_channels(self._runner.output_name))
@@ -289,3 +316,7 @@ class UnetEngine(SegmentationEngine):
                 y, x = blender.plan.origins[start + offset]
                 blender.add(tile_logits, y, x)
         return blender
+
+    def _plan(self, height: int, width: int) -> tiling.TilePlan:
+        return tiling.plan_tiles(height, width, self._tile_px, self._overlap_px, fixed_tile_hw=self._fixed_tile_hw,
+                                 multiple=contract.INPUT_MULTIPLE)

@@ -58,14 +58,15 @@ def normalise(enhanced: np.ndarray) -> np.ndarray:
     OpenCV's LUT) or 8 ms (uint16) instead of 25. The table holds exactly what the
     arithmetic gives, so training (float images) and inference agree to the bit.
     """
-    table = _normalise_table(enhanced.dtype)
+    table = normalise_table(enhanced.dtype)
     if enhanced.dtype == np.uint8:
         return cv2.LUT(np.ascontiguousarray(enhanced), table)[None, None, :, :]
     return table[enhanced][None, None, :, :]
 
 
 @functools.cache
-def _normalise_table(dtype: np.dtype) -> np.ndarray:
+def normalise_table(dtype: np.dtype) -> np.ndarray:
+    """float32 network input of every grey level of `dtype` (read-only; the GPU path uploads it)."""
     levels = np.arange(65536 if dtype == np.uint16 else 256, dtype=np.float32)
     max_level = 65535.0 if dtype == np.uint16 else 255.0
     scaled = levels * np.float32(1.0 / max_level)

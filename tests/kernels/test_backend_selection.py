@@ -145,10 +145,11 @@ if not nvvm.is_available():
 import numba.cuda.dispatcher as dispatcher
 dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
 from numba import cuda, types as t
-from kernels import gpu_clahe as gc, gpu_threshold as gt
+from kernels import gpu_clahe as gc, gpu_guided as gg, gpu_threshold as gt, gpu_tiles as gtl
 u8c, u8a, u16c = t.Array(t.uint8, 2, "C"), t.Array(t.uint8, 2, "A"), t.Array(t.uint16, 2, "C")
 i32_1, i32_2, i32_3 = t.Array(t.int32, 1, "C"), t.Array(t.int32, 2, "C"), t.Array(t.int32, 3, "C")
-i64, f32 = t.int64, t.float32
+f32_1, f32_2, f32_3, f32_4 = (t.Array(t.float32, n, "C") for n in (1, 2, 3, 4))
+i64, f32, b = t.int64, t.float32, t.boolean
 cases = [
     (gc._tile_hist_u8, (u8c, i64, i64, i32_3)), (gc._tile_hist_u8, (u8a, i64, i64, i32_3)),
     (gc._tile_hist_u16, (u16c, i64, i64, i64, i32_2)),
@@ -157,6 +158,10 @@ cases = [
     (gc._interpolate, (u16c, u16c, i64, i64, f32, f32, i64, u16c)),
     (gt._binary, (u8a, i64, u8c)), (gt._binary, (u16c, i64, u8c)),
     (gt._histogram_u8, (u8a, i32_1)), (gt._histogram_u16, (u16c, i32_1)),
+    (gg._guided, (f32_3, u8c, f32, f32, f32, f32, u8c)), (gg._guided, (f32_3, u16c, f32, f32, f32, f32, u8c)),
+    (gtl._tiles, (u8c, f32_1, i32_2, b, f32_4)), (gtl._tiles, (u16c, f32_1, i32_2, b, f32_4)),
+    (gtl._blend_add, (f32_3, f32_2, f32_3, i64, i64, i64, b, b, b, b)),
+    (gtl._mean, (f32_3, f32_2)), (gtl._argmax, (f32_3, u8c)),
 ]
 compiled = []
 for kernel, signature in cases:
@@ -175,7 +180,7 @@ def test_cuda_kernels_compile_for_a_real_gpu_without_one():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     if "skip" in report:
         pytest.skip(report["skip"])
-    assert len(report["compiled"]) == 11
+    assert len(report["compiled"]) == 18
     assert all(has_entry for _, has_entry in report["compiled"]), report
 
 

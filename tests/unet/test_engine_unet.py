@@ -375,3 +375,36 @@ def test_guided_tiles_agree_with_whole_frame_pairs_through_the_kernel(tmp_path, 
 def test_guided_output_with_the_wrong_channel_count_is_refused_at_load(tmp_path) -> None:
     path = save(build_guided(stride=4, n_out=4), tmp_path / "bad.onnx")
     _refused_at_load(path, r"output 'affine' has shape \['N', 4, 'h', 'w'\], expected \[N, 6, H, W\]")
+
+
+# --------------------------------------------------------------------------- device frames (GPU flow)
+
+
+def test_io_bound_run_writes_the_same_output_as_run(tmp_path) -> None:
+    """The GPU flow binds tile and output buffers by address; on the CPU provider the same binding runs on host memory."""
+    engine = _engine(save(build_guided(stride=4, seed=4), tmp_path / "guided.onnx"))
+    engine.load()
+    runner = engine._runner
+    batch = np.random.default_rng(1).standard_normal((3, 1, 64, 96)).astype(np.float32)
+    out = np.full((3, 6, 16, 24), np.nan, np.float32)
+    runner.run_bound(batch, out)
+    assert np.array_equal(out, runner.run(batch))
+    with pytest.raises(EngineError, match="float32"):
+        runner.run_bound(batch, np.empty((3, 6, 16, 24), np.float64))
+
+
+def test_analyzer_keeps_frames_on_the_host_without_a_gpu_engine(models) -> None:
+    cfg = config_module.parse_object({"segment": {"engine": "unet", "backend": "auto",
+                                                  "unet": {"model": str(models["local"])}}})
+    analyzer = Analyzer(cfg)
+    assert analyzer.engine.takes_device_frames  # the engine could, but it runs on the CPU here
+    assert analyzer.device_frames is (analyzer.engine.backend != "cpu" and kernels.cuda_usable()[0])
+
+
+def test_forcing_the_device_flow_without_a_gpu_fails_at_start_up_naming_cuda(models) -> None:
+    if kernels.cuda_usable()[0]:
+        pytest.skip("a GPU or the simulator is usable here")
+    cfg = config_module.parse_object({"segment": {"engine": "unet", "backend": "cpu",
+                                                  "unet": {"model": str(models["local"])}}})
+    with pytest.raises(kernels.CudaUnavailableError, match="device frame flow.*CUDA GPU"):
+        Analyzer(cfg, device_frames=True)

@@ -94,21 +94,43 @@ def test_calibration_without_readable_images_is_an_engine_error(tmp_path):
         calibration_batches(tmp_path, 64, 4, PreprocessConfig())
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not TENSORRT_USABLE, reason=f"needs TensorRT on a GPU: {TENSORRT_REASON}")
-def test_tensorrt_plan_matches_onnx_runtime(tmp_path):  # pragma: no cover - GPU only
-    pytest.importorskip("onnx")
+def _plan_and_onnx_engines(tmp_path, model):
+    """The same model as a TensorRT plan (warmed up) and on ONNX Runtime's CPU provider, 128 px tiles."""
     from inspectd.engines.unet import UnetEngine
-    from tests.unet.random_unet import build_unet, save
 
-    model = save(build_unet(base_channels=4, seed=7), tmp_path / "random.onnx")
-    plan = build_engine_plan(model, tmp_path / "random.plan", BuildOptions(fp16=False, tile_px=128, min_tile_px=64,
-                                                                           max_batch=2))
-    frame = enhance(synth.generate(300, 420, seed=8).image, PreprocessConfig())
+    plan = build_engine_plan(model, tmp_path / "model.plan", BuildOptions(fp16=False, tile_px=128, min_tile_px=64,
+                                                                          max_batch=2))
     unet = {"model": model, "engine_plan": plan, "tile_px": 128, "overlap_px": 32}
     on_gpu = UnetEngine(SegmentConfig(engine="unet", backend="tensorrt", unet=UnetConfig(**unet)))
     on_cpu = UnetEngine(SegmentConfig(engine="unet", backend="cpu", unet=UnetConfig(**unet)))
     on_gpu.warm_up()
     assert on_gpu.backend == "tensorrt"
+    return on_gpu, on_cpu
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TENSORRT_USABLE, reason=f"needs TensorRT on a GPU: {TENSORRT_REASON}")
+def test_tensorrt_plan_matches_onnx_runtime(tmp_path):  # pragma: no cover - GPU only
+    pytest.importorskip("onnx")
+    import kernels
+    from tests.unet.random_unet import build_unet, save
+
+    on_gpu, on_cpu = _plan_and_onnx_engines(tmp_path, save(build_unet(base_channels=4, seed=7),
+                                                           tmp_path / "random.onnx"))
+    frame = enhance(synth.generate(300, 420, seed=8).image, PreprocessConfig())
     assert np.allclose(on_gpu.blended_logits(frame), on_cpu.blended_logits(frame), atol=1e-2)
     assert np.mean(on_gpu.segment(frame) == on_cpu.segment(frame)) > 0.999
+    # The device flow: the frame goes up once, the plan reads the tiles where the kernel wrote them.
+    assert np.mean(on_gpu.segment_device(kernels.to_device(frame)) == on_gpu.segment(frame)) > 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TENSORRT_USABLE, reason=f"needs TensorRT on a GPU: {TENSORRT_REASON}")
+def test_tensorrt_device_flow_of_a_guided_model(tmp_path):  # pragma: no cover - GPU only
+    pytest.importorskip("onnx")
+    import kernels
+    from tests.unet.random_unet import build_guided, save
+
+    on_gpu, on_cpu = _plan_and_onnx_engines(tmp_path, save(build_guided(stride=4, seed=9), tmp_path / "guided.onnx"))
+    frame = enhance(synth.generate(300, 420, seed=10).image, PreprocessConfig())
+    assert np.mean(on_gpu.segment_device(kernels.to_device(frame)) == on_cpu.segment(frame)) > 0.999
