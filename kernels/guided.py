@@ -32,8 +32,9 @@ def _source(index, inv_stride, length):
     if position < 0:
         position = np.float32(0.0)
     # Comparisons rather than min(): this is also the CUDA twin's device function, and numba
-    # 0.68's CUDA target builds the builtin min/max as a separate overload that fails to compile
-    # in the PTX check run without a GPU (tests/kernels/test_backend_selection.py).
+    # 0.68's built-in CUDA target builds min/max as a separate overload that fails to compile in
+    # the PTX check run without a GPU (tests/kernels/test_backend_selection.py); numba-cuda,
+    # which the [gpu] extra installs, compiles either.
     lower = int(position)
     if lower > length - 1:
         lower = length - 1
