@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numba
@@ -25,7 +27,7 @@ import numpy as np
 import kernels
 from inspectd.config import Config
 from inspectd.engines.registry import create_engine
-from inspectd.errors import InspectdError
+from inspectd.errors import InspectdError, KernelResourceError
 from inspectd.measure import measure
 from inspectd.preprocess import enhance, enhance_on_device
 from inspectd.types import Frame, Measurements, Verdict
@@ -66,9 +68,11 @@ class Analyzer:
         self.cfg = cfg
         self.engine = create_engine(cfg.segment)
         self.engine.load()
-        self.device_frames = self._device_frames_usable() if device_frames is None else device_frames
+        with _kernel_resources():
+            self.device_frames = self._device_frames_usable() if device_frames is None else device_frames
+            if self.device_frames:
+                kernels.select_backend("cuda", "the device frame flow")
         if self.device_frames:
-            kernels.select_backend("cuda", "the device frame flow")  # CudaUnavailableError, naming what is missing
             logger.info("frames stay on the GPU from upload to mask (CUDA CLAHE, %s U-Net); the enhanced frame "
                         "and the mask come back for measurement", self.engine.backend)
 
@@ -79,7 +83,8 @@ class Analyzer:
 
     def warm_up(self) -> None:
         """Compile kernels and run the engine once, so the first real frame is not slow."""
-        kernels.warm_up(backend=self.kernel_backend)
+        with _kernel_resources():
+            kernels.warm_up(backend=self.kernel_backend)
         self.engine.warm_up()
         if self.device_frames:  # the device path's own kernels (tiles, blend) and bindings
             side = getattr(self.engine, "tile_px", 64)
@@ -127,6 +132,15 @@ class Analyzer:
             reason = f"internal error: {type(exc).__name__}: {exc}"
             return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms))
         return FrameResult(frame, replace(verdict, timings_ms=timings_ms), measurements, enhanced, mask)
+
+
+@contextlib.contextmanager
+def _kernel_resources() -> Iterator[None]:
+    """`kernels.CudaUnavailableError` (the kernels know nothing of inspectd) as a `KernelResourceError`."""
+    try:
+        yield
+    except kernels.CudaUnavailableError as exc:
+        raise KernelResourceError(str(exc)) from exc
 
 
 def _ms_since(start: float) -> float:

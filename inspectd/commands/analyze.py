@@ -13,7 +13,7 @@ from tqdm import tqdm
 from inspectd import config, fieldstats
 from inspectd.analysis import Analyzer, FrameResult
 from inspectd.decode import decode_file
-from inspectd.errors import EngineError, ImageDecodeError
+from inspectd.errors import EngineError, ImageDecodeError, KernelResourceError
 from inspectd.report import HEADLINE_METRICS, field_stem, result_record, write_field_outputs
 from inspectd.types import Frame, VerdictResult
 from inspectd.verdict import error_verdict
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         analyzer = Analyzer(cfg)
         analyzer.warm_up()
-    except EngineError as exc:
-        print(f"inspectd analyze: engine error: {exc}", file=sys.stderr)
+    except (EngineError, KernelResourceError) as exc:
+        print(f"inspectd analyze: cannot start: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
     out_dir = Path(args.out)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from inspectd import config, logs
 from inspectd.app import Daemon
 from inspectd.config import FolderSourceConfig
+from inspectd.errors import EngineError, KernelResourceError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -44,8 +46,16 @@ def apply_overrides(cfg: config.Config, args: argparse.Namespace) -> config.Conf
     return config.parse_object(raw, origin="command line")
 
 
+# The unit's RestartPreventExitStatus: a start-up failure that a restart cannot fix.
+EXIT_CANNOT_START = 2
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(config.load(args.config), args)
     logs.configure(args.log_level or cfg.log_level.value)
     daemon = Daemon(cfg, config_path=args.config)
-    return daemon.run_until_signalled()
+    try:
+        return daemon.run_until_signalled()
+    except (EngineError, KernelResourceError) as exc:  # e.g. backend cuda on a machine without a GPU
+        print(f"inspectd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START

@@ -166,6 +166,29 @@ def test_invalid_config_exits_two_with_the_key_path_and_starts_nothing(tmp_path)
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.parametrize("engine", ["classical", "unet"])
+def test_backend_cuda_without_a_gpu_exits_two_with_one_line_naming_cuda(tmp_path, engine) -> None:
+    import kernels
+
+    if kernels.cuda_usable()[0]:
+        pytest.skip("a GPU (or the simulator) is usable here")
+    config = tmp_path / "cuda.yaml"
+    config.write_text(f"segment:\n  engine: {engine}\n  backend: cuda\n")
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    proc = subprocess.run([sys.executable, "-m", "inspectd.cli", "run", "--config", str(config), "--watch",
+                           str(tmp_path), "--state-dir", str(tmp_path / "state"),
+                           "--publish", f"tcp://127.0.0.1:{ports[0]}", "--control", f"tcp://127.0.0.1:{ports[1]}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("inspectd: cannot start: ") and "CUDA" in last
+
+
 def test_notify_socket_gets_ready_and_watchdog_and_sigterm_exits_zero(tmp_path, micrographs) -> None:
     notify_path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
