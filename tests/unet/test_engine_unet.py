@@ -29,7 +29,7 @@ from inspectd.engines import ENGINES, SegmentationEngine, create_engine, tiling 
 from inspectd.engines.onnx_session import choose_providers  # noqa: E402
 from inspectd.engines.tensorrt_runtime import tensorrt_status  # noqa: E402
 from inspectd.engines.unet import UnetEngine, bundled_model_path  # noqa: E402
-from inspectd.errors import EngineError  # noqa: E402
+from inspectd.errors import EngineError, KernelResourceError  # noqa: E402
 from inspectd.preprocess import enhance  # noqa: E402
 from inspectd.types import Frame  # noqa: E402
 from inspectd.unet import contract  # noqa: E402
@@ -406,5 +406,5 @@ def test_forcing_the_device_flow_without_a_gpu_fails_at_start_up_naming_cuda(mod
         pytest.skip("a GPU or the simulator is usable here")
     cfg = config_module.parse_object({"segment": {"engine": "unet", "backend": "cpu",
                                                   "unet": {"model": str(models["local"])}}})
-    with pytest.raises(kernels.CudaUnavailableError, match="device frame flow.*CUDA GPU"):
+    with pytest.raises(KernelResourceError, match="device frame flow.*CUDA GPU"):
         Analyzer(cfg, device_frames=True)
