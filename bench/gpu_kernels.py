@@ -51,8 +51,9 @@ import numpy as np
 from numba import cuda  # never fails on a CPU box: the driver is only touched at first use
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
+# would otherwise shadow the `kernels` package.
+sys.path.insert(0, str(REPO_ROOT))
 
 import kernels  # noqa: E402  (after the path fix so a source checkout works uninstalled)
 from kernels import cuda_device, gpu_config  # noqa: E402
@@ -62,6 +63,10 @@ DEFAULT_JSON = REPO_ROOT / "bench" / "results" / "gpu_kernels.json"
 CLAHE_CLIP_LIMIT = 2.0
 CLAHE_TILE_GRID = (8, 8)  # (rows, cols)
 BANDWIDTH_BUFFER_BYTES = 256 << 20
+# The daemon's default U-Net tiles (segment.unet.tile_px / overlap_px; a test keeps them equal).
+# Literal rather than read from inspectd.config: pydantic is not on a bare GPU machine.
+UNET_TILE_PX = 1024
+UNET_OVERLAP_PX = 64
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -269,13 +274,11 @@ def add_unet_tile_rows(add, frame_dev, height: int, width: int) -> None:
     every tile's 6 coarse maps (stride 4) into them, divide (floor: the maps read once, the
     accumulators written once).
     """
-    from inspectd.config import UnetConfig
     from inspectd.engines import tiling
     from inspectd.unet import contract
     from kernels.gpu_tiles import gpu_blend_add, gpu_blend_mean, gpu_normalised_tiles
 
-    defaults = UnetConfig()
-    plan = tiling.plan_tiles(height, width, defaults.tile_px, defaults.overlap_px, multiple=contract.INPUT_MULTIPLE)
+    plan = tiling.plan_tiles(height, width, UNET_TILE_PX, UNET_OVERLAP_PX, multiple=contract.INPUT_MULTIPLE)
     coarse = plan.coarse(4)
     stream = cuda_device.thread_stream()
     table = cuda.to_device(np.ascontiguousarray(contract.normalise_table(np.dtype(np.uint8))), stream=stream)

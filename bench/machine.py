@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
+# would otherwise shadow the `kernels` package.
+sys.path.insert(0, str(REPO_ROOT))
 
 from inspectd.benchmark.machine import describe_machine  # noqa: E402
 

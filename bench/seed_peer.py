@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
+# would otherwise shadow the `kernels` package.
+sys.path.insert(0, str(REPO_ROOT))
 
 from inspectd.benchmark.peer import ensure_peer_model, run_peer  # noqa: E402
 from inspectd.benchmark.throughput import DEFAULT_SIZE, generate_frames, parse_size  # noqa: E402

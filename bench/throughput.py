@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
+# would otherwise shadow the `kernels` package.
+sys.path.insert(0, str(REPO_ROOT))
 
 from inspectd.benchmark.throughput import main  # noqa: E402  (after the path fix)
 

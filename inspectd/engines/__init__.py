@@ -2,8 +2,10 @@
 
 `base.SegmentationEngine` is the interface; every other module here is a plugin that the
 registry discovers (`registry.ENGINES`, `registry.create_engine`). Importing this package
-stays cheap: the plugins (and their runtimes) load on first use of `ENGINES` or
-`create_engine`.
+stays cheap: the interface, the plugins and their runtimes load on first use of
+`SegmentationEngine`, `ENGINES` or `create_engine`, so the pure-numpy geometry
+(`engines.tiling`) imports without the config's pydantic, as `bench/gpu_kernels.py` needs on
+a bare GPU machine.
 
 Example:
     >>> from inspectd.config import SegmentConfig
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from inspectd.engines.base import SegmentationEngine
-
 __all__ = ["ENGINES", "SegmentationEngine", "create_engine"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "SegmentationEngine":
+        from inspectd.engines.base import SegmentationEngine
+
+        return SegmentationEngine
     if name in ("ENGINES", "create_engine"):
         from inspectd.engines import registry
 
