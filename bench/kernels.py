@@ -17,9 +17,14 @@ numba's OpenMP layer (its default where TBB is absent) then stalls for a schedul
 ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets it, as the daemon does;
 with it (or with ``--threading-layer tbb``) numba falls back to 1-thread speed instead.
 
+Then the GPU rows, for the same sizes: ``bench/gpu_kernels.py`` (CUDA kernels' device time
+by CUDA events against the memory-bandwidth floor, cuCIM / CuPy / OpenCV CUDA beside them
+where installed) where a CUDA GPU is usable; elsewhere one line says why they are missing.
+
 Usage::
 
     .venv/bin/python bench/kernels.py                      # full run, ~2-4 minutes
+    .venv/bin/python bench/kernels.py --no-gpu             # CPU rows only
     .venv/bin/python bench/kernels.py --quick              # two sizes, fewer repeats
     .venv/bin/python bench/kernels.py --sizes 2560x1920 --threads 1 --repeats 50
 """
@@ -42,8 +47,9 @@ import numba
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
+# would otherwise shadow the `kernels` package.
+sys.path.insert(0, str(REPO_ROOT))
 
 import kernels  # noqa: E402  (after the path fix so a source checkout works uninstalled)
 
@@ -248,6 +254,7 @@ def main(argv=None) -> int:
         help="numba threading layer (tbb needs libtbb.so.12; it is preloaded from sys.prefix/lib if there)",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"output file (default {DEFAULT_JSON})")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU rows (bench/gpu_kernels.py)")
     args = parser.parse_args(argv)
 
     sizes = parse_sizes(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES))
@@ -272,7 +279,18 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"environment": env, "repeats": repeats, "results": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
-    return 0
+    if args.no_gpu:
+        return 0
+    return gpu_rows(sizes)
+
+
+def gpu_rows(sizes: list[tuple[int, int]]) -> int:
+    """``bench/gpu_kernels.py`` for the same sizes (its own table and JSON), or its one 'no CUDA GPU' line."""
+    sys.path.append(str(Path(__file__).resolve().parent))  # beside this file (already there when run as a script)
+    import gpu_kernels
+
+    print("\nGPU rows (bench/gpu_kernels.py):")
+    return gpu_kernels.main(["--sizes", ",".join(f"{width}x{height}" for width, height in sizes)])
 
 
 if __name__ == "__main__":

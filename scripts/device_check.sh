@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 6 as one prepared run for a lent GPU machine (the `device` tool):
+# the CUDA tests on the real GPU, the kernels' doctests, and bench/gpu_kernels.py's table.
+#
+# A lease is short (15 minutes of device time, the machine's start included), so this runs
+# every check in one call, each step under its own time limit, and never stops at a failed
+# step: what did run still comes back. The machine has numba, numba-cuda, CuPy, OpenCV,
+# ONNX Runtime and pytest but no registry, and lacks pydantic, pyzmq and watchdog (which the
+# U-Net device-flow tests import through inspectd); `make device-kit` downloads those as
+# wheels into .device/ (ignored by git), which the call carries.
+#
+#   make device-kit                           # here, once: .device/wheels
+#   device run: command "bash scripts/device_check.sh", carry [".device"], timeout_s 540
+#
+# Files in $OUT (at most 8 come back): summary.txt (one line a step, its exit code and
+# seconds), machine.txt, wheels.log, gpu_tests.log, doctests.log, gpu_kernels.txt and
+# gpu_kernels.json. Put the table, the device and the date in bench/RESULTS.md.
+#
+# To check this script on a CPU machine (numba's simulator, meaningless numbers):
+#   OUT=$(mktemp -d) PYTHON=.venv/bin/python DEVICE_CHECK_SIMULATOR=1 bash scripts/device_check.sh
+set -u
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder that receives the results}"
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+BENCH_ARGS=(--json "$OUT/gpu_kernels.json")
+if [ "${DEVICE_CHECK_SIMULATOR:-0}" = 1 ]; then
+  export NUMBA_ENABLE_CUDASIM=1
+  BENCH_ARGS=(--simulator-smoke-test)
+fi
+
+# step NAME SECONDS COMMAND...: COMMAND's output to $OUT/NAME.log, its exit code to summary.txt.
+step() {
+  local name=$1 limit=$2 began rc
+  shift 2
+  began=$(date +%s)
+  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  printf '%-12s rc=%-3s %4ss  %s\n' "$name" "$rc" "$(($(date +%s) - began))" "$*" | tee -a "$OUT/summary.txt"
+  tail -n 15 "$OUT/$name.log"
+}
+
+machine_facts() {
+  date -u +%Y-%m-%dT%H:%M:%SZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true
+  "$PYTHON" -m pip list 2>/dev/null | grep -iE '^(numba|numba-cuda|cupy|onnxruntime|opencv|numpy|pydantic|tensorrt|cucim) ' || true
+  "$PYTHON" -c 'import sys; from kernels import cuda_device; print(sys.version.split()[0], cuda_device.cuda_usable())'
+}
+
+install_wheels() {
+  if [ ! -d .device/wheels ]; then
+    echo "no .device/wheels (run make device-kit here and carry .device): the U-Net device-flow tests will fail to import"
+    return 0
+  fi
+  "$PYTHON" -m pip install --no-index --find-links .device/wheels pydantic pyzmq watchdog
+}
+
+export -f machine_facts install_wheels
+export PYTHON
+step machine 60 bash -c machine_facts
+step wheels 120 bash -c install_wheels
+# The CUDA kernels against the CPU ones, backend auto/cuda selection (auto must pick this GPU),
+# the device frame flow against the host flow, and the TensorRT tests (they skip without it).
+step gpu_tests 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
+  tests/kernels/test_gpu_clahe.py tests/kernels/test_gpu_threshold.py tests/kernels/test_gpu_guided.py \
+  tests/kernels/test_backend_selection.py tests/kernels/test_kernels_validation.py \
+  tests/unet/test_engine_device.py tests/unet/test_tensorrt.py
+step doctests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --doctest-modules \
+  kernels/gpu_clahe.py kernels/gpu_threshold.py kernels/gpu_guided.py kernels/gpu_tiles.py
+step gpu_kernels 240 "$PYTHON" bench/gpu_kernels.py "${BENCH_ARGS[@]}"
+mv "$OUT/machine.log" "$OUT/machine.txt"
+mv "$OUT/gpu_kernels.log" "$OUT/gpu_kernels.txt"
