@@ -13,8 +13,11 @@
 #   device run: command "bash scripts/device_check.sh", carry [".device"], timeout_s 540
 #
 # Files in $OUT (at most 8 come back): summary.txt (one line a step, its exit code and
-# seconds), machine.txt, wheels.log, gpu_tests.log, doctests.log, gpu_kernels.txt and
-# gpu_kernels.json. Put the table, the device and the date in bench/RESULTS.md.
+# seconds), machine.txt, wheels.log, gpu_tests.log, doctests.log, gpu_kernels.txt,
+# gpu_kernels.json and sanitizer.log. Put the table, the device and the date in
+# bench/RESULTS.md. The steps' limits add up to about 10 minutes; the whole run should take
+# about 5 on an H200 (most of it numba compiling the kernels). Give the call timeout_s 540:
+# a step cut off there loses only what comes after it, and $OUT still comes back.
 #
 # To check this script on a CPU machine (numba's simulator, meaningless numbers):
 #   OUT=$(mktemp -d) PYTHON=.venv/bin/python DEVICE_CHECK_SIMULATOR=1 bash scripts/device_check.sh
@@ -55,18 +58,38 @@ install_wheels() {
   "$PYTHON" -m pip install --no-index --find-links .device/wheels pydantic pyzmq watchdog
 }
 
-export -f machine_facts install_wheels
+# Memory errors and shared-memory races of every CUDA kernel, once each on a small frame
+# (compute-sanitizer works on the Firecracker machines, not under gVisor: KINDS.md).
+sanitize() {
+  if ! command -v compute-sanitizer >/dev/null; then
+    echo "no compute-sanitizer on this machine"
+    return 0
+  fi
+  local tool worst=0
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$PYTHON" bench/gpu_kernels.py \
+      --sizes 320x240 --repeats 1 --warmup 1 --json /tmp/device_check_sanitize.json || worst=$?
+  done
+  return "$worst"
+}
+
+export -f machine_facts install_wheels sanitize
 export PYTHON
-step machine 60 bash -c machine_facts
-step wheels 120 bash -c install_wheels
+# Most wanted first: the figures only a real GPU gives, then the tests that say they are right.
+step machine 30 bash -c machine_facts
+step wheels 60 bash -c install_wheels
+step gpu_kernels 150 "$PYTHON" bench/gpu_kernels.py "${BENCH_ARGS[@]}"
 # The CUDA kernels against the CPU ones, backend auto/cuda selection (auto must pick this GPU),
 # the device frame flow against the host flow, and the TensorRT tests (they skip without it).
-step gpu_tests 300 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
+step gpu_tests 200 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
   tests/kernels/test_gpu_clahe.py tests/kernels/test_gpu_threshold.py tests/kernels/test_gpu_guided.py \
   tests/kernels/test_backend_selection.py tests/kernels/test_kernels_validation.py \
   tests/unet/test_engine_device.py tests/unet/test_tensorrt.py
-step doctests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --doctest-modules \
+step doctests 60 "$PYTHON" -m pytest -q -p no:cacheprovider --doctest-modules \
   kernels/gpu_clahe.py kernels/gpu_threshold.py kernels/gpu_guided.py kernels/gpu_tiles.py
-step gpu_kernels 240 "$PYTHON" bench/gpu_kernels.py "${BENCH_ARGS[@]}"
+if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then
+  step sanitizer 120 bash -c sanitize
+fi
 mv "$OUT/machine.log" "$OUT/machine.txt"
 mv "$OUT/gpu_kernels.log" "$OUT/gpu_kernels.txt"
