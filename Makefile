@@ -67,6 +67,7 @@ device-kit: $(STAMP)
 	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .device/wheels $(DEVICE_WHEELS)
+	printf '%s\n' $(DEVICE_WHEELS) > .device/requirements.txt
 	@du -sh .device
 
 clean:

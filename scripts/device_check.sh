@@ -51,11 +51,11 @@ machine_facts() {
 }
 
 install_wheels() {
-  if [ ! -d .device/wheels ]; then
-    echo "no .device/wheels (run make device-kit here and carry .device): the U-Net device-flow tests will fail to import"
+  if [ ! -f .device/requirements.txt ]; then
+    echo "no .device/requirements.txt (run make device-kit here and carry .device): the U-Net device-flow tests will fail to import"
     return 0
   fi
-  "$PYTHON" -m pip install --no-index --find-links .device/wheels pydantic pyzmq watchdog
+  "$PYTHON" -m pip install --no-index --find-links .device/wheels -r .device/requirements.txt
 }
 
 # Memory errors and shared-memory races of every CUDA kernel, once each on a small frame
