@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the headers PyGObject builds against, and systemd-analyze (unit tests).
 APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd
 
-.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput device-kit clean
+.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources device-kit clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -53,6 +53,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/kernels.py
+
+# Registers, shared memory, spills, FP64 and occupancy of every CUDA kernel, from the compiler (no GPU).
+gpu-resources: $(STAMP)
+	$(PY) bench/gpu_resources.py --json bench/results/gpu_resources.json
 
 # The whole station: daemon pipeline per engine beside the seed-style pipeline (minutes).
 bench-throughput: $(STAMP)

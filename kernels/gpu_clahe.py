@@ -15,9 +15,9 @@ Kernels and budgets (N = pixels, T = tiles, B = bins: 256 or 65536):
   global atomics), ``_tile_luts_u8`` (T blocks, 5 KiB shared; merges the strips, clip, scan, LUT;
   writes T*256 B), ``_interpolate`` (one thread per column and ROWS_PER_THREAD rows;
   reads N + writes N bytes, 4 LUT reads per pixel served by L1/L2: 8x8 LUTs are 16 KiB;
-  the half-to-even rounding is ``round()``, i.e. libdevice llrint on the float32 value
-  widened to float64: two conversions per pixel, cheap on H100, slower on GPUs with
-  crippled FP64 such as Jetson).
+  the half-to-even rounding is one float32 ``cvt.rni``, no FP64: Python's ``round()``
+  would widen to float64 first, and a Jetson's GPU has few FP64 units;
+  ``bench/gpu_resources.py`` counts FP64 instructions per kernel).
 * 16-bit, 4 launches: 65536 bins x 4 B = 256 KiB per tile do not fit in shared memory
   (48 KiB static per block), so each tile's histogram lives in global memory and the
   strips add into it with global atomics (L2, low contention: natural 16-bit images
@@ -34,6 +34,7 @@ import math
 
 import numpy as np
 from numba import cuda
+from numba.cuda import libdevice
 
 from kernels import _clahe_luts, cuda_device, gpu_config
 from kernels._validate import check_clahe_arguments
@@ -48,6 +49,21 @@ _ONE = np.float32(1.0)
 
 # The CPU kernel's index mapping, compiled once more as a device function.
 reflect_101 = cuda.jit(device=True)(_clahe_luts.reflect_101.py_func)
+
+
+if cuda_device.is_simulator():
+
+    @cuda.jit(device=True)
+    def _round_half_even(value):
+        """Python's round(): the same half-to-even rounding; the simulator gives libdevice no body."""
+        return round(value)
+
+else:
+
+    @cuda.jit(device=True)
+    def _round_half_even(value):
+        """float32 -> int32, ties to even (OpenCV's cvRound): one ``cvt.rni.s32.f32``."""
+        return libdevice.float2int_rn(value)
 
 
 @cuda.jit(device=True)
@@ -208,7 +224,7 @@ def _clip_scan_lut(hist, n_bins, clip, lut_scale, max_value, lut, clipped_total,
     if tid > 0:
         carry = scan[tid - 1]
     for i in range(start, stop):
-        lut[i] = _saturate(round(np.float32(hist[i] + carry) * lut_scale), max_value)
+        lut[i] = _saturate(_round_half_even(np.float32(hist[i] + carry) * lut_scale), max_value)
 
 
 @cuda.jit
@@ -277,7 +293,7 @@ def _interpolate(img, luts, tiles_y, tiles_x, inv_tile_h, inv_tile_w, max_value,
         res = (np.float32(luts[top + tx1, value]) * xa1 + np.float32(luts[top + tx2, value]) * xa) * ya1 + (
             np.float32(luts[bottom + tx1, value]) * xa1 + np.float32(luts[bottom + tx2, value]) * xa
         ) * ya
-        out[y, x] = _saturate(round(res), max_value)
+        out[y, x] = _saturate(_round_half_even(res), max_value)
 
 
 def tile_geometry(height, width, tiles_y, tiles_x):

@@ -132,58 +132,6 @@ def test_simulator_enabled_too_late_is_explained():
     assert "after numba was imported" in report["cuda_error"]
 
 
-# Compiles every CUDA kernel to PTX for sm_90 with NVVM, no GPU needed: catches what the
-# simulator cannot (it runs kernels as Python), e.g. numba-CUDA typing errors such as the
-# built-in target's broken min()/max() overloads. Device-function calls ask numba for the
-# current device's compute capability, so that one query is answered with (9, 0).
-PTX_PROBE = r"""
-import json, types
-from numba.cuda.cudadrv import nvvm
-if not nvvm.is_available():
-    print(json.dumps({"skip": "no NVVM (CUDA toolkit) on this machine"}))
-    raise SystemExit(0)
-import numba.cuda.dispatcher as dispatcher
-dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-from numba import cuda, types as t
-from kernels import gpu_clahe as gc, gpu_guided as gg, gpu_threshold as gt, gpu_tiles as gtl
-u8c, u8a, u16c = t.Array(t.uint8, 2, "C"), t.Array(t.uint8, 2, "A"), t.Array(t.uint16, 2, "C")
-i32_1, i32_2, i32_3 = t.Array(t.int32, 1, "C"), t.Array(t.int32, 2, "C"), t.Array(t.int32, 3, "C")
-f32_1, f32_2, f32_3, f32_4 = (t.Array(t.float32, n, "C") for n in (1, 2, 3, 4))
-i64, f32, b = t.int64, t.float32, t.boolean
-cases = [
-    (gc._tile_hist_u8, (u8c, i64, i64, i32_3)), (gc._tile_hist_u8, (u8a, i64, i64, i32_3)),
-    (gc._tile_hist_u16, (u16c, i64, i64, i64, i32_2)),
-    (gc._tile_luts_u8, (i32_3, i64, f32, u8c)), (gc._tile_luts_u16, (i32_2, i64, f32, u16c)),
-    (gc._interpolate, (u8c, u8c, i64, i64, f32, f32, i64, u8c)),
-    (gc._interpolate, (u16c, u16c, i64, i64, f32, f32, i64, u16c)),
-    (gt._binary, (u8a, i64, u8c)), (gt._binary, (u16c, i64, u8c)),
-    (gt._histogram_u8, (u8a, i32_1)), (gt._histogram_u16, (u16c, i32_1)),
-    (gg._guided, (f32_3, u8c, f32, f32, f32, f32, u8c)), (gg._guided, (f32_3, u16c, f32, f32, f32, f32, u8c)),
-    (gtl._tiles, (u8c, f32_1, i32_2, b, f32_4)), (gtl._tiles, (u16c, f32_1, i32_2, b, f32_4)),
-    (gtl._blend_add, (f32_3, f32_2, f32_3, i64, i64, i64, b, b, b, b)),
-    (gtl._mean, (f32_3, f32_2)), (gtl._argmax, (f32_3, u8c)),
-]
-compiled = []
-for kernel, signature in cases:
-    ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
-    compiled.append([kernel.py_func.__name__, ".entry" in ptx])
-print(json.dumps({"compiled": compiled}))
-"""
-
-
-def test_cuda_kernels_compile_for_a_real_gpu_without_one():
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    done = subprocess.run([sys.executable, "-c", PTX_PROBE], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    if "skip" in report:
-        pytest.skip(report["skip"])
-    assert len(report["compiled"]) == 18
-    assert all(has_entry for _, has_entry in report["compiled"]), report
-
-
 def test_unknown_backend_is_a_value_error():
     img = np.zeros((8, 8), np.uint8)
     for call in (
