@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -57,6 +58,7 @@ import kernels
 from inspectd.config import SegmentConfig
 from inspectd.engines import tiling, unet_device
 from inspectd.engines.base import SegmentationEngine
+from inspectd.engines.cpu_int8 import int8_dot_product
 from inspectd.engines.onnx_session import OnnxRuntimeRunner, choose_providers
 from inspectd.engines.tensorrt_runtime import TensorRTRunner, tensorrt_status
 from inspectd.errors import EngineError
@@ -97,17 +99,25 @@ def bundled_model_path(precision: str = "fp32") -> Path:
     return BUNDLED_MODELS_DIR / (contract.BUNDLED_INT8_MODEL if precision == "int8" else contract.BUNDLED_MODEL)
 
 
-def bundled_precision(requested: str, backend: str) -> str:
-    """fp32 or int8 for the bundled model: `auto` is int8 on the CPU (ONNX Runtime's int8
-    convolutions), fp32 on a GPU (TensorRT and the CUDA provider build their own reduced
+def bundled_precision(requested: str, backend: str, cpu_has_int8_dot_product: bool) -> str:
+    """fp32 or int8 for the bundled model: `auto` is int8 on a CPU with 8-bit dot-product
+    instructions (`cpu_int8`: where ONNX Runtime's int8 convolutions are the faster ones),
+    fp32 on other CPUs and on a GPU (TensorRT and the CUDA provider build their own reduced
     precision from the fp32 graph).
 
-    >>> bundled_precision("auto", "cpu"), bundled_precision("auto", "cuda"), bundled_precision("fp32", "cpu")
-    ('int8', 'fp32', 'fp32')
+    >>> bundled_precision("auto", "cpu", True), bundled_precision("auto", "cpu", False)
+    ('int8', 'fp32')
+    >>> bundled_precision("auto", "cuda", True), bundled_precision("int8", "cpu", False)
+    ('fp32', 'int8')
     """
     if requested != "auto":
         return requested
-    return "int8" if backend == "cpu" else "fp32"
+    return "int8" if backend == "cpu" and cpu_has_int8_dot_product else "fp32"
+
+
+@functools.cache
+def _log_precision_once(precision: str, cpu_reason: str) -> None:
+    logger.info("segment.unet.precision auto: the %s model on the CPU (%s)", precision, cpu_reason)
 
 
 def file_sha256(path: Path) -> str:
@@ -192,7 +202,12 @@ class UnetEngine(SegmentationEngine):
         if self.cfg.model is not None:
             return Path(self.cfg.model)
         backend = choose_providers(requested_backend, ort.get_available_providers()).backend
-        path = bundled_model_path(bundled_precision(self.cfg.precision.value, backend))
+        requested_precision = self.cfg.precision.value
+        has_dot_product, cpu_reason = int8_dot_product()
+        precision = bundled_precision(requested_precision, backend, has_dot_product)
+        if requested_precision == "auto" and backend == "cpu":
+            _log_precision_once(precision, cpu_reason)
+        path = bundled_model_path(precision)
         if not path.is_file():
             msg = (f"the bundled U-Net model {path} is missing (a source checkout without the trained model?); "
                    "set segment.unet.model to an ONNX file")
