@@ -27,6 +27,7 @@ Needs NVVM (numba-cuda finds it in the CUDA toolkit) for the PTX; without ``ptxa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,27 +126,30 @@ def kernel_cases() -> list[tuple[object, tuple, str, int]]:
     ]
 
 
-def _answer_device_queries_without_a_gpu(cc: tuple[int, int]) -> None:
-    """Let NVVM compile device-function calls on a machine without a GPU.
+@contextlib.contextmanager
+def _current_device_answers(cc: tuple[int, int]):
+    """While compiling, numba's "which device is current?" is answered with a device of ``cc``.
 
     numba-cuda asks the current device for its compute capability when a kernel calls a
-    device function; with no GPU there is none, so the question is answered with ``cc``.
-    Only done when no CUDA device is usable: on a GPU machine the real device answers.
+    device function. Without a GPU there is none, and on a GPU machine it is that GPU, not
+    the target being compiled for; so for the compile the answer is ``cc``, then restored.
     """
-    import types
-
     import numba.cuda.dispatcher as dispatcher
 
+    real = dispatcher.get_current_device
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = real
 
 
 def compile_ptx(kernel, signature: tuple, arch: str) -> str:
     from numba import cuda
 
     cc = (int(arch[3:-1]), int(arch[-1]))
-    if not cuda.is_available():
-        _answer_device_queries_without_a_gpu(cc)
-    ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
+    with _current_device_answers(cc):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=cc)
     return ptx
 
 
