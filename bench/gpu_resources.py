@@ -153,9 +153,9 @@ def compile_ptx(kernel, signature: tuple, arch: str) -> str:
     return ptx
 
 
-# Instructions with an .f64 operand type (cvt.f64.f32, cvt.rni.s64.f64, add.f64, ...), not
-# the `.reg .f64` declarations.
-_FP64_INSTRUCTION = re.compile(r"^\s*(?!\.reg)[a-z][\w.]*\.f64\b", re.MULTILINE)
+# Instructions with an .f64 operand type (cvt.f64.f32, cvt.rni.s64.f64, add.f64, ...); a
+# `.reg .f64` declaration starts with a dot, not a letter, so it is not counted.
+_FP64_INSTRUCTION = re.compile(r"^\s*[a-z][\w.]*\.f64\b", re.MULTILINE)
 
 
 def fp64_instruction_count(ptx: str) -> int:
