@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import errno
+import filecmp
 import fnmatch
 import hashlib
 import logging
@@ -835,26 +836,69 @@ def _move_unique(source: Path, folder: Path, reason_suffix: str | None = None) -
     """Move `source` into `folder` under its name or the first free `-N` variant.
 
     A hard link claims the name atomically (fails if taken), then the original is unlinked;
-    across file systems the bytes are copied into an exclusively created file instead.
+    across file systems, or where hard links are refused, a finished copy claims the name
+    the same way. A move cut short (power loss or kill -9 between the claim and the unlink)
+    is finished on the next try, not repeated under a `-N` name.
     """
-    for index in range(100_000):
-        destination = folder / unique_name(source.name, index)
-        if reason_suffix and destination.with_name(destination.name + reason_suffix).exists():
-            continue
-        try:
-            os.link(source, destination, follow_symlinks=False)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
+    by_copy = os.stat(source).st_dev != os.stat(folder).st_dev
+    try:
+        return _move_by_link(source, folder, reason_suffix, by_copy)
+    except OSError as exc:
+        if by_copy or exc.errno not in _NO_HARD_LINK:
+            raise
+        return _move_by_link(source, folder, reason_suffix, by_copy=True)
+
+
+_NO_HARD_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
+
+
+def _move_by_link(source: Path, folder: Path, reason_suffix: str | None, by_copy: bool) -> Path:
+    origin = _copy_beside(source, folder) if by_copy else source
+    try:
+        for index in range(100_000):
+            destination = folder / unique_name(source.name, index)
+            if reason_suffix and destination.with_name(destination.name + reason_suffix).exists():
+                continue
+            if _is_earlier_move_of(source, destination, by_copy):
+                break
             try:
-                with open(source, "rb") as reader, open(destination, "xb") as writer:
-                    shutil.copyfileobj(reader, writer, length=1 << 20)
+                os.link(origin, destination, follow_symlinks=False)
             except FileExistsError:
                 continue
-            shutil.copystat(source, destination)
-        os.unlink(source)
-        return destination
-    msg = f"no free name for {source.name} in {folder}"
-    raise FileExistsError(errno.EEXIST, msg)
+            break
+        else:
+            msg = f"no free name for {source.name} in {folder}"
+            raise FileExistsError(errno.EEXIST, msg)
+    finally:
+        if by_copy:
+            origin.unlink(missing_ok=True)
+    os.unlink(source)
+    return destination
+
+
+def _copy_beside(source: Path, folder: Path) -> Path:
+    """A hidden full copy of `source` in `folder` (times kept), ready to be linked into place."""
+    copy = folder / f".{source.name}.inspectd-copy"
+    with open(source, "rb") as reader, open(copy, "wb") as writer:
+        shutil.copyfileobj(reader, writer, length=1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+    shutil.copystat(source, copy)
+    return copy
+
+
+def _is_earlier_move_of(source: Path, destination: Path, by_copy: bool) -> bool:
+    """True when `destination` is what an interrupted move of `source` left behind.
+
+    A hard-linked move leaves the very same file; a copied one leaves a file with the
+    source's size, modification time and bytes. A later file of the same name is neither.
+    """
+    try:
+        if not by_copy:
+            return os.path.samefile(source, destination)
+        here, there = source.stat(), destination.stat()
+        if (here.st_size, here.st_mtime_ns) != (there.st_size, there.st_mtime_ns):
+            return False
+        return filecmp.cmp(source, destination, shallow=False)
+    except OSError:
+        return False

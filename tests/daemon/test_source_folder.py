@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -385,6 +386,79 @@ def test_journaled_files_are_not_redelivered_after_a_restart(
     reason = (dirs["quarantine"] / f"{quarantined_name}.reason.txt").read_text()
     assert "journaled as quarantined" in reason
     assert len(contents) == 10
+
+
+def _other_file_system_folder(near: Path) -> Path:
+    """A writable folder on another file system than `near` (/dev/shm), or skip."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK) or shm.stat().st_dev == near.stat().st_dev:
+        pytest.skip("needs a writable /dev/shm on another file system than the test folder")
+    return Path(tempfile.mkdtemp(prefix="inspectd-done-", dir=shm))
+
+
+@pytest.mark.parametrize("done_elsewhere", [False, True], ids=["hard-link", "copy"])
+def test_move_cut_short_by_a_crash_is_finished_not_repeated_after_a_restart(
+    make_source: Callable[..., FolderSource], dirs: dict[str, Path], done_elsewhere: bool
+) -> None:
+    """kill -9 between claiming done/<name> and unlinking the original leaves both; the
+    restart finishes that move instead of filing a second `-1` twin."""
+    done = _other_file_system_folder(dirs["inbox"]) if done_elsewhere else dirs["done"]
+    try:
+        journal: dict[FileKey, ItemOutcome] = {}
+        write_files(dirs["inbox"], 2)
+        first = make_source(done_dir=done, is_done=journal.get)
+        first.start()
+        items = sorted(collect(first, 2), key=lambda item: item.source)
+        first.stop()
+        done.mkdir(exist_ok=True)
+        for item in items:
+            journal[FileKey(item.source, item.sha256)] = ItemOutcome.OK
+            interrupted = done / Path(item.source).name
+            if done_elsewhere:
+                shutil.copy2(item.source, interrupted)  # the claimed copy, times kept
+            else:
+                os.link(item.source, interrupted)
+        # a different file already filed under the second name is never taken for a twin
+        second_name = done / Path(items[1].source).name
+        second_name.unlink()
+        second_name.write_bytes(b"an older, different file")
+
+        second = make_source(done_dir=done, is_done=journal.get)
+        second.start()
+        deadline = time.monotonic() + SAFETY_DEADLINE_S
+        while any(dirs["inbox"].iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(dirs["inbox"].iterdir()) == []
+        assert second.stats()["already_done"] == 2
+        filed = {path.name: path.read_bytes() for path in done.iterdir()}
+        first_name, other_name = (Path(item.source).name for item in items)
+        assert filed == {
+            first_name: items[0].payload,
+            other_name: b"an older, different file",
+            unique_name(other_name, 1): items[1].payload,
+        }
+    finally:
+        if done_elsewhere:
+            shutil.rmtree(done, ignore_errors=True)
+
+
+def test_ack_across_file_systems_copies_under_a_free_name_and_leaves_no_temporary(
+    make_source: Callable[..., FolderSource], dirs: dict[str, Path]
+) -> None:
+    done = _other_file_system_folder(dirs["inbox"])
+    try:
+        (done / "a.png").write_bytes(b"older a")
+        source = make_source(done_dir=done)
+        source.start()
+        (dirs["inbox"] / "a.png").write_bytes(b"new a")
+        (dirs["inbox"] / "b.png").write_bytes(b"new b")
+        for item in collect(source, 2):
+            source.ack(item, ItemOutcome.OK)
+        filed = {path.name: path.read_bytes() for path in done.iterdir()}
+        assert filed == {"a.png": b"older a", "a-1.png": b"new a", "b.png": b"new b"}
+        assert list(dirs["inbox"].iterdir()) == []
+    finally:
+        shutil.rmtree(done, ignore_errors=True)
 
 
 def test_oversized_file_is_handed_on_as_an_error_item(
