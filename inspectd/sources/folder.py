@@ -14,7 +14,8 @@ Why it is more than an inotify loop:
 * A folder never drops: the buffer blocks the watcher until the pipeline takes the item.
 * After `ack`, a file goes to `done_dir` (or stays, `move_done=False`) or to
   `quarantine_dir` with `<name>.reason.txt`; a name already there gets a `-N` suffix,
-  nothing is ever overwritten.
+  nothing is ever overwritten. A move that a crash cut short (the file both filed and
+  still in the inbox) is finished after the restart, not filed a second time.
 
 Example::
 
@@ -792,13 +793,7 @@ class FolderSource(FrameSource):
         target_dir = folder / relative.parent
         try:
             target_dir.mkdir(parents=True, exist_ok=True)
-            destination = _move_unique(
-                path, target_dir, reason_suffix=".reason.txt" if reason else None
-            )
-            if reason is not None:
-                reason_path = destination.with_name(destination.name + ".reason.txt")
-                with open(reason_path, "x", encoding="utf-8") as handle:
-                    handle.write(reason.rstrip("\n") + "\n")
+            destination = _move_unique(path, target_dir, reason)
         except FileNotFoundError as exc:
             if not path.exists():
                 self._emit("file_vanished", Severity.WARNING, path=str(path))
@@ -832,35 +827,38 @@ def unique_name(name: str, index: int) -> str:
     return f"{stem}-{index}.{extension}"
 
 
-def _move_unique(source: Path, folder: Path, reason_suffix: str | None = None) -> Path:
-    """Move `source` into `folder` under its name or the first free `-N` variant.
+def _move_unique(source: Path, folder: Path, reason: str | None = None) -> Path:
+    """Move `source` into `folder` under its name or the first free `-N` variant, with
+    `<name>.reason.txt` beside it when a reason is given.
 
-    A hard link claims the name atomically (fails if taken), then the original is unlinked;
-    across file systems, or where hard links are refused, a finished copy claims the name
-    the same way. A move cut short (power loss or kill -9 between the claim and the unlink)
-    is finished on the next try, not repeated under a `-N` name.
+    A hard link claims the name atomically (fails if taken), the reason is written, then
+    the original is unlinked; across file systems, or where hard links are refused, a
+    finished copy claims the name the same way. A move cut short (power loss or kill -9
+    before the unlink) is finished on the next try, keeping its reason, not repeated under
+    a `-N` name.
     """
     by_copy = os.stat(source).st_dev != os.stat(folder).st_dev
     try:
-        return _move_by_link(source, folder, reason_suffix, by_copy)
+        return _move_by_link(source, folder, reason, by_copy)
     except OSError as exc:
         if by_copy or exc.errno not in _NO_HARD_LINK:
             raise
-        return _move_by_link(source, folder, reason_suffix, by_copy=True)
+        return _move_by_link(source, folder, reason, by_copy=True)
 
 
 _NO_HARD_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
+_REASON_SUFFIX = ".reason.txt"
 
 
-def _move_by_link(source: Path, folder: Path, reason_suffix: str | None, by_copy: bool) -> Path:
+def _move_by_link(source: Path, folder: Path, reason: str | None, by_copy: bool) -> Path:
     origin = _copy_beside(source, folder) if by_copy else source
     try:
         for index in range(100_000):
             destination = folder / unique_name(source.name, index)
-            if reason_suffix and destination.with_name(destination.name + reason_suffix).exists():
-                continue
             if _is_earlier_move_of(source, destination, by_copy):
                 break
+            if reason is not None and _reason_path(destination).exists():
+                continue  # an orphan reason keeps its name free
             try:
                 os.link(origin, destination, follow_symlinks=False)
             except FileExistsError:
@@ -872,8 +870,18 @@ def _move_by_link(source: Path, folder: Path, reason_suffix: str | None, by_copy
     finally:
         if by_copy:
             origin.unlink(missing_ok=True)
+    if reason is not None:
+        try:
+            with open(_reason_path(destination), "x", encoding="utf-8") as handle:
+                handle.write(reason.rstrip("\n") + "\n")
+        except FileExistsError:
+            pass  # written before the move was cut short: the original reason stays
     os.unlink(source)
     return destination
+
+
+def _reason_path(destination: Path) -> Path:
+    return destination.with_name(destination.name + _REASON_SUFFIX)
 
 
 def _copy_beside(source: Path, folder: Path) -> Path:

@@ -442,6 +442,32 @@ def test_move_cut_short_by_a_crash_is_finished_not_repeated_after_a_restart(
             shutil.rmtree(done, ignore_errors=True)
 
 
+def test_quarantine_cut_short_after_its_reason_keeps_that_reason_after_a_restart(
+    make_source: Callable[..., FolderSource], dirs: dict[str, Path]
+) -> None:
+    journal: dict[FileKey, ItemOutcome] = {}
+    (dirs["inbox"] / "bad.png").write_bytes(b"not a png")
+    first = make_source(is_done=journal.get)
+    first.start()
+    (item,) = collect(first, 1)
+    first.stop()
+    journal[FileKey(item.source, item.sha256)] = ItemOutcome.QUARANTINED
+    dirs["quarantine"].mkdir()
+    os.link(item.source, dirs["quarantine"] / "bad.png")  # claimed, reason written, then kill -9
+    (dirs["quarantine"] / "bad.png.reason.txt").write_text("not an image: unknown signature\n")
+
+    second = make_source(is_done=journal.get)
+    second.start()
+    deadline = time.monotonic() + SAFETY_DEADLINE_S
+    while any(dirs["inbox"].iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(dirs["inbox"].iterdir()) == []
+    assert {path.name: path.read_bytes() for path in dirs["quarantine"].iterdir()} == {
+        "bad.png": b"not a png",
+        "bad.png.reason.txt": b"not an image: unknown signature\n",
+    }
+
+
 def test_ack_across_file_systems_copies_under_a_free_name_and_leaves_no_temporary(
     make_source: Callable[..., FolderSource], dirs: dict[str, Path]
 ) -> None:
