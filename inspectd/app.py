@@ -28,6 +28,7 @@ from inspectd.analysis import Analyzer
 from inspectd.config import Config, FolderSourceConfig
 from inspectd.control import ControlServer, replay_handler
 from inspectd.curve import CurveServer, load_server_keys
+from inspectd.error_topic import ErrorReporter
 from inspectd.errors import ConfigError, InspectdError
 from inspectd.journal import Journal
 from inspectd.metrics import DaemonMetrics
@@ -71,6 +72,7 @@ class Daemon:
         self.journal: Journal | None = None
         self.control: ControlServer | None = None
         self.publisher: Publisher | None = None
+        self.errors: ErrorReporter | None = None
         self.curve: CurveServer | None = None
         self.analyzer: Analyzer | None = None
         self.sources: list[FrameSource] = []
@@ -97,7 +99,7 @@ class Daemon:
         for folder in (state_dir, state_dir / "done", state_dir / "quarantine"):
             folder.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(state_dir / JOURNAL_FILE, retention_days=cfg.journal.retention_days,
-                               retention_rows=cfg.journal.retention_rows)
+                               retention_rows=cfg.journal.retention_rows, lock_timeout_s=cfg.journal.lock_timeout_s)
         self._prune()
         if cfg.curve.enabled:
             keys = load_server_keys(cfg.curve.server_secret_key_file, cfg.curve.allowed_clients_dir)
@@ -110,6 +112,8 @@ class Daemon:
                                    heartbeat_interval_s=cfg.publish.heartbeat_interval_s, sndhwm=cfg.publish.sndhwm,
                                    curve_server=self.curve, epoch=self.journal.epoch, last_seq=self.journal.last_seq)
         self.publisher.start()
+        self.errors = ErrorReporter(self.publisher.publish_error, station=cfg.station, epoch=self.journal.epoch,
+                                    counted=lambda kind: self.metrics.daemon_errors.labels(kind=kind).inc())
         if cfg.metrics.enabled:
             self._metrics_server, self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
 
@@ -122,13 +126,15 @@ class Daemon:
         self.sources = [self._build_source(source_cfg) for source_cfg in cfg.sources]
         self.pipeline = Pipeline(station=cfg.station, analyzer=self.analyzer, journal=self.journal,
                                  publisher=self.publisher, sources=self.sources, metrics=self.metrics,
-                                 workers=cfg.pipeline.workers, queue_size=cfg.pipeline.queue_size)
+                                 workers=cfg.pipeline.workers, queue_size=cfg.pipeline.queue_size,
+                                 report_error=self.errors.report)
         for source in self.sources:
             source.start()
         self.pipeline.start()
         self.watchdog = StallWatchdog(self.notifier, progress=lambda: self.pipeline.progress,
                                       busy=self.pipeline.busy, stall_after_s=cfg.pipeline.stall_after_s,
-                                      describe=self._describe_stall)
+                                      describe=self._describe_stall,
+                                      on_stall=functools.partial(self.errors.report, "pipeline_stalled"))
         self.watchdog.start()
         self.ready = True
         self.metrics.ready.set(1)
@@ -244,10 +250,12 @@ class Daemon:
             logger.info("journal retention removed %d verdict(s)", removed)
 
     def _on_source_status(self, update: StatusUpdate) -> None:
-        # The source has logged the event already; here it only feeds status and metrics.
+        # The source has logged the event already; here it feeds status, metrics and error.<station>.
         if update.severity in (Severity.WARNING, Severity.ERROR):
             self.metrics.source_errors.labels(source=update.source_id).inc()
             self._last_source_event = f"{update.source_id}: {update.event} {dict(update.payload)}"
+        if self.errors is not None:
+            self.errors.on_source_status(update)
 
     def _status_line(self) -> str:
         pipeline = self.pipeline

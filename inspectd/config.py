@@ -342,6 +342,9 @@ class ControlConfig(StrictModel):
 class JournalConfig(StrictModel):
     retention_days: float | None = Field(90.0, gt=0.0, description="Verdicts older than this are pruned (null = keep).")
     retention_rows: int | None = Field(1_000_000, ge=1, description="At most this many verdicts kept (null = no cap).")
+    lock_timeout_s: float = Field(30.0, gt=0.0, description="How long a journal write waits for another process's "
+                                  "lock (a backup, an sqlite3 shell) before it fails; the verdict is then held back "
+                                  "and retried, and the failure reported on error.<station>.")
 
 
 class CurveConfig(StrictModel):

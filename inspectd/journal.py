@@ -94,6 +94,7 @@ class Journal:
         *,
         retention_days: float | None = None,
         retention_rows: int | None = None,
+        lock_timeout_s: float = 30.0,
     ) -> None:
         if retention_days is not None and retention_days <= 0:
             msg = f"retention_days must be > 0 or None, got {retention_days}"
@@ -110,7 +111,7 @@ class Journal:
             # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so seq assignment and
             # insert are one write transaction even if a second process opens the same file.
             self._conn = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=lock_timeout_s
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")

@@ -33,6 +33,8 @@ class DaemonMetrics:
                            ["source"], registry=registry)
         self.source_errors = Counter("inspectd_source_errors", "Source problems (status events of WARNING or "
                                      "worse)", ["source"], registry=registry)
+        self.daemon_errors = Counter("inspectd_daemon_errors", "Daemon-level problems reported on error.<station> "
+                                     "(also those held back as repeats), by kind", ["kind"], registry=registry)
         self.ready = Gauge("inspectd_ready", "1 once warm-up is done and sources run", registry=registry)
 
     def serve(self, host: str, port: int) -> tuple[object, int]:

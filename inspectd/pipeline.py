@@ -11,6 +11,11 @@ Why this shape:
   A crash between commit and ack leaves the file in the inbox; on restart the journal says it
   is done and the source only finishes the move: exactly one verdict per file.
 * Every failure of one item becomes an ERROR (or NO_INSPECTION) verdict; nothing escapes.
+* A journal that refuses writes (disk full, another process holding its lock) holds the
+  verdict back and retries with back-off, reporting on `error.<station>`: a verdict is
+  never published unjournaled and never dropped. Input waits behind it meanwhile. A
+  shutdown in that state leaves the item's file in the inbox for the next start (a camera
+  frame has no file: it is logged as lost).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from inspectd import message as messages
 from inspectd.analysis import Analyzer, FrameResult
 from inspectd.decode import decode_bytes
 from inspectd.errors import ImageDecodeError
-from inspectd.journal import DuplicateVerdictError, Journal
+from inspectd.journal import DuplicateVerdictError, Journal, JournalError
 from inspectd.metrics import DaemonMetrics
 from inspectd.publish import Publisher
 from inspectd.sources.base import FrameSource, ItemOutcome, SourceItem
@@ -40,6 +45,8 @@ from inspectd.verdict import error_verdict
 logger = logging.getLogger(__name__)
 
 _POLL_S = 0.2  # how often blocked threads look at the stop flag
+_JOURNAL_RETRY_FIRST_S = 0.1
+_JOURNAL_RETRY_MAX_S = 5.0
 NO_INSPECTION = "NO_INSPECTION"
 
 
@@ -56,6 +63,10 @@ def journaled_outcome(journal: Journal, key: FileKey) -> ItemOutcome | None:
     if verdict is None:
         return None
     return ItemOutcome.QUARANTINED if verdict in (VerdictResult.ERROR.value, NO_INSPECTION) else ItemOutcome.OK
+
+
+class _StoppedWhileRetrying(Exception):
+    """Shutdown came while a verdict waited for the journal: leave the item unacked."""
 
 
 @dataclass
@@ -88,7 +99,9 @@ class Pipeline:
         workers: int = 1,
         queue_size: int = 4,
         on_published: Callable[[dict[str, Any]], None] | None = None,
+        report_error: Callable[[str, str], object] | None = None,
     ) -> None:
+        """`report_error(kind, text)`: daemon-level trouble for `error.<station>` (see `error_topic`)."""
         self.station = station
         self.analyzer = analyzer
         self.journal = journal
@@ -109,6 +122,7 @@ class Pipeline:
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None
         self._on_published = on_published
+        self._report_error = report_error
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -160,9 +174,11 @@ class Pipeline:
             try:
                 target(*args)
                 return
-            except Exception:  # noqa: BLE001 - last line of defence of a long-running thread
+            except Exception as exc:  # noqa: BLE001 - last line of defence of a long-running thread
                 logger.exception("pipeline thread %s failed; restarting it", name)
                 self.last_error = f"thread {name} failed"
+                self._report("thread_failed", f"pipeline thread {name} failed and restarts: "
+                                              f"{type(exc).__name__}: {exc}")
                 time.sleep(0.5)
 
     def _acquire_loop(self, source: FrameSource) -> None:
@@ -260,10 +276,14 @@ class Pipeline:
             draft = self._draft(item, result, outcome)
             start = time.perf_counter()
             try:
-                final = self.journal.commit(draft, key)
+                final = self._commit(draft, key)
             except DuplicateVerdictError:
                 logger.info("%s already journaled (restart mid-file); not published again", key)
                 continue
+            except _StoppedWhileRetrying:
+                logger.warning("stopping while the journal refuses writes: %s stays unjournaled%s", item.source,
+                               "; its file is inspected again after the restart" if is_file else " and is lost")
+                return
             self.metrics.stage_latency.labels(stage="journal").observe(time.perf_counter() - start)
             self.publisher.publish_verdict(final)
             self._count(final, item)
@@ -278,6 +298,34 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - a failed move must not lose the next verdict
                 logger.exception("could not move %s after its verdict", item.source)
                 self.last_error = f"ack failed for {item.source}"
+
+    def _commit(self, draft: dict[str, Any], key: str | None) -> dict[str, Any]:
+        """Journal `draft`, retrying with back-off while the journal refuses writes."""
+        delay_s = _JOURNAL_RETRY_FIRST_S
+        failing_since: float | None = None
+        while True:
+            try:
+                final = self.journal.commit(draft, key)
+            except DuplicateVerdictError:
+                raise
+            except JournalError as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.error("journal write failed, holding the verdict back and retrying: %s", exc)
+                self.last_error = str(exc)
+                self._report("journal_write_failed", f"{exc}; verdicts are held back until it can be written")
+                if self._stop_workers.wait(delay_s):
+                    raise _StoppedWhileRetrying from exc
+                delay_s = min(2.0 * delay_s, _JOURNAL_RETRY_MAX_S)
+                continue
+            if failing_since is not None:
+                logger.warning("journal writable again after %.1f s; publishing resumes",
+                               time.monotonic() - failing_since)
+            return final
+
+    def _report(self, kind: str, text: str) -> None:
+        if self._report_error is not None:
+            self._report_error(kind, text)
 
     def _draft(self, item: SourceItem, result: FrameResult, outcome: _Outcome) -> dict[str, Any]:
         frame, verdict = result.frame, result.verdict

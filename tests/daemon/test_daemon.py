@@ -154,6 +154,56 @@ def test_kill_nine_mid_batch_then_restart_gives_exactly_one_verdict_per_file(tmp
     assert sorted(p.name for p in (daemon.state_dir / "done").iterdir()) == sorted(p.name for p in dropped)
 
 
+def test_journal_locked_by_another_process_holds_verdicts_back_reports_it_and_loses_nothing(
+    tmp_path, micrographs
+) -> None:
+    """A backup or an sqlite3 shell holding the journal's write lock: verdicts wait (never
+    published unjournaled), `error.<station>` says why, and all of them follow the unlock."""
+    daemon = DaemonProcess(tmp_path, extra={"journal": {"lock_timeout_s": 0.2}}).start()
+    blocker = sqlite3.connect(daemon.state_dir / "journal.sqlite3", isolation_level=None)
+    try:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        for kind in (b"verdict.e2e", b"error.e2e"):
+            sub.setsockopt(zmq.SUBSCRIBE, kind)
+        sub.connect(daemon.publish)
+        time.sleep(0.5)  # PUB slow joiner
+        blocker.execute("BEGIN EXCLUSIVE")
+        dropped = _drop(micrographs[:3], daemon.inbox)
+        held_back = _receive_topics(sub, b"error.e2e", 1)
+        assert held_back, f"no error message while the journal was locked:\n{daemon.log_text()}"
+        assert daemon.proc.poll() is None
+        assert sorted(daemon.inbox.glob("*.png")) == sorted(dropped)  # nothing filed unjournaled
+        blocker.execute("ROLLBACK")
+        verdicts = _receive_topics(sub, b"verdict.e2e", len(dropped))
+        daemon.wait_processed(len(dropped))
+    finally:
+        blocker.close()
+        assert daemon.terminate() == 0
+    for message in held_back:
+        validate(message, kind="error")
+        assert message["kind"] == "journal_write_failed" and message["source"] is None
+        assert "locked" in message["error"] and message["epoch"] == 1
+    assert [m["seq"] for m in verdicts] == [1, 2, 3]
+    assert sorted(m["source"] for m in verdicts) == sorted(str(p) for p in dropped)
+    assert [row[0] for row in _journal_rows(daemon.state_dir)] == [1, 2, 3]
+    assert sorted(p.name for p in (daemon.state_dir / "done").iterdir()) == sorted(p.name for p in dropped)
+
+
+def _receive_topics(sock: zmq.Socket, topic: bytes, count: int, timeout_s: float = 120.0) -> list[dict]:
+    """The next `count` messages of `topic` (others are skipped), each schema-checked."""
+    received = []
+    deadline = time.monotonic() + timeout_s
+    while len(received) < count and time.monotonic() < deadline:
+        if sock.poll(200):
+            got_topic, payload = sock.recv_multipart()
+            if got_topic == topic:
+                message = decode(payload)
+                validate(message, kind=topic.decode().partition(".")[0])
+                received.append(message)
+    return received
+
+
 def test_invalid_config_exits_two_with_the_key_path_and_starts_nothing(tmp_path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("station: ok\npublish:\n  heartbeat_interval_s: -1\n")

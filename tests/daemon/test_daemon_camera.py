@@ -6,6 +6,7 @@ import time
 
 import zmq
 
+from inspectd.message import decode, validate
 from inspectd.subscribe import VerdictSubscriber
 from tests.daemon.conftest import free_tcp_endpoint
 from tests.daemon.daemon_process import DaemonProcess
@@ -26,6 +27,10 @@ def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
         trigger = zmq.Context.instance().socket(zmq.REQ)
         trigger.setsockopt(zmq.LINGER, 0)
         trigger.connect(trigger_endpoint)
+        errors = zmq.Context.instance().socket(zmq.SUB)
+        errors.setsockopt(zmq.LINGER, 0)
+        errors.setsockopt(zmq.SUBSCRIBE, b"error.e2e")
+        errors.connect(daemon.publish)
         with VerdictSubscriber(daemon.publish, daemon.control, from_seq=1) as subscriber:
             for part_id in part_ids:
                 trigger.send_json({"part_id": part_id})
@@ -39,7 +44,10 @@ def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
             assert trigger.poll(10_000)
             trigger.recv_json()
             lost = _collect(subscriber, 1)
+            # ... and the line controller hears why on error.<station>
+            camera_errors = _errors_until(errors, "camera_lost")
         trigger.close()
+        errors.close()
     finally:
         code = daemon.terminate()
         camera.kill()
@@ -52,6 +60,10 @@ def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
         assert message["image"] == {"width": 512, "height": 512, "bit_depth": 8}
     assert len(lost) == 1 and lost[0]["part_id"] == "PART-LOST"
     assert lost[0]["verdict"] == "NO_INSPECTION" and lost[0]["reason"]
+    assert camera_errors and camera_errors[-1]["kind"] == "camera_lost", f"no camera_lost on error.e2e, got {camera_errors}"
+    for message in camera_errors:
+        validate(message, kind="error")
+        assert message["source"] == "line-cam" and message["station"] == "e2e" and message["error"]
     assert status["sources"][0]["kind"] == "aravis"
     assert status["sources"][0]["stats"]["triggers"] >= len(part_ids)
 
@@ -64,3 +76,13 @@ def _collect(subscriber: VerdictSubscriber, count: int, timeout_s: float = 120.0
         if message is not None:
             verdicts.append(message)
     return verdicts
+
+
+def _errors_until(sock: zmq.Socket, kind: str, timeout_s: float = 60.0) -> list[dict]:
+    """error.<station> messages up to and including the first of `kind` (all of them on timeout)."""
+    received: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not (received and received[-1]["kind"] == kind):
+        if sock.poll(200):
+            received.append(decode(sock.recv_multipart()[1]))
+    return received
