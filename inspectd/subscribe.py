@@ -187,7 +187,9 @@ class VerdictSubscriber:
             self._on_heartbeat(message, station)
         elif kind == "error":
             self.last_error = message
-            logger.warning("daemon %s reports: %s", station, message.get("error"))
+            source = f" from {message['source']}" if message.get("source") else ""
+            logger.warning("daemon %s reports %s%s: %s", station, message.get("kind", "an error"), source,
+                           message.get("error"))
 
     def _on_verdict(self, message: dict[str, Any], station: str) -> None:
         seq = message.get("seq")

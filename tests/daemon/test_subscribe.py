@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inspectd.control import ControlServer, ControlTimeoutError, replay_handler
-from inspectd.message import validate
+from inspectd.message import build_error_message, validate
 from inspectd.subscribe import VerdictSubscriber, format_line, run
 from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint, wait_for
 
@@ -265,3 +265,19 @@ def test_format_line_for_error_and_fail():
 def test_from_seq_must_be_positive():
     with pytest.raises(ValueError, match="from_seq"):
         VerdictSubscriber("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", from_seq=0)
+
+
+def test_daemon_errors_are_kept_and_logged_with_their_kind_and_source(mini_daemon, zmq_context, caplog):
+    with VerdictSubscriber(mini_daemon.publish_endpoint, mini_daemon.control_endpoint,
+                           context=zmq_context) as subscriber:
+        assert wait_for(lambda: joined(subscriber))
+        with caplog.at_level("WARNING", logger="inspectd.subscribe"):
+            mini_daemon.publisher.publish_error(build_error_message(
+                station="test-station", epoch=1, kind="camera_lost", source="line-cam",
+                error="no frame in 5.0 s (camera_id=Fake_1)"))
+            mini_daemon.emit(1)  # verdicts still flow around it
+            delivered = collect(subscriber, 1)
+    assert seqs(delivered) == [1]
+    assert subscriber.last_error is not None and subscriber.last_error["kind"] == "camera_lost"
+    validate(subscriber.last_error, kind="error")
+    assert "daemon test-station reports camera_lost from line-cam: no frame in 5.0 s" in caplog.text
