@@ -90,7 +90,8 @@ class VerdictSubscriber:
         self.lost_count = 0
         self.last_heartbeat: dict[str, Any] | None = None
         self.last_heartbeat_monotonic: float | None = None
-        self.last_error: dict[str, Any] | None = None
+        self.last_error: dict[str, Any] | None = None  # the newest error.<station> message
+        self.last_error_monotonic: float | None = None
 
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
@@ -187,6 +188,7 @@ class VerdictSubscriber:
             self._on_heartbeat(message, station)
         elif kind == "error":
             self.last_error = message
+            self.last_error_monotonic = time.monotonic()
             source = f" from {message['source']}" if message.get("source") else ""
             logger.warning("daemon %s reports %s%s: %s", station, message.get("kind", "an error"), source,
                            message.get("error"))

@@ -111,6 +111,7 @@ class StatusBit(enum.IntFlag):
     DAEMON_ALIVE = 1  # a daemon heartbeat arrived within `daemon_timeout_s`
     REPLAY_FAILING = 2  # the daemon's control endpoint did not answer the last replay
     QUEUE_FULL = 4  # `max_queue` results wait: newer ones stay in the journal for now
+    DAEMON_ERROR = 8  # the daemon reported a problem on error.<station> within `daemon_error_hold_s`
 
 
 class Delivery(str, enum.Enum):
@@ -276,6 +277,7 @@ class Bridge:
         max_queue: int = 1000,
         trigger_timeout_ms: int = 1000,
         daemon_timeout_s: float = 3.0,
+        daemon_error_hold_s: float = 60.0,
         replay_retry_s: float = 1.0,
         replay_timeout_s: float = 3.0,
         context: zmq.Context | None = None,
@@ -300,6 +302,7 @@ class Bridge:
         self.max_queue = int(max_queue)
         self.trigger_timeout_ms = int(trigger_timeout_ms)
         self.daemon_timeout_s = float(daemon_timeout_s)
+        self.daemon_error_hold_s = float(daemon_error_hold_s)
         self.replay_retry_s = float(replay_retry_s)
         self.replay_timeout_s = float(replay_timeout_s)
         self._context = context or zmq.Context.instance()
@@ -317,6 +320,7 @@ class Bridge:
         self._heartbeat_count = 0
         self._replay_failing = False
         self._daemon_alive = False
+        self._daemon_error: dict[str, Any] | None = None  # the last error.<station> message, while held
         self._last_plc_error: str | None = None
         self._last_plc_error_logged = 0.0
         self._stop = threading.Event()
@@ -402,6 +406,7 @@ class Bridge:
             "connects": self.connect_count,
             "plc_lost": self.plc_lost_count,
             "daemon_alive": self._daemon_alive,
+            "daemon_error": self._daemon_error,
             "replay_failing": self._replay_failing,
             "triggers": dict(self.trigger_counts),
         }
@@ -449,8 +454,12 @@ class Bridge:
             stop.wait(self.replay_retry_s)
             return
         finally:
+            now = time.monotonic()
             beat = subscriber.last_heartbeat_monotonic
-            self._daemon_alive = beat is not None and time.monotonic() - beat <= self.daemon_timeout_s
+            self._daemon_alive = beat is not None and now - beat <= self.daemon_timeout_s
+            reported = subscriber.last_error_monotonic
+            held = reported is not None and now - reported <= self.daemon_error_hold_s
+            self._daemon_error = subscriber.last_error if held else None
         if self._replay_failing:
             logger.info("replay from %s works again", self.control_endpoint)
         self._replay_failing = False
@@ -567,6 +576,8 @@ class Bridge:
             status |= StatusBit.REPLAY_FAILING
         if len(self._queue) >= self.max_queue:
             status |= StatusBit.QUEUE_FULL
+        if self._daemon_error is not None:
+            status |= StatusBit.DAEMON_ERROR
         self.bus.write_heartbeat(self._heartbeat_count, status, len(self._queue))
 
     def _step_trigger(self) -> None:

@@ -63,6 +63,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=float, default=1.0, metavar="S", help="PLC request timeout (default: 1)")
     parser.add_argument("--max-queue", type=int, default=1000, metavar="N",
                         help="results held in memory while the PLC is slow; more wait in the journal (default: 1000)")
+    parser.add_argument("--daemon-error-hold-s", type=float, default=60.0, metavar="S",
+                        help="keep the status word's daemon-error bit set this long after the daemon's last "
+                             "error.<station> message (default: 60)")
     parser.add_argument("--curve-secret", default=None, metavar="FILE", help="client certificate (CurveZMQ)")
     parser.add_argument("--curve-server", default=None, metavar="FILE", help="server public certificate (CurveZMQ)")
 
@@ -121,7 +124,7 @@ def _serve(bus: object, args: argparse.Namespace, *, default_state: str) -> int:
         curve_client = load_client_keys(args.curve_secret, args.curve_server)
     bridge = Bridge(bus, args.endpoint, args.control, cursor, from_seq=args.from_seq, trigger_endpoint=args.trigger,
                     heartbeat_interval_s=args.heartbeat_s, poll_interval_s=args.poll_s, max_queue=args.max_queue,
-                    curve_client=curve_client)
+                    daemon_error_hold_s=args.daemon_error_hold_s, curve_client=curve_client)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

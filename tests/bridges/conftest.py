@@ -137,6 +137,7 @@ class PlcProgram:
         self.heartbeats: list[int] = []
         self.max_backlog = 0
         self.statuses: set[int] = set()  # BRIDGE_STATUS words seen
+        self.status_now = 0  # the BRIDGE_STATUS word at the last scan
         self.paused = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="plc-program", daemon=True)
@@ -174,6 +175,7 @@ class PlcProgram:
             self.heartbeats.append(regs[0])
         self.max_backlog = max(self.max_backlog, regs[2])
         self.statuses.add(regs[1])
+        self.status_now = regs[1]
         new = regs[3] == 1 and (self.ack_mode == "clear_flag" or regs[4] != regs[5])
         if not new or self.paused.is_set():
             return

@@ -11,6 +11,7 @@ pytest.importorskip("pymodbus", reason="the Modbus bridge tests need pymodbus (t
 
 from inspectd.bridges.handshake import StatusBit
 from inspectd.bridges.registermap import RegisterMap
+from inspectd.message import build_error_message
 from inspectd.sources.trigger import TriggerServer
 from tests.bridges.conftest import ModbusPlcServer, PlcProgram, wait_for
 from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint
@@ -213,6 +214,23 @@ def test_daemon_down_heartbeat_goes_on_and_the_status_word_says_so(plc_server, b
             daemon.close()
     assert plc.seqs() == seqs(sent)
     assert any(not s & StatusBit.DAEMON_ALIVE for s in plc.statuses)  # it was reported down at first
+
+
+def test_a_daemon_error_sets_the_status_bit_for_the_hold_time_then_clears_it(daemon, plc_server, bridges):
+    with PlcProgram(plc_server.port) as plc:
+        bridge = bridges.modbus(daemon, plc_server.port, from_seq=1, daemon_error_hold_s=1.0)
+        daemon.emit(1)
+        assert wait_for(lambda: len(plc.results) >= 1)
+        assert not any(s & StatusBit.DAEMON_ERROR for s in plc.statuses)
+        daemon.publisher.publish_error(build_error_message(
+            station="test-station", epoch=1, kind="camera_lost", source="line-cam", error="no frame in 5.0 s"))
+        assert wait_for(lambda: plc.status_now & StatusBit.DAEMON_ERROR), plc.statuses
+        assert bridge.stats()["daemon_error"]["kind"] == "camera_lost"
+        sent = daemon.emit(2)  # results go on being delivered meanwhile
+        assert wait_for(lambda: len(plc.results) >= 3)
+        assert wait_for(lambda: not plc.status_now & StatusBit.DAEMON_ERROR), plc.status_now
+    assert plc.seqs()[1:] == seqs(sent)
+    assert bridge.stats()["daemon_error"] is None
 
 
 def test_beyond_max_queue_results_wait_in_the_journal(daemon, plc_server, bridges):
