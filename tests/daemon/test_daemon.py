@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import socket
 import sqlite3
@@ -188,6 +189,36 @@ def test_journal_locked_by_another_process_holds_verdicts_back_reports_it_and_lo
     assert sorted(m["source"] for m in verdicts) == sorted(str(p) for p in dropped)
     assert [row[0] for row in _journal_rows(daemon.state_dir)] == [1, 2, 3]
     assert sorted(p.name for p in (daemon.state_dir / "done").iterdir()) == sorted(p.name for p in dropped)
+
+
+def test_sigterm_while_the_journal_is_locked_exits_zero_and_the_file_waits_for_the_next_start(
+    tmp_path, micrographs
+) -> None:
+    extra = {"journal": {"lock_timeout_s": 0.2}, "pipeline": {"shutdown_grace_s": 1.0}}
+    daemon = DaemonProcess(tmp_path, extra=extra).start()
+    blocker = sqlite3.connect(daemon.state_dir / "journal.sqlite3", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        (dropped,) = _drop(micrographs[:1], daemon.inbox)
+        deadline = time.monotonic() + 120
+        while "journal write failed" not in daemon.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.terminate() == 0
+    finally:
+        blocker.close()
+    assert dropped.exists() and not any((daemon.state_dir / "done").iterdir())
+    assert _journal_rows(daemon.state_dir) == []
+    sha256 = hashlib.sha256(dropped.read_bytes()).hexdigest()
+
+    restarted = DaemonProcess(tmp_path, inbox=daemon.inbox, extra=extra)
+    restarted.state_dir = daemon.state_dir
+    restarted.start()
+    try:
+        restarted.wait_processed(1)
+    finally:
+        assert restarted.terminate() == 0
+    assert [row[1] for row in _journal_rows(daemon.state_dir)] == [f"file:{dropped}:{sha256}"]
+    assert [p.name for p in (daemon.state_dir / "done").iterdir()] == [dropped.name]
 
 
 def _receive_topics(sock: zmq.Socket, topic: bytes, count: int, timeout_s: float = 120.0) -> list[dict]:
