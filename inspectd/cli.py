@@ -18,7 +18,7 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 # Order shown in --help; each module defines `add_parser(subparsers)` and `run(args) -> int`.
 COMMAND_MODULES = (
-    "analyze", "run", "subscribe", "bridge", "synth", "demo", "validate_config",
+    "analyze", "run", "status", "reload", "subscribe", "bridge", "synth", "demo", "validate_config",
     "train", "export", "quantize", "evaluate", "build_engine", "bench",
 )
 

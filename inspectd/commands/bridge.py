@@ -13,7 +13,7 @@ from pathlib import Path
 
 from inspectd.bridges.cursor import Cursor, CursorError
 from inspectd.bridges.handshake import Bridge
-from inspectd.control import DEFAULT_CONTROL_ENDPOINT
+from inspectd.commands.control_client import add_control_options, curve_client_keys
 from inspectd.publish import DEFAULT_PUBLISH_ENDPOINT
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -49,8 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", default=DEFAULT_PUBLISH_ENDPOINT, metavar="PUB",
                         help="the daemon's PUB endpoint (default: %(default)s)")
-    parser.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, metavar="CTL",
-                        help="the daemon's control endpoint, for replay (default: %(default)s)")
+    add_control_options(parser, control_help="the daemon's control endpoint, for replay")
     parser.add_argument("--state", default=None, metavar="FILE",
                         help="cursor file: the last seq the PLC acknowledged (default: in $STATE_DIRECTORY or .)")
     parser.add_argument("--from-seq", type=int, default=None, metavar="N",
@@ -66,8 +65,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--daemon-error-hold-s", type=float, default=60.0, metavar="S",
                         help="keep the status word's daemon-error bit set this long after the daemon's last "
                              "error.<station> message (default: 60)")
-    parser.add_argument("--curve-secret", default=None, metavar="FILE", help="client certificate (CurveZMQ)")
-    parser.add_argument("--curve-server", default=None, metavar="FILE", help="server public certificate (CurveZMQ)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -117,11 +114,7 @@ def _serve(bus: object, args: argparse.Namespace, *, default_state: str) -> int:
     except CursorError as exc:
         print(f"inspectd bridge: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    curve_client = None
-    if args.curve_secret or args.curve_server:
-        from inspectd.curve import load_client_keys
-
-        curve_client = load_client_keys(args.curve_secret, args.curve_server)
+    curve_client = curve_client_keys(args)
     bridge = Bridge(bus, args.endpoint, args.control, cursor, from_seq=args.from_seq, trigger_endpoint=args.trigger,
                     heartbeat_interval_s=args.heartbeat_s, poll_interval_s=args.poll_s, max_queue=args.max_queue,
                     daemon_error_hold_s=args.daemon_error_hold_s, curve_client=curve_client)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import signal
 import socket
 import sqlite3
@@ -311,9 +312,15 @@ def test_control_status_reload_and_metrics(tmp_path, micrographs) -> None:
         port = status["metrics_port"]
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert "inspectd_verdicts_total" in body and 'inspectd_stage_latency_seconds_count{stage="segment"} 1.0' in body
-        # a strict rule after reload makes the next file FAIL
+        healthy = _cli("status", "--control", daemon.control)
+        assert healthy.returncode == 0, healthy.stderr
+        assert healthy.stdout.startswith("station e2e: healthy") and "source " in healthy.stdout
+        as_json = _cli("status", "--control", daemon.control, "--json")
+        assert json.loads(as_json.stdout)["last_seq"] == 1
+        # a strict rule after reload (`inspectd reload`, the control socket's reload) makes the next file FAIL
         daemon.config_path.write_text(daemon.config_path.read_text().replace("limit: 50.0", "limit: -1.0"))
-        assert request(daemon.control, {"cmd": "reload"})["ok"] is True
+        reloaded = _cli("reload", "--control", daemon.control)
+        assert reloaded.returncode == 0 and reloaded.stdout.strip() == "porosity_pct <= -1.0", reloaded
         _drop(micrographs[1:2], daemon.inbox, prefix="after-")
         daemon.wait_processed(2)
         replayed = request(daemon.control, {"cmd": "replay", "from": 1})["messages"]
@@ -323,11 +330,19 @@ def test_control_status_reload_and_metrics(tmp_path, micrographs) -> None:
         daemon.config_path.write_text("rules: 7\n")
         answer = request(daemon.control, {"cmd": "reload"})
         assert answer["ok"] is False and "rules" in answer["error"]
+        refused = _cli("reload", "--control", daemon.control)
+        assert refused.returncode == 2 and "rules" in refused.stderr
         daemon.proc.send_signal(signal.SIGHUP)  # same path as reload; must not kill the daemon
         time.sleep(1.0)
         assert daemon.status()["ready"] is True
     finally:
         assert daemon.terminate() == 0
+    gone = _cli("status", "--control", daemon.control, "--timeout-s", "0.3")
+    assert gone.returncode == 3 and "no answer" in gone.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inspectd.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_stalled_subscriber_does_not_stall_the_pipeline(tmp_path, micrographs) -> None:

@@ -1,0 +1,30 @@
+"""Options shared by the commands that talk to a running daemon: its control endpoint and CurveZMQ keys."""
+
+from __future__ import annotations
+
+import argparse
+
+from inspectd.control import DEFAULT_CONTROL_ENDPOINT
+from inspectd.curve import CurveClientKeys, load_client_keys
+from inspectd.errors import ConfigError
+
+
+def add_control_options(parser: argparse.ArgumentParser, *, control_help: str = "the daemon's control endpoint") -> None:
+    parser.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, metavar="CTL",
+                        help=f"{control_help} (default: %(default)s)")
+    add_curve_options(parser)
+
+
+def add_curve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--curve-secret", default=None, metavar="FILE", help="client certificate (CurveZMQ)")
+    parser.add_argument("--curve-server", default=None, metavar="FILE", help="server public certificate (CurveZMQ)")
+
+
+def curve_client_keys(args: argparse.Namespace) -> CurveClientKeys | None:
+    """The client keys when the CurveZMQ options are given; one without the other is a usage error."""
+    if not (args.curve_secret or args.curve_server):
+        return None
+    if not (args.curve_secret and args.curve_server):
+        msg = "--curve-secret and --curve-server go together (client certificate and server public certificate)"
+        raise ConfigError(msg)
+    return load_client_keys(args.curve_secret, args.curve_server)

@@ -1,0 +1,37 @@
+"""`inspectd reload`: make a running daemon re-read its rules (as SIGHUP / `systemctl reload` does).
+
+Exit codes: 0 reloaded; 2 the daemon refused the config (the reason is printed); 3 no answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from inspectd.commands.control_client import add_control_options, curve_client_keys
+from inspectd.control import ControlError, request
+
+EXIT_RELOADED, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 2, 3
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("reload", help="make a running daemon re-read the rules from its config file")
+    add_control_options(parser)
+    parser.add_argument("--timeout-s", type=float, default=5.0, metavar="S", help="wait this long for an answer")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        answer = request(args.control, {"cmd": "reload"}, timeout_ms=int(args.timeout_s * 1000),
+                         curve_client=curve_client_keys(args))
+    except ControlError as exc:
+        print(f"inspectd reload: {exc} (is the daemon running, and are --control and the CurveZMQ keys right?)",
+              file=sys.stderr)
+        return EXIT_NO_ANSWER
+    if not answer.get("ok"):
+        print(f"inspectd reload: refused, the rules stay as they were: {answer.get('error')}", file=sys.stderr)
+        return EXIT_REFUSED
+    for rule in answer.get("rules", []):
+        print(f"{rule['metric']} {rule['op']} {rule['limit']}")
+    return EXIT_RELOADED
