@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
 
-from inspectd.control import DEFAULT_CONTROL_ENDPOINT
+from inspectd.control import DEFAULT_CONTROL_ENDPOINT, ControlError, request
 from inspectd.curve import CurveClientKeys, load_client_keys
 from inspectd.errors import ConfigError
 
@@ -28,3 +30,14 @@ def curve_client_keys(args: argparse.Namespace) -> CurveClientKeys | None:
         msg = "--curve-secret and --curve-server go together (client certificate and server public certificate)"
         raise ConfigError(msg)
     return load_client_keys(args.curve_secret, args.curve_server)
+
+
+def ask_daemon(args: argparse.Namespace, payload: dict[str, Any], command: str) -> dict[str, Any] | None:
+    """The daemon's answer to one control request, or None after printing why none came."""
+    try:
+        return request(args.control, payload, timeout_ms=int(args.timeout_s * 1000),
+                       curve_client=curve_client_keys(args))
+    except ControlError as exc:
+        print(f"inspectd {command}: {exc} (is the daemon running, and are --control and the CurveZMQ keys right?)",
+              file=sys.stderr)
+        return None

@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inspectd.commands.control_client import add_control_options, curve_client_keys
-from inspectd.control import ControlError, request
+from inspectd.commands.control_client import add_control_options, ask_daemon
 
 EXIT_RELOADED, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 2, 3
 
@@ -22,12 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        answer = request(args.control, {"cmd": "reload"}, timeout_ms=int(args.timeout_s * 1000),
-                         curve_client=curve_client_keys(args))
-    except ControlError as exc:
-        print(f"inspectd reload: {exc} (is the daemon running, and are --control and the CurveZMQ keys right?)",
-              file=sys.stderr)
+    answer = ask_daemon(args, {"cmd": "reload"}, "reload")
+    if answer is None:
         return EXIT_NO_ANSWER
     if not answer.get("ok"):
         print(f"inspectd reload: refused, the rules stay as they were: {answer.get('error')}", file=sys.stderr)

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-from inspectd.commands.control_client import add_control_options, curve_client_keys
-from inspectd.control import ControlError, request
+from inspectd.commands.control_client import add_control_options, ask_daemon
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_ANSWER = 0, 1, 3
 _SOURCE_STATES_OK = ("RUNNING", "ENDED")
@@ -27,12 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        status = request(args.control, {"cmd": "status"}, timeout_ms=int(args.timeout_s * 1000),
-                         curve_client=curve_client_keys(args))
-    except ControlError as exc:
-        print(f"inspectd status: {exc} (is the daemon running, and are --control and the CurveZMQ keys right?)",
-              file=sys.stderr)
+    status = ask_daemon(args, {"cmd": "status"}, "status")
+    if status is None:
         return EXIT_NO_ANSWER
     problems = health_problems(status)
     if args.json:
