@@ -74,9 +74,10 @@ def describe(status: dict[str, Any], problems: list[str]) -> list[str]:
 
 
 def _duration(seconds: float) -> str:
-    """
-    >>> _duration(11532.4)
-    '3h12m'
+    """Uptime the way a person reads it.
+
+    >>> _duration(11532.4), _duration(245.0)
+    ('3h12m', '4m05s')
     """
     minutes, _ = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
