@@ -30,7 +30,7 @@ from inspectd.control import ControlServer, replay_handler
 from inspectd.curve import CurveServer, load_server_keys
 from inspectd.error_topic import ErrorReporter
 from inspectd.errors import ConfigError, InspectdError
-from inspectd.journal import Journal
+from inspectd.journal import Journal, JournalError
 from inspectd.metrics import DaemonMetrics
 from inspectd.pipeline import Pipeline, journaled_outcome
 from inspectd.publish import Publisher
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.sqlite3"
 PRUNE_EVERY_S = 3600.0
+PRUNE_RETRY_S = 60.0
 
 
 class Daemon:
@@ -244,8 +245,16 @@ class Daemon:
     # ---- helpers ------------------------------------------------------------------------
 
     def _prune(self) -> None:
+        """Apply journal retention; a journal that refuses (locked, disk full) is retried in a minute."""
         self._last_prune = time.monotonic()
-        removed = self.journal.prune()
+        try:
+            removed = self.journal.prune()
+        except JournalError as exc:
+            self._last_prune -= PRUNE_EVERY_S - PRUNE_RETRY_S
+            logger.warning("journal retention skipped, retried in %.0f s: %s", PRUNE_RETRY_S, exc)
+            if self.errors is not None:
+                self.errors.report("journal_prune_failed", f"{exc}; retention is retried in {PRUNE_RETRY_S:.0f} s")
+            return
         if removed:
             logger.info("journal retention removed %d verdict(s)", removed)
 

@@ -8,7 +8,7 @@ import sys
 from inspectd import config, logs
 from inspectd.app import Daemon
 from inspectd.config import FolderSourceConfig
-from inspectd.errors import EngineError, KernelResourceError
+from inspectd.errors import EngineError, InspectdError, KernelResourceError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,6 +48,9 @@ def apply_overrides(cfg: config.Config, args: argparse.Namespace) -> config.Conf
 
 # The unit's RestartPreventExitStatus: a start-up failure that a restart cannot fix.
 EXIT_CANNOT_START = 2
+# A start-up failure that may clear by itself (a share not mounted yet, the journal's disk
+# full or locked, a socket address still taken): systemd restarts the unit after RestartSec.
+EXIT_START_FAILED = 1
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,3 +62,6 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, KernelResourceError) as exc:  # e.g. backend cuda on a machine without a GPU
         print(f"inspectd: cannot start: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
+    except InspectdError as exc:  # the watched folder, the journal, a socket: one line, no traceback
+        print(f"inspectd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED

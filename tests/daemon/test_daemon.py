@@ -20,6 +20,7 @@ from inspectd import synth
 from inspectd.control import request
 from inspectd.message import decode, validate
 from inspectd.subscribe import VerdictSubscriber
+from tests.daemon.conftest import free_tcp_endpoint
 from tests.daemon.daemon_process import DaemonProcess
 
 
@@ -246,6 +247,17 @@ def test_invalid_config_exits_two_with_the_key_path_and_starts_nothing(tmp_path)
     assert "publish.heartbeat_interval_s" in proc.stderr and "line 3" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_missing_watched_folder_exits_one_with_one_line_and_no_traceback(tmp_path) -> None:
+    """Exit 1, not 2: systemd restarts the unit, and a share mounted late then gets watched."""
+    proc = subprocess.run([sys.executable, "-m", "inspectd.cli", "run", "--watch", str(tmp_path / "not-mounted"),
+                           "--state-dir", str(tmp_path / "state"), "--publish", free_tcp_endpoint(),
+                           "--control", free_tcp_endpoint()], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        f"inspectd: cannot start: watched folder {tmp_path / 'not-mounted'} does not exist or is not a directory")
 
 
 @pytest.mark.parametrize("engine", ["classical", "unet"])
