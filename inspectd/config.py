@@ -281,6 +281,8 @@ class CameraSourceFields(StrictModel):
     fps_cap: float | None = Field(None, gt=0.0, description="Most frames per second handed on in free-run.")
     frame_timeout_s: float = Field(2.0, gt=0.0, description="Longest wait for one frame.")
     lost_after_timeouts: int = Field(3, ge=1, description="Frame timeouts in a row that count as camera lost.")
+    trigger_retries: int = Field(1, ge=0, le=10, description="Triggered: trigger again this many times when no complete "
+                                 "frame came; frame_timeout_s is shared out evenly between the tries.")
     trigger_endpoint: str = Field("tcp://127.0.0.1:5560", description="ZeroMQ REP endpoint for trigger messages.")
     max_pending_triggers: int = Field(64, ge=1, description="Triggers queued beyond this are refused.")
     reconnect_initial_s: float = Field(0.5, gt=0.0, description="First reconnect back-off, seconds.")

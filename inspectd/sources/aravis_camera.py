@@ -121,6 +121,7 @@ class AravisCameraSource(CameraSource):
         fps_cap: float | None = None,
         frame_timeout_s: float = 2.0,
         lost_after_timeouts: int = 3,
+        trigger_retries: int = 1,
         trigger_endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
         max_pending_triggers: int = 64,
         reconnect_initial_s: float = 0.5,
@@ -144,6 +145,7 @@ class AravisCameraSource(CameraSource):
             fps_cap=fps_cap,
             frame_timeout_s=frame_timeout_s,
             lost_after_timeouts=lost_after_timeouts,
+            trigger_retries=trigger_retries,
             trigger_endpoint=trigger_endpoint,
             max_pending_triggers=max_pending_triggers,
             reconnect_initial_s=reconnect_initial_s,
@@ -301,7 +303,9 @@ class AravisCameraSource(CameraSource):
 
     # ---- frames --------------------------------------------------------------------------
 
-    def _read(self, timeout_s: float) -> Grab | None:
+    def _read(self, timeout_s: float, *, give_up_on_incomplete: bool = False) -> Grab | None:
+        """The next complete frame within `timeout_s`, else None. `give_up_on_incomplete`:
+        return None at the first incomplete one (after a trigger no other frame follows it)."""
         stream = self._stream
         if stream is None:
             msg = "camera is not open"
@@ -322,7 +326,7 @@ class AravisCameraSource(CameraSource):
                 grab = self._inspectable(buffer)
             finally:
                 stream.push_buffer(buffer)
-            if grab is not None:
+            if grab is not None or give_up_on_incomplete:
                 return grab
 
     def _trigger_and_read(self, timeout_s: float) -> Grab | None:
@@ -342,7 +346,7 @@ class AravisCameraSource(CameraSource):
         except self._glib.Error as exc:
             msg = f"software trigger failed: {exc.message}"
             raise SourceConnectionError(msg) from exc
-        return self._read(timeout_s)
+        return self._read(timeout_s, give_up_on_incomplete=True)
 
     def _inspectable(self, buffer: Any) -> Grab | None:
         """The buffer as a Grab if its status is SUCCESS; otherwise counted and None."""

@@ -83,6 +83,7 @@ _CAMERA_COUNTERS = (
     "connect_attempts",
     "skipped_fps_cap",
     "triggers",
+    "retriggers",
     "no_inspections",
     "no_inspections_undelivered",
 )
@@ -96,6 +97,9 @@ class CameraSource(FrameSource):
       fps_cap: most frames per second handed on in free-run (None = as delivered).
       frame_timeout_s: longest wait for one frame (free-run read, or after a trigger).
       lost_after_timeouts: this many frame timeouts in a row = camera lost -> reconnect.
+      trigger_retries: triggered mode: trigger again this many times when no complete frame
+        came (a frame or trigger packet lost on the wire; the part is still in position,
+        since the line waits for its verdict); `frame_timeout_s` is shared out evenly.
       trigger_endpoint: ZeroMQ REP bind address for triggers (loopback by default).
       max_pending_triggers: triggers queued beyond this are refused in the REP reply.
       reconnect_initial_s / reconnect_max_s: exponential reconnect backoff.
@@ -114,6 +118,7 @@ class CameraSource(FrameSource):
         fps_cap: float | None = None,
         frame_timeout_s: float = 2.0,
         lost_after_timeouts: int = 3,
+        trigger_retries: int = 1,
         trigger_endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
         max_pending_triggers: int = 64,
         reconnect_initial_s: float = 0.5,
@@ -128,6 +133,9 @@ class CameraSource(FrameSource):
             raise ConfigError(msg)
         if fps_cap is not None and fps_cap <= 0:
             msg = f"{source_id}: fps_cap must be > 0, got {fps_cap}"
+            raise ConfigError(msg)
+        if trigger_retries < 0:
+            msg = f"{source_id}: trigger_retries must be >= 0, got {trigger_retries}"
             raise ConfigError(msg)
         if frame_timeout_s <= 0 or lost_after_timeouts < 1:
             msg = (
@@ -147,6 +155,7 @@ class CameraSource(FrameSource):
         self.fps_cap = fps_cap
         self.frame_timeout_s = frame_timeout_s
         self.lost_after_timeouts = lost_after_timeouts
+        self.trigger_retries = trigger_retries
         self.start_wait_s = start_wait_s
         self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)
         self._triggers: TriggerServer | None = None
@@ -401,7 +410,7 @@ class CameraSource(FrameSource):
             return
         self._incomplete_status = None
         try:
-            grab = self._trigger_and_read(self.frame_timeout_s)
+            grab = self._trigger_with_retries()
         except SourceConnectionError as exc:
             self._answer_no_inspection(trig, "camera_lost", str(exc))
             raise
@@ -410,11 +419,11 @@ class CameraSource(FrameSource):
             raise
         if grab is None:
             if self._incomplete_status is not None:
-                detail = f"only incomplete frames ({self._incomplete_status}) within {self.frame_timeout_s} s"
+                detail = f"only incomplete frames ({self._incomplete_status}) within {self._tries_text()}"
                 self._answer_no_inspection(trig, "incomplete_frame", detail)
             else:
                 self._answer_no_inspection(
-                    trig, "timeout", f"no frame within {self.frame_timeout_s} s"
+                    trig, "timeout", f"no frame within {self._tries_text()}"
                 )
             self._frame_timeout()
             return
@@ -426,6 +435,23 @@ class CameraSource(FrameSource):
             "trigger": dict(trig.fields),
         }
         self._publish_frame(grab, part_id=trig.part_id, extra=extra)
+
+    def _tries_text(self) -> str:
+        tries = self.trigger_retries + 1
+        return f"{self.frame_timeout_s} s" + (f" ({tries} triggers)" if tries > 1 else "")
+
+    def _trigger_with_retries(self) -> Grab | None:
+        """One frame for the trigger in hand: trigger, and again while tries are left."""
+        tries = self.trigger_retries + 1
+        for attempt in range(tries):
+            if attempt:
+                self._count("retriggers")
+                logger.info("source %s: no complete frame in %.2f s; triggering again (%d of %d)",
+                            self.source_id, self.frame_timeout_s / tries, attempt, self.trigger_retries)
+            grab = self._trigger_and_read(self.frame_timeout_s / tries)
+            if grab is not None:
+                return grab
+        return None
 
     def _frame_timeout(self) -> None:
         self._count("frame_timeouts")

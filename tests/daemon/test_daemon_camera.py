@@ -20,7 +20,7 @@ def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
     trigger_endpoint = free_tcp_endpoint()
     daemon = DaemonProcess(tmp_path, extra={"sources": [{
         "kind": "aravis", "id": "line-cam", "camera_id": camera.device_id, "mode": "triggered",
-        "trigger_endpoint": trigger_endpoint, "frame_timeout_s": 3.0}]})
+        "trigger_endpoint": trigger_endpoint, "frame_timeout_s": 6.0}]})
     try:
         daemon.start()
         part_ids = [f"PART-{n:03d}" for n in range(4)]

@@ -231,6 +231,36 @@ def test_incomplete_buffers_are_counted_and_never_inspected(tmp_path: Path) -> N
 
 
 @needs_fake_camera
+def test_triggered_on_a_lossy_link_triggers_again_until_a_complete_frame_comes(
+    tmp_path: Path, zmq_context: zmq.Context
+) -> None:
+    # 0.5 % of GVSP packets dropped: about 6 in 10 frames arrive incomplete, and a triggered
+    # camera sends no other frame, so each of those triggers needs another.
+    camera = FakeCamera(tmp_path, lost_per_thousand=5)
+    camera.start()
+    source = AravisCameraSource(
+        "gige-lossy-triggered", camera_id=camera.device_id, mode="triggered", trigger_endpoint="tcp://127.0.0.1:*",
+        frame_timeout_s=20.0, trigger_retries=19, zmq_context=zmq_context,
+    )
+    source.start()
+    try:
+        endpoint = source.trigger_endpoint
+        items = []
+        for n in range(6):
+            assert send_trigger(zmq_context, endpoint, {"part_id": f"L-{n}"})["ok"] is True
+            items.append(next_item(source, timeout_s=60))
+    finally:
+        source.stop()
+        camera.kill()
+    assert [item.part_id for item in items] == [f"L-{n}" for n in range(6)]
+    assert all(item.pixels is not None and item.pixels.shape == FAKE_SIZE for item in items), [
+        item.error for item in items]
+    stats = source.stats()
+    assert stats["retriggers"] >= stats["incomplete_buffers"] >= 1  # each broken frame was triggered again
+    assert stats["no_inspections"] == 0
+
+
+@needs_fake_camera
 def test_missing_camera_keeps_retrying() -> None:
     source = AravisCameraSource(
         "gige-none",
