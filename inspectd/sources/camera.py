@@ -446,8 +446,8 @@ class CameraSource(FrameSource):
         for attempt in range(tries):
             if attempt:
                 self._count("retriggers")
-                logger.info("source %s: no complete frame in %.2f s; triggering again (%d of %d)",
-                            self.source_id, self.frame_timeout_s / tries, attempt, self.trigger_retries)
+                logger.info("source %s: no complete frame for the trigger; triggering again (%d of %d)",
+                            self.source_id, attempt, self.trigger_retries)
             grab = self._trigger_and_read(self.frame_timeout_s / tries)
             if grab is not None:
                 return grab
