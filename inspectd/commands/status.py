@@ -11,9 +11,10 @@ import json
 from typing import Any
 
 from inspectd.commands.control_client import add_control_options, ask_daemon
+from inspectd.sources.base import SourceState
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_ANSWER = 0, 1, 3
-_SOURCE_STATES_OK = ("RUNNING", "ENDED")
+_SOURCE_STATES_OK = (SourceState.RUNNING.value, SourceState.ENDED.value)  # as `status` spells them
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
