@@ -1,15 +1,18 @@
 """One frame through preprocess -> segment -> measure -> verdict, with stage timings.
 
 `inspectd analyze` and the daemon's pipeline both go through `Analyzer`, so a verdict from
-the command line and one published to the line come from the same code.
+the command line and one published to the line come from the same code. Every analysed
+frame also gets an `Assessment` (`inspectd.trust`): the engine's confidence and whether the
+frame lies outside the engine's training envelope; by default such a frame is an ERROR.
 
 Example:
     >>> from inspectd import config, synth
     >>> from inspectd.types import Frame
     >>> analyzer = Analyzer(config.load(None))
     >>> sample = synth.generate(256, 256, seed=1)
-    >>> analyzer.analyze(Frame(sample.image, "synthetic")).verdict.result.value in ("PASS", "FAIL")
-    True
+    >>> result = analyzer.analyze(Frame(sample.image, "synthetic"))
+    >>> result.verdict.result.value in ("PASS", "FAIL"), result.assessment.out_of_distribution
+    (True, False)
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from inspectd.engines.registry import create_engine
 from inspectd.errors import InspectdError, KernelResourceError
 from inspectd.measure import measure
 from inspectd.preprocess import enhance, enhance_on_device
-from inspectd.types import Frame, Measurements, Verdict
+from inspectd.trust import FrameAssessor
+from inspectd.types import Assessment, Frame, Measurements, Verdict
 from inspectd.verdict import decide, error_verdict
 
 logger = logging.getLogger(__name__)
@@ -50,13 +54,17 @@ def choose_threading_layer() -> None:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """Everything known about one analysed field; `enhanced`/`mask` are None after an ERROR."""
+    """Everything known about one analysed field; `enhanced`/`mask` are None after an ERROR.
+
+    `assessment` is None for a frame that was never assessed (unreadable, or an engine failure).
+    """
 
     frame: Frame
     verdict: Verdict
     measurements: Measurements | None = None
     enhanced: np.ndarray | None = None
     mask: np.ndarray | None = None
+    assessment: Assessment | None = None
 
 
 class Analyzer:
@@ -68,6 +76,7 @@ class Analyzer:
         self.cfg = cfg
         self.engine = create_engine(cfg.segment)
         self.engine.load()
+        self.assessor = FrameAssessor(self.engine, cfg.trust.ood)
         with _kernel_resources():
             self.device_frames = self._device_frames_usable() if device_frames is None else device_frames
             if self.device_frames:
@@ -109,8 +118,20 @@ class Analyzer:
             timings_ms["preprocess"] = _ms_since(start)
 
             start = time.perf_counter()
-            mask = self.engine.segment_device(on_device) if self.device_frames else self.engine.segment(enhanced)
+            if self.device_frames:
+                segmentation = self.engine.segment_device_assessed(on_device)
+            else:
+                segmentation = self.engine.segment_assessed(enhanced)
+            mask = segmentation.mask
             timings_ms["segment"] = _ms_since(start)
+
+            start = time.perf_counter()
+            assessment = self.assessor.assess(frame.pixels, enhanced, segmentation.confidence)
+            timings_ms["ood"] = _ms_since(start)
+            if self.assessor.rejects(assessment):  # an ERROR carries no numbers anyone could take for a measurement
+                reason = self.assessor.describe(assessment)
+                logger.warning("%s field %d: %s", frame.source, frame.field_index, reason)
+                return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms), assessment=assessment)
 
             start = time.perf_counter()
             measurements = measure(
@@ -122,7 +143,7 @@ class Analyzer:
             timings_ms["measure"] = _ms_since(start)
 
             start = time.perf_counter()
-            verdict = decide(measurements, self.cfg.rules)
+            verdict = self.assessor.apply(decide(measurements, self.cfg.rules), assessment)
             timings_ms["verdict"] = _ms_since(start)
         except InspectdError as exc:
             logger.warning("analysis failed for %s field %d: %s", frame.source, frame.field_index, exc)
@@ -131,7 +152,7 @@ class Analyzer:
             logger.exception("unexpected failure analysing %s field %d", frame.source, frame.field_index)
             reason = f"internal error: {type(exc).__name__}: {exc}"
             return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms))
-        return FrameResult(frame, replace(verdict, timings_ms=timings_ms), measurements, enhanced, mask)
+        return FrameResult(frame, replace(verdict, timings_ms=timings_ms), measurements, enhanced, mask, assessment)
 
 
 @contextlib.contextmanager

@@ -82,6 +82,12 @@ class ClaheConfig(StrictModel):
     tile_grid: tuple[int, int] = Field(
         (8, 8), description="Tiles as (rows, cols), numpy order (OpenCV's tileGridSize is (cols, rows))."
     )
+    skip_if_enhanced: bool = Field(
+        True,
+        description="Leave a frame that is already contrast-enhanced as it is (its grey levels already fill the "
+        "range as a CLAHE output does: histogram entropy >= 7.2 bits and 1st-99th percentile spanning >= 75 % of "
+        "the levels). A second CLAHE with tiles smaller than the particles flattens them into the matrix.",
+    )
 
     @model_validator(mode="after")
     def _verify_tile_grid(self) -> ClaheConfig:
@@ -105,6 +111,7 @@ class PreprocessConfig(StrictModel):
 
 
 class ThresholdMethod(str, enum.Enum):
+    MINIMUM_ERROR = "minimum_error"  # Kittler-Illingworth: two populations of their own spread
     OTSU = "otsu"
     OTSU_UPPER = "otsu_upper"  # Otsu again over the pixels above the first Otsu threshold
     FIXED = "fixed"
@@ -129,9 +136,10 @@ class ClassicalConfig(StrictModel):
     """The seed's traditional path: threshold + morphology (+ optional SLIC vote)."""
 
     threshold: ThresholdMethod = Field(
-        ThresholdMethod.OTSU_UPPER,
-        description="How unmelted (bright) pixels are split off: otsu | otsu_upper (Otsu again above the first "
-        "Otsu threshold: particles are only the brightest part of a bright matrix) | fixed | adaptive.",
+        ThresholdMethod.MINIMUM_ERROR,
+        description="How unmelted (bright) pixels are split off: minimum_error (Kittler-Illingworth: a narrow bright "
+        "particle population beside a broad matrix one, each with its own spread) | otsu | otsu_upper (Otsu again "
+        "above the first Otsu threshold) | fixed | adaptive.",
     )
     fixed_threshold: int = Field(
         128, ge=0, le=65535, description="Grey level for threshold: fixed, in the frame's own levels (x257 for 16-bit)."
@@ -141,7 +149,8 @@ class ClassicalConfig(StrictModel):
         -20.0, description="Subtracted from the local mean for threshold: adaptive, in the frame's own grey levels."
     )
     smooth_sigma_px: float = Field(
-        2.0, ge=0.0, le=50.0, description="Gaussian sigma applied before thresholding so grainy interiors stay whole."
+        0.5, ge=0.0, le=50.0, description="Gaussian sigma applied before thresholding (against single-pixel noise; "
+        "raise it for a coarse grain inside particles)."
     )
     pore_level: float = Field(
         0.2, gt=0.0, lt=1.0,
@@ -150,8 +159,9 @@ class ClassicalConfig(StrictModel):
     pore_min_solidity: float = Field(
         0.6, ge=0.0, le=1.0, description="Dark regions less solid than this are cracks, not pores (kept as melted)."
     )
-    open_radius_px: int = Field(4, ge=0, le=50, description="Morphological opening radius (removes specks).")
-    close_radius_px: int = Field(2, ge=0, le=50, description="Morphological closing radius (fills gaps).")
+    open_radius_px: int = Field(0, ge=0, le=50, description="Morphological opening radius (removes bright specks; "
+                                "0 keeps structures a few pixels wide, which real labels mark).")
+    close_radius_px: int = Field(0, ge=0, le=50, description="Morphological closing radius (fills gaps).")
     slic: SlicConfig = Field(default_factory=SlicConfig)
 
     @model_validator(mode="after")
@@ -221,6 +231,34 @@ class SegmentConfig(StrictModel):
     backend: Backend = Field(Backend.AUTO, description="Where engines and kernels run: auto | cpu | cuda | tensorrt.")
     classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
     unet: UnetConfig = Field(default_factory=UnetConfig)
+
+
+class OodAction(str, enum.Enum):
+    ERROR = "error"
+    WARN = "warn"
+
+
+class OodConfig(StrictModel):
+    """Frames unlike those the engine was built for (`inspectd.ood`): what they become."""
+
+    action: OodAction = Field(
+        OodAction.ERROR,
+        description="What a frame outside the engine's training envelope becomes: error = an ERROR verdict whose "
+        "reason names the statistics outside it (never a silent PASS); warn = its PASS/FAIL stands, flagged "
+        "out_of_distribution, with a warning in the reason and the result file.",
+    )
+    envelope: Path | None = Field(
+        None,
+        description="Envelope JSON (or a model card with an `envelope` section) to compare frames with; null = the "
+        "engine's own: inspectd/models/classical-envelope.json for classical, the model card's envelope for unet "
+        "(a model without one falls back to the classical envelope, with a warning at start-up).",
+    )
+
+
+class TrustConfig(StrictModel):
+    """How far a verdict can be trusted: every analysis carries `confidence` and `out_of_distribution`."""
+
+    ood: OodConfig = Field(default_factory=OodConfig)
 
 
 class MeasureConfig(StrictModel):
@@ -377,6 +415,7 @@ class Config(StrictModel):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
+    trust: TrustConfig = Field(default_factory=TrustConfig)
     rules: list[Rule] = Field(default_factory=_default_rules, description="All must hold for PASS.")
     state_dir: Path = Field(Path("inspectd-state"), description="Journal, done/ and quarantine/ live here.")
     sources: list[SourceConfig] = Field(default_factory=list, description="Frame sources of `inspectd run`.")

@@ -8,6 +8,12 @@ a pipeline thread restarting, a stall. One kind from one source goes out at most
 `repeat_after_s`, so a flapping camera cannot flood a PLC bridge; the next message says
 how many were held back.
 
+Frames out of distribution (`inspectd.ood`) go out once per *run*: the first flagged frame
+from a source is reported (kind `out_of_distribution`), the rest of the run is not, and the
+next frame in the envelope ends it (`OutOfDistributionRuns`). A run is the unit an operator
+acts on (the camera was switched to negative, a wrong folder is fed in), so its start is
+sent without the time throttle: a new run after a good frame is news, however soon it comes.
+
 Example:
     >>> sent = []
     >>> reporter = ErrorReporter(sent.append, station="line3", epoch=4, clock=lambda: 100.0)
@@ -29,9 +35,11 @@ from typing import Any
 
 from inspectd.message import build_error_message
 from inspectd.sources.base import Severity, StatusUpdate
+from inspectd.types import Assessment
 
 logger = logging.getLogger(__name__)
 
+OUT_OF_DISTRIBUTION = "out_of_distribution"
 # Source events that end in a verdict of their own (ERROR / NO_INSPECTION with the reason).
 EVENTS_WITH_A_VERDICT = frozenset({"file_quarantined", "file_unreadable", "no_inspection"})
 REPEAT_AFTER_S = 10.0
@@ -60,16 +68,17 @@ class ErrorReporter:
         self._last_sent: dict[tuple[str, str | None], float] = {}
         self._held_back: dict[tuple[str, str | None], int] = {}
 
-    def report(self, kind: str, error: str, source: str | None = None) -> bool:
+    def report(self, kind: str, error: str, source: str | None = None, *, throttle: bool = True) -> bool:
         """Send one problem unless the same kind from the same source went out within
-        `repeat_after_s`; True when sent. Never raises: reporting must not add a failure."""
+        `repeat_after_s` (`throttle=False`: send regardless, for events already de-duplicated,
+        such as the start of a run); True when sent. Never raises: reporting must not add a failure."""
         if self._counted is not None:
             self._counted(kind)
         key = (kind, source)
         with self._lock:
             now = self._clock()
             last = self._last_sent.get(key)
-            if last is not None and now - last < self.repeat_after_s:
+            if throttle and last is not None and now - last < self.repeat_after_s:
                 self._held_back[key] = self._held_back.get(key, 0) + 1
                 return False
             self._last_sent[key] = now
@@ -103,3 +112,26 @@ def describe(update: StatusUpdate) -> str:
     head = details.pop("error", None) or details.pop("reason", None) or update.event.replace("_", " ")
     tail = ", ".join(f"{name}={value}" for name, value in details.items())
     return f"{head} ({tail})" if tail else str(head)
+
+
+class OutOfDistributionRuns:
+    """Per source, whether its frames are in a run of out-of-distribution frames.
+
+    `observe` returns True for the first flagged frame of a run; a frame in the envelope ends
+    the run; a frame never assessed (unreadable, no inspection) neither starts nor ends one.
+
+    >>> from inspectd.types import Assessment
+    >>> runs, flagged, fine = OutOfDistributionRuns(), Assessment(0.2, True, 2.5), Assessment(0.8, False, 0.3)
+    >>> [runs.observe("cam", a) for a in (flagged, flagged, None, flagged, fine, flagged)]
+    [True, False, False, False, False, True]
+    """
+
+    def __init__(self) -> None:
+        self._in_run: dict[str, bool] = {}
+
+    def observe(self, source_id: str, assessment: Assessment | None) -> bool:
+        if assessment is None:
+            return False
+        started = assessment.out_of_distribution and not self._in_run.get(source_id, False)
+        self._in_run[source_id] = assessment.out_of_distribution
+        return started

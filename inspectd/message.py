@@ -33,11 +33,12 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
-from inspectd.types import FailedRule, Verdict
+from inspectd.types import Assessment, FailedRule, Verdict
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.0"
+# 1.1 added `confidence` and `out_of_distribution` (1.0 messages, in old journals, lack them).
+SCHEMA_VERSION = "1.1"
 TOPIC_KINDS = ("verdict", "heartbeat", "error")
 VERDICT_RESULTS = ("PASS", "FAIL", "ERROR", "NO_INSPECTION")
 SOURCE_KINDS = ("file", "camera")
@@ -46,6 +47,7 @@ VERDICT_FIELDS = (
     "schema_version", "station", "epoch", "seq", "part_id", "source", "source_kind",
     "frame_number", "field_index", "capture_time", "publish_time", "verdict", "reason",
     "failed_rules", "parameters", "engine", "timings_ms", "image_sha256", "image",
+    "confidence", "out_of_distribution",
 )
 
 # Checked longest suffix first so `_um2` is not read as `_um`.
@@ -119,6 +121,7 @@ def build_verdict_message(
     field_index: int = 0,
     reason: str = "",
     failed_rules: Iterable[FailedRule | Mapping[str, Any]] | None = None,
+    assessment: Assessment | None = None,
     epoch: int | None = None,
     seq: int | None = None,
     publish_time: datetime | str | None = None,
@@ -129,6 +132,10 @@ def build_verdict_message(
     `timings_ms` entries are added to its own) or a result string ("PASS", "FAIL", "ERROR",
     "NO_INSPECTION", with `failed_rules` / `reason` given separately). `capture_time=None`
     means "when the daemon received the frame" (now). NaN and infinities become null.
+    `assessment` (`inspectd.types.Assessment`) gives `confidence` and `out_of_distribution`;
+    None (a frame never analysed: unreadable, no inspection) makes both null. A verdict's
+    `warnings` become the `reason` when it has none (a PASS flagged out of distribution
+    under `trust.ood.action: warn` says so there).
     Leave `epoch`/`seq`/`publish_time` out and let `Journal.commit` stamp them; give all three
     only to build a finished message without a journal.
 
@@ -143,7 +150,7 @@ def build_verdict_message(
     if isinstance(verdict, Verdict):
         result = verdict.result.value
         rules: Iterable[FailedRule | Mapping[str, Any]] = verdict.failed_rules
-        reason = reason or verdict.reason
+        reason = reason or verdict.reason or "; ".join(verdict.warnings)
         timings: dict[str, Any] = {**verdict.timings_ms, **(timings_ms or {})}
     else:
         result = str(getattr(verdict, "value", verdict))
@@ -185,6 +192,8 @@ def build_verdict_message(
         "timings_ms": {str(stage): finite_or_none(ms) for stage, ms in timings.items()},
         "image_sha256": image_sha256 or None,
         "image": _image(width, height, bit_depth),
+        "confidence": None if assessment is None else finite_or_none(assessment.confidence),
+        "out_of_distribution": None if assessment is None else bool(assessment.out_of_distribution),
     }
     for key in ("epoch", "seq", "publish_time"):
         if message[key] is None:
@@ -196,7 +205,7 @@ def stamp(draft: Mapping[str, Any], *, seq: int, epoch: int, publish_time: datet
     """A copy of a draft with its journal sequence number, boot epoch and publish time set.
 
     Example:
-        >>> stamp({"schema_version": "1.0", "station": "s1"}, seq=7, epoch=2,
+        >>> stamp({"schema_version": "1.1", "station": "s1"}, seq=7, epoch=2,
         ...       publish_time="2024-05-01T10:00:01Z")["seq"]
         7
     """
@@ -292,7 +301,7 @@ def validate(message: Mapping[str, Any], kind: str = "verdict") -> None:
     Example:
         >>> import jsonschema
         >>> try:
-        ...     validate({"schema_version": "1.0"}, kind="heartbeat")
+        ...     validate({"schema_version": "1.1"}, kind="heartbeat")
         ... except jsonschema.ValidationError as error:
         ...     print(error.message)
         'station' is a required property

@@ -11,6 +11,9 @@ Why this shape:
   A crash between commit and ack leaves the file in the inbox; on restart the journal says it
   is done and the source only finishes the move: exactly one verdict per file.
 * Every failure of one item becomes an ERROR (or NO_INSPECTION) verdict; nothing escapes.
+* A frame out of the engine's distribution (`Assessment.out_of_distribution`) is reported on
+  `error.<station>` when it starts a run of such frames from its source (`OutOfDistributionRuns`),
+  whatever its verdict: ERROR under `trust.ood.action: error`, PASS/FAIL under `warn`.
 * A journal that refuses writes (disk full, another process holding its lock) holds the
   verdict back and retries with back-off, reporting on `error.<station>`: a verdict is
   never published unjournaled and never dropped. Input waits behind it meanwhile. A
@@ -33,6 +36,7 @@ from typing import Any
 from inspectd import message as messages
 from inspectd.analysis import Analyzer, FrameResult
 from inspectd.decode import decode_bytes
+from inspectd.error_topic import OUT_OF_DISTRIBUTION, OutOfDistributionRuns
 from inspectd.errors import ImageDecodeError
 from inspectd.journal import DuplicateVerdictError, Journal, JournalError
 from inspectd.metrics import DaemonMetrics
@@ -99,9 +103,10 @@ class Pipeline:
         workers: int = 1,
         queue_size: int = 4,
         on_published: Callable[[dict[str, Any]], None] | None = None,
-        report_error: Callable[[str, str], object] | None = None,
+        report_error: Callable[..., object] | None = None,
     ) -> None:
-        """`report_error(kind, text)`: daemon-level trouble for `error.<station>` (see `error_topic`)."""
+        """`report_error(kind, text, source=None, throttle=True)`: daemon-level trouble for
+        `error.<station>` (`ErrorReporter.report`)."""
         self.station = station
         self.analyzer = analyzer
         self.journal = journal
@@ -123,6 +128,7 @@ class Pipeline:
         self.last_error: str | None = None
         self._on_published = on_published
         self._report_error = report_error
+        self._ood_runs = OutOfDistributionRuns()  # only the publish thread touches it
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -287,6 +293,11 @@ class Pipeline:
             self.metrics.stage_latency.labels(stage="journal").observe(time.perf_counter() - start)
             self.publisher.publish_verdict(final)
             self._count(final, item)
+            if self._ood_runs.observe(item.source_id, result.assessment):
+                self._report(OUT_OF_DISTRIBUTION,
+                             f"a run of frames out of distribution starts at {result.frame.source} (seq {final['seq']}, "
+                             f"verdict {final['verdict']}): " + self.analyzer.assessor.describe(result.assessment),
+                             source=item.source_id, throttle=False)
             if final["verdict"] in (VerdictResult.ERROR.value, NO_INSPECTION):
                 errors.append(final["reason"])
             if self._on_published is not None:
@@ -323,9 +334,13 @@ class Pipeline:
                                time.monotonic() - failing_since)
             return final
 
-    def _report(self, kind: str, text: str) -> None:
-        if self._report_error is not None:
+    def _report(self, kind: str, text: str, *, source: str | None = None, throttle: bool = True) -> None:
+        if self._report_error is None:
+            return
+        if source is None and throttle:
             self._report_error(kind, text)
+        else:
+            self._report_error(kind, text, source, throttle=throttle)
 
     def _draft(self, item: SourceItem, result: FrameResult, outcome: _Outcome) -> dict[str, Any]:
         frame, verdict = result.frame, result.verdict
@@ -353,6 +368,7 @@ class Pipeline:
             bit_depth=None if pixels is None else frame.bit_depth,
             frame_number=item.frame_number,
             field_index=frame.field_index,
+            assessment=result.assessment,
         )
 
     def _count(self, final: dict[str, Any], item: SourceItem) -> None:

@@ -1,7 +1,17 @@
-"""Preprocess stage: optional denoise, then CLAHE from `kernels`.
+"""Preprocess stage: optional denoise, then CLAHE from `kernels`, unless the frame is already enhanced.
 
 The enhanced image keeps the input dtype (uint8 or uint16) so 12/16-bit camera frames are
 not quantised before segmentation.
+
+Why frames that are already enhanced are left alone (`clahe.skip_if_enhanced`): many users
+(the seed project among them) export CLAHE-enhanced micrographs, often cut into tiles. A
+second CLAHE with the default 8x8 grid on a 256x256 tile works on 32 px tiles, smaller than
+the particles: a tile inside a particle is stretched to full contrast and the particle's
+brightness relation to the matrix, which every engine reads, is lost. A CLAHE output is
+recognisable: its grey levels fill the range almost evenly. Measured on 8-bit frames: the
+two real enhanced tiles 7.4 and 7.8 bits of histogram entropy, 1st-99th percentile spanning
+82-89 % of the range; synthetic frames after CLAHE 7.5-7.7 bits, 81-89 %; the same frames
+raw (camera-like) 6.6-7.0 bits, 58-71 %.
 
 Example:
     >>> import numpy as np
@@ -19,15 +29,50 @@ from scipy import ndimage
 import kernels
 from inspectd.config import DenoiseMethod, PreprocessConfig
 
+# A histogram this even (bits of 8) and this wide (share of the levels between the 1st and
+# 99th percentile) is a CLAHE output, not a camera frame (see the module docstring).
+ENHANCED_MIN_ENTROPY_BITS = 7.2
+ENHANCED_MIN_SPREAD = 0.75
+
 
 def enhance(pixels: np.ndarray, cfg: PreprocessConfig, *, backend: str = "auto") -> np.ndarray:
     """Denoise (if configured) and apply CLAHE; returns a new array of the input dtype."""
     out = _denoise(pixels, cfg.denoise, cfg.denoise_ksize)
-    if cfg.clahe.enabled:
+    if needs_clahe(pixels, cfg):
         out = kernels.clahe(out, clip_limit=cfg.clahe.clip_limit, tile_grid=cfg.clahe.tile_grid, backend=backend)
     elif out is pixels:
         out = pixels.copy()
     return out
+
+
+def needs_clahe(pixels: np.ndarray, cfg: PreprocessConfig) -> bool:
+    """True when CLAHE is on and the frame is not already enhanced (or the check is off)."""
+    if not cfg.clahe.enabled:
+        return False
+    return not (cfg.clahe.skip_if_enhanced and looks_enhanced(pixels))
+
+
+def looks_enhanced(pixels: np.ndarray) -> bool:
+    """True for a frame whose grey levels already fill the range as a CLAHE output does.
+
+    Judged on 256 bins (a 16-bit frame's levels are grouped by 256), so 8- and 16-bit
+    frames of the same scene get the same answer.
+
+    >>> import numpy as np
+    >>> ramp = np.tile(np.arange(256, dtype=np.uint8), (16, 1))
+    >>> looks_enhanced(ramp), looks_enhanced(ramp // 2 + 60)
+    (True, False)
+    """
+    counts = kernels.grey_histogram(pixels)
+    if counts.size > 256:
+        counts = counts.reshape(256, -1).sum(axis=1)
+    p = counts / counts.sum()
+    occupied = p[p > 0]
+    entropy_bits = float(-(occupied * np.log2(occupied)).sum())
+    cdf = np.cumsum(p)
+    low, high = int(np.searchsorted(cdf, 0.01)), int(np.searchsorted(cdf, 0.99))
+    spread = (high - low) / 255.0
+    return entropy_bits >= ENHANCED_MIN_ENTROPY_BITS and spread >= ENHANCED_MIN_SPREAD
 
 
 def enhance_on_device(pixels: np.ndarray, cfg: PreprocessConfig):
@@ -37,7 +82,7 @@ def enhance_on_device(pixels: np.ndarray, cfg: PreprocessConfig):
     GPU or numba's simulator, else `kernels.CudaUnavailableError`.
     """
     frame = kernels.to_device(_denoise(pixels, cfg.denoise, cfg.denoise_ksize))
-    if not cfg.clahe.enabled:
+    if not needs_clahe(pixels, cfg):
         return frame
     return kernels.clahe(frame, clip_limit=cfg.clahe.clip_limit, tile_grid=cfg.clahe.tile_grid, backend="cuda")
 

@@ -54,7 +54,9 @@ def result_record(result: FrameResult, cfg: Config, *, engine_name: str, backend
         "verdict": verdict.result.value,
         "reason": verdict.reason,
         "failed_rules": [dataclasses.asdict(rule) for rule in verdict.failed_rules],
+        "warnings": list(verdict.warnings),
     }
+    record.update(assessment_fields(result))
     for name in HEADLINE_METRICS:
         record[name] = _json_number(metrics.get(name))
     record["metrics"] = {name: _json_number(value) for name, value in metrics.items()}
@@ -66,6 +68,23 @@ def result_record(result: FrameResult, cfg: Config, *, engine_name: str, backend
     record["config"] = cfg.model_dump(mode="json")
     record["versions"] = software_versions()
     return record
+
+
+def assessment_fields(result: FrameResult) -> dict[str, Any]:
+    """`confidence` (0..1), `out_of_distribution` and the `ood` details; null for a frame never assessed.
+
+    >>> from inspectd.types import Frame, Verdict, VerdictResult
+    >>> assessment_fields(FrameResult(Frame(None, "bad.png"), Verdict(VerdictResult.ERROR, reason="truncated")))
+    {'confidence': None, 'out_of_distribution': None, 'ood': None}
+    """
+    assessment = result.assessment
+    if assessment is None:
+        return {"confidence": None, "out_of_distribution": None, "ood": None}
+    return {
+        "confidence": _json_number(assessment.confidence),
+        "out_of_distribution": assessment.out_of_distribution,
+        "ood": {"distance": _json_number(assessment.ood_distance), "reasons": list(assessment.ood_reasons)},
+    }
 
 
 def software_versions() -> dict[str, str]:

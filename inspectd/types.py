@@ -79,7 +79,27 @@ class FailedRule:
 
 @dataclass(frozen=True)
 class Verdict:
+    """PASS / FAIL / ERROR; `warnings` are things a reader should know that did not change the result."""
+
     result: VerdictResult
     failed_rules: tuple[FailedRule, ...] = ()
     reason: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """How far one frame's verdict can be trusted (`inspectd.trust`).
+
+    `confidence`: the engine's own 0..1 (U-Net: mean top-two softmax margin; classical: how
+    clearly the grey levels split into two populations); None when the engine cannot say.
+    `out_of_distribution`: the frame's statistics lie outside the engine's training envelope
+    (`inspectd.ood`); `ood_distance` is how far (1.0 = on the envelope's edge) and
+    `ood_reasons` names each statistic outside it.
+    """
+
+    confidence: float | None
+    out_of_distribution: bool
+    ood_distance: float
+    ood_reasons: tuple[str, ...] = ()

@@ -16,6 +16,8 @@ from kernels.backend import BACKENDS, CudaUnavailableError, select_backend
 from kernels.clahe import clahe as _cpu_clahe
 from kernels.cuda_device import cuda_usable, is_device_array
 from kernels.guided import guided_argmax as _cpu_guided_argmax
+from kernels.min_error import minimum_error_threshold as _cpu_minimum_error_threshold
+from kernels.otsu import grey_histogram
 from kernels.otsu import otsu_threshold as _cpu_otsu_threshold
 from kernels.threshold import adaptive_threshold as _cpu_adaptive_threshold
 from kernels.threshold import threshold as _cpu_threshold
@@ -27,8 +29,10 @@ __all__ = [
     "adaptive_threshold",
     "clahe",
     "cuda_usable",
+    "grey_histogram",
     "guided_argmax",
     "is_device_array",
+    "minimum_error_threshold",
     "otsu_threshold",
     "threshold",
     "to_device",
@@ -72,6 +76,22 @@ def otsu_threshold(img, backend="auto"):
 
         return gpu_otsu_threshold(img)
     return _cpu_otsu_threshold(img, backend="cpu")
+
+
+def minimum_error_threshold(img, backend="auto"):
+    """Robust Kittler-Illingworth minimum-error threshold of a 2-D uint8/uint16 image, as an int (CPU).
+
+    Pixels above it are the bright class. Unlike Otsu it lets the two classes have their
+    own spread, so a narrow bright population beside a broad dark one is not cut into
+    (see ``kernels.min_error``). A device-array frame is copied to the host first: the
+    search itself is a scan over the histogram.
+
+    >>> import numpy as np, kernels
+    >>> kernels.minimum_error_threshold(np.array([[10, 10, 200, 200]], dtype=np.uint8))
+    10
+    """
+    select_backend(backend, "minimum_error_threshold", has_cuda_kernel=False)
+    return _cpu_minimum_error_threshold(to_host(img), backend="cpu")
 
 
 def threshold(img, value, backend="auto"):

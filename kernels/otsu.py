@@ -120,6 +120,26 @@ def _otsu_from_histogram(hist, n_pixels):
     return max_val
 
 
+def grey_histogram(img):
+    """Exact pixel count per grey level (int64; 256 bins for uint8, 65536 for uint16).
+
+    The same parallel counting as ``otsu_threshold``; other threshold selectors and the
+    engines' confidence read it instead of counting the frame again.
+
+    >>> import numpy as np, kernels
+    >>> kernels.grey_histogram(np.array([[0, 3, 3]], dtype=np.uint8))[:4].tolist()
+    [1, 0, 0, 2]
+    """
+    img = check_image(img, "grey_histogram")
+    flat = img.reshape(-1)
+    with threads_for(flat.size) as threads:
+        # One chunk per thread, none smaller than OTSU_MIN_CHUNK_PIXELS.
+        n_chunks = max(1, min(threads, flat.size // OTSU_MIN_CHUNK_PIXELS))
+        if img.dtype == np.uint8:
+            return _histogram_u8(flat, n_chunks)
+        return _histogram_u16(flat, n_chunks)
+
+
 def otsu_threshold(img, backend="auto"):
     """Otsu's threshold of a 2-D uint8 or uint16 image, as an int.
 
@@ -134,12 +154,4 @@ def otsu_threshold(img, backend="auto"):
     """
     resolve_backend(backend, "otsu_threshold")
     img = check_image(img, "otsu_threshold")
-    flat = img.reshape(-1)
-    with threads_for(flat.size) as threads:
-        # One chunk per thread, none smaller than OTSU_MIN_CHUNK_PIXELS.
-        n_chunks = max(1, min(threads, flat.size // OTSU_MIN_CHUNK_PIXELS))
-        if img.dtype == np.uint8:
-            hist = _histogram_u8(flat, n_chunks)
-        else:
-            hist = _histogram_u16(flat, n_chunks)
-    return int(_otsu_from_histogram(hist, img.size))
+    return int(_otsu_from_histogram(grey_histogram(img), img.size))

@@ -17,3 +17,13 @@ def real_tile_path() -> Path:
     if not path.is_file():
         pytest.skip("../shared/samples/real_coating_tile_c.png is not present")
     return path
+
+
+@pytest.fixture
+def real_labelled_tile() -> tuple[Path, Path]:
+    """(image, label) of the real labelled tile from ../shared (label: 255 = unmelted); skips where absent."""
+    image = SHARED_SAMPLES / "real_coating_tile_b.png"
+    label = SHARED_SAMPLES / "real_coating_tile_b_label.png"
+    if not (image.is_file() and label.is_file()):
+        pytest.skip("../shared/samples/real_coating_tile_b.png and its label are not present")
+    return image, label

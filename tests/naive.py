@@ -207,3 +207,37 @@ def regions(mask: np.ndarray, um_per_px: float, min_region_area_px: int) -> list
                 "centroid_y": float(ys.mean()),
             })
     return table
+
+
+def minimum_error_threshold(img: np.ndarray) -> int:
+    """Robust Kittler-Illingworth, one threshold at a time: J(t) minimised strictly between the
+    means of Otsu's two classes, variances floored at 1/12, Otsu where no interior minimum."""
+    hist_size = 256 if img.dtype == np.uint8 else 65536
+    hist = np.bincount(img.ravel(), minlength=hist_size).astype(np.float64)
+    otsu = otsu_threshold(img)
+    if np.count_nonzero(hist) < 3:
+        return otsu
+    p = hist / hist.sum()
+    levels = np.arange(hist_size, dtype=np.float64)
+
+    def moments(t: int) -> tuple[float, float, float, float, float, float]:
+        w0, w1 = p[:t + 1].sum(), p[t + 1:].sum()
+        m0 = (p[:t + 1] * levels[:t + 1]).sum() / w0 if w0 > 0 else float("nan")
+        m1 = (p[t + 1:] * levels[t + 1:]).sum() / w1 if w1 > 0 else float("nan")
+        v0 = (p[:t + 1] * (levels[:t + 1] - m0) ** 2).sum() / w0 if w0 > 0 else float("nan")
+        v1 = (p[t + 1:] * (levels[t + 1:] - m1) ** 2).sum() / w1 if w1 > 0 else float("nan")
+        return w0, w1, m0, m1, max(v0, 1 / 12), max(v1, 1 / 12)
+
+    _, _, mean0, mean1, _, _ = moments(otsu)
+    low, high = int(np.ceil(mean0)), int(np.floor(mean1))
+    if high - low < 2:
+        return otsu
+    criteria = {}
+    for t in range(low, high + 1):
+        w0, w1, _, _, v0, v1 = moments(t)
+        if w0 > 0 and w1 > 0:
+            criteria[t] = w0 * np.log(v0) + w1 * np.log(v1) - 2 * (w0 * np.log(w0) + w1 * np.log(w1))
+    # Thresholds inside a run of empty bins tie exactly; take the first (rounding decides otherwise).
+    best = min(criteria.values())
+    best_t = min(t for t, value in criteria.items() if value <= best + 1e-9 * abs(best))
+    return otsu if best_t in (low, high) else best_t

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from inspectd import config, fieldstats
 from inspectd.analysis import Analyzer, FrameResult
 from inspectd.decode import decode_file
-from inspectd.errors import EngineError, ImageDecodeError, KernelResourceError
+from inspectd.errors import ConfigError, EngineError, ImageDecodeError, KernelResourceError
 from inspectd.report import HEADLINE_METRICS, field_stem, result_record, write_field_outputs
 from inspectd.types import Frame, VerdictResult
 from inspectd.verdict import error_verdict
@@ -31,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--out", default="inspectd-results", help="output folder (default: %(default)s)")
     parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     parser.add_argument("--engine", default=None, help="segmentation engine, e.g. classical or unet (default from config)")
+    parser.add_argument("--model", default=None, metavar="PATH",
+                        help="U-Net ONNX model to run (as segment.unet.model; implies --engine unet), e.g. the "
+                             "model.onnx of inspectd train")
     parser.add_argument("--sample", default=None, metavar="NAME",
                         help="treat all fields as one sample NAME: mean, SD and 95%% CI per fraction (ASTM E2109)")
     parser.add_argument("--quiet", action="store_true", help="print no table")
@@ -41,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if args.engine:
         cfg.segment.engine = args.engine
+    if args.model:
+        if args.engine not in (None, "unet"):
+            print(f"inspectd analyze: --model is a U-Net model; it cannot run with --engine {args.engine}",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        cfg.segment.engine = "unet"
+        cfg.segment.unet.model = Path(args.model)
     paths = [Path(p) for p in args.images]
     clashes = [stem for stem, count in Counter(p.stem for p in paths).items() if count > 1]
     if clashes:
@@ -50,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         analyzer = Analyzer(cfg)
         analyzer.warm_up()
-    except (EngineError, KernelResourceError) as exc:
+    except (EngineError, KernelResourceError, ConfigError) as exc:
         print(f"inspectd analyze: cannot start: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -98,7 +108,8 @@ def _sample_summary(name: str, records: list[dict]) -> dict:
 
 
 def _print_table(records: list[dict], out_dir: Path) -> None:
-    header = f"{'file':<32} {'field':>5} {'verdict':<7} {'melted%':>8} {'unmelt%':>8} {'pore%':>7} {'regions':>7} {'ms':>7}  reason"
+    header = (f"{'file':<32} {'field':>5} {'verdict':<7} {'melted%':>8} {'unmelt%':>8} {'pore%':>7} {'regions':>7} "
+              f"{'conf':>5} {'ood':>3} {'ms':>7}  reason")
     print(header)
     print("-" * len(header))
     for r in records:
@@ -107,11 +118,15 @@ def _print_table(records: list[dict], out_dir: Path) -> None:
         cells = [_fmt(r.get(m)) for m in HEADLINE_METRICS]
         reason = r["reason"] or "; ".join(f"{f['metric']} {f['op']} {f['limit']} (got {_fmt(f['value'])})"
                                           for f in r["failed_rules"])
+        reason = "; ".join([reason, *r["warnings"]]) if reason else "; ".join(r["warnings"])
+        confidence = "-" if r["confidence"] is None else f"{r['confidence']:.2f}"
+        ood_mark = {True: "!", False: "", None: "-"}[r["out_of_distribution"]]
         print(f"{name[:32]:<32} {r['field_index']:>5} {r['verdict']:<7} {cells[0]:>8} {cells[1]:>8} {cells[2]:>7} "
-              f"{r['regions_count']:>7} {ms:>7.1f}  {reason}")
+              f"{r['regions_count']:>7} {confidence:>5} {ood_mark:>3} {ms:>7.1f}  {reason}")
     counts = Counter(r["verdict"] for r in records)
+    flagged = sum(r["out_of_distribution"] is True for r in records)
     print(f"\n{len(records)} field(s): " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("PASS", "FAIL", "ERROR"))
-          + f"  -> {out_dir}/")
+          + (f"; {flagged} out of distribution (ood !)" if flagged else "") + f"  -> {out_dir}/")
 
 
 def _print_sample(summary: dict) -> None:

@@ -14,6 +14,11 @@ from pathlib import Path
 from inspectd import config
 
 EXIT_OK, EXIT_USAGE = 0, 2
+# From scratch: the bundled models' recipe. Fine-tuning (--init): a gentler peak rate, so the
+# few labelled fields adjust the model instead of overwriting it, and enough tiles per epoch
+# that one field still gives a model in a few minutes on two CPU cores.
+SCRATCH_DEFAULTS = {"epochs": 30, "lr": 3e-3}
+FINE_TUNE_DEFAULTS = {"epochs": 12, "lr": 1e-3, "tiles_per_epoch": 160}
 TRAIN_EXTRA_HINT = "pip install torch==2.13.0 && pip install -e '.[train]'"
 
 
@@ -26,6 +31,18 @@ def _widths(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _oversample(text: str) -> tuple[str, float]:
+    pattern, _, factor = text.rpartition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = -1.0
+    if not pattern or not value > 0:
+        msg = f"oversample must look like real_*=40 (a stem glob and a factor > 0), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return pattern, value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
@@ -34,16 +51,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(1 = unmelted) and {0,255} (255 = unmelted) are detected automatically. The split into "
         "training and validation images is made before augmentation.",
     )
+    parser.add_argument("--init", default=None, metavar="bundled|PATH",
+                        help="fine-tune this model instead of training from scratch: 'bundled' (the shipped "
+                             "U-Net) or an .onnx file written by inspectd (e.g. an earlier run's model.onnx)")
     parser.add_argument("--images", required=True, help="folder of micrographs (PNG, TIFF, BMP, JPEG)")
     parser.add_argument("--masks", required=True, help="folder of masks named like the images")
     parser.add_argument("--out", required=True, help="output folder for checkpoints, history and curve")
-    parser.add_argument("--epochs", type=int, default=30, help="(default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"(default: {SCRATCH_DEFAULTS['epochs']}; with --init {FINE_TUNE_DEFAULTS['epochs']})")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, one-cycle schedule (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"peak learning rate, one-cycle schedule (default: {SCRATCH_DEFAULTS['lr']}; "
+                             f"with --init {FINE_TUNE_DEFAULTS['lr']})")
     parser.add_argument("--tile", type=int, default=256, help="training tile side, px, multiple of 32 (default: %(default)s)")
     parser.add_argument("--tiles-per-epoch", type=int, default=None,
-                        help="augmented tiles per epoch (default: 8 per training image)")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images kept for validation (default: %(default)s)")
+                        help="augmented tiles per epoch (default: 8 per training image; with --init at least "
+                             f"{FINE_TUNE_DEFAULTS['tiles_per_epoch']})")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="share of images kept for validation; with one image, the share of its longer side "
+                             "kept as a validation strip (default: %(default)s)")
+    parser.add_argument("--val-images", default=None, help="a fixed validation set instead of a split (with --val-masks)")
+    parser.add_argument("--val-masks", default=None, help="masks of --val-images")
+    parser.add_argument("--oversample", action="append", default=[], type=_oversample, metavar="GLOB=FACTOR",
+                        help="training images whose stem matches GLOB give FACTOR times more tiles (repeatable), "
+                             "e.g. real_*=40 for a few real fields among many synthetic ones")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--widths", type=_widths, default=None, metavar="W0,W1,...",
                         help="channels per level, finest first (default: 16,32,64,192, the bundled v2 model's)")
@@ -58,6 +89,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def resolve_defaults(args: argparse.Namespace, n_images: int | None = None) -> None:
+    """Fill --epochs, --lr, --tiles-per-epoch left unset: fine-tuning and from-scratch defaults differ."""
+    defaults = FINE_TUNE_DEFAULTS if args.init else SCRATCH_DEFAULTS
+    if args.epochs is None:
+        args.epochs = defaults["epochs"]
+    if args.lr is None:
+        args.lr = defaults["lr"]
+    if args.tiles_per_epoch is None and args.init and n_images is not None:
+        args.tiles_per_epoch = max(8 * n_images, FINE_TUNE_DEFAULTS["tiles_per_epoch"])
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The effective `inspectd train ...` line (every option spelled out), for the records."""
     parts = ["inspectd", "train", "--images", args.images, "--masks", args.masks, "--out", args.out,
@@ -70,6 +112,12 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--widths", ",".join(str(w) for w in args.widths)]
     if args.config is not None:
         parts += ["--config", args.config]
+    if args.init is not None:
+        parts += ["--init", args.init]
+    if args.val_images is not None:
+        parts += ["--val-images", args.val_images, "--val-masks", args.val_masks]
+    for pattern, factor in args.oversample:
+        parts += ["--oversample", f"{pattern}={factor:g}"]
     return shlex.join(parts)
 
 
@@ -81,11 +129,20 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from tqdm import tqdm
 
+    from inspectd.errors import ConfigError, EngineError
     from inspectd.unet.augment import AugmentSettings
+    from inspectd.unet.data import find_pairs
     from inspectd.unet.model import DEFAULT_WIDTHS
+    from inspectd.unet.release import write_model
     from inspectd.unet.train import TrainSettings, format_metric, train
 
-    cfg = config.load(args.config)
+    try:
+        cfg = config.load(args.config)
+        init_model = _init_model(args.init)
+        resolve_defaults(args, len(find_pairs(args.images, args.masks)))
+    except ConfigError as exc:
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     settings = TrainSettings(
         images_dir=Path(args.images),
         masks_dir=Path(args.masks),
@@ -102,11 +159,36 @@ def run(args: argparse.Namespace) -> int:
         augment=AugmentSettings(scale_range=(args.min_scale, 1.0)),
         preprocess=cfg.preprocess,
         command=command_line(args),
+        init_model=init_model,
+        val_images_dir=Path(args.val_images) if args.val_images else None,
+        val_masks_dir=Path(args.val_masks) if args.val_masks else None,
+        oversample=tuple(args.oversample),
     )
-    result = train(settings, progress=not args.quiet, say=lambda line: tqdm.write(line, file=sys.stderr))
+    say = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
+    try:
+        result = train(settings, progress=not args.quiet, say=say)
+        released = write_model(settings)
+    except (ConfigError, EngineError) as exc:
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     best = {key: format_metric(value) for key, value in result.best_metrics.items()}
     print(f"best epoch {result.best_epoch}/{args.epochs}: validation IoU mean {best['val_iou_mean']}, "
           f"unmelted {best['val_iou_unmelted']}, pore {best['val_iou_pore']}, melted "
           f"{best['val_iou_melted']}; mask convention {result.mask_convention}; "
-          f"{result.seconds / 60:.1f} min; wrote {result.out_dir}")
+          f"{result.seconds / 60:.1f} min; wrote {released.onnx_path} and {released.card_path.name} "
+          f"({released.int8_note})")
     return EXIT_OK
+
+
+def _init_model(init: str | None) -> Path | None:
+    """--init: None, the bundled fp32 file for 'bundled', else an existing .onnx path."""
+    from inspectd.engines.unet import bundled_model_path
+    from inspectd.errors import ConfigError
+
+    if init is None:
+        return None
+    path = bundled_model_path("fp32") if init == "bundled" else Path(init)
+    if not path.is_file():
+        msg = f"--init {init}: no such model file {path}"
+        raise ConfigError(msg)
+    return path

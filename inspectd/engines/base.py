@@ -6,6 +6,10 @@ to prove it, so no engine drifts off the interface unnoticed.
 
 `segment()` is the template: it checks the input, runs the three hooks and checks that the
 result is a uint8 class-index mask (0 melted, 1 unmelted, 2 pore) of the input's size.
+`segment_assessed()` runs the same template and adds the engine's `confidence` (0..1, the
+`confidence` hook, given the forward output) as a `Segmentation`; the analyzer uses it, while
+`segment()` stays the cheap mask-only call that evaluation, benchmarks and tests use.
+`envelope_path` says where the engine's training envelope lies (`inspectd.ood`).
 
 Example:
     >>> import numpy as np
@@ -15,6 +19,8 @@ Example:
     >>> engine.load()
     >>> engine.segment(np.zeros((32, 48), np.uint8)).shape
     (32, 48)
+    >>> engine.segment_assessed(np.zeros((32, 48), np.uint8)).confidence
+    0.0
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +42,14 @@ logger = logging.getLogger(__name__)
 _WARM_UP_SHAPE = (64, 96)
 _INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 N_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A mask and how sure the engine is of it: `confidence` in [0, 1], None when the engine cannot say."""
+
+    mask: np.ndarray
+    confidence: float | None = None
 
 
 class SegmentationEngine(abc.ABC):
@@ -87,8 +103,26 @@ class SegmentationEngine(abc.ABC):
             self.segment(dummy)
         logger.debug("engine %s warmed up", self.name)
 
+    @property
+    def envelope_path(self) -> Path | None:
+        """The engine's training envelope (`inspectd.ood`): an envelope JSON or a model card with one; None: none."""
+        return None
+
     def segment(self, enhanced: np.ndarray) -> np.ndarray:
         """Class-index mask (uint8, values in {0, 1, 2}) of the same height and width."""
+        return self._run(enhanced)[1]
+
+    def segment_assessed(self, enhanced: np.ndarray) -> Segmentation:
+        """`segment`'s mask with the engine's confidence in it (the `confidence` hook)."""
+        image = _check_input(enhanced)
+        raw, mask = self._run(image)
+        confidence = self.confidence(raw, image, mask)
+        if confidence is not None:
+            confidence = _checked_confidence(self.name, confidence)
+        return Segmentation(mask, confidence)
+
+    def _run(self, enhanced: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The template: (forward's raw output, the checked mask)."""
         image = _check_input(enhanced)
         self.load()
         prepared = self.pre_process(image)
@@ -98,7 +132,7 @@ class SegmentationEngine(abc.ABC):
             msg = (f"engine {self.name} returned a {mask.dtype} mask of shape {mask.shape} "
                    f"for a {image.shape} frame; expected uint8 of the same shape")
             raise EngineError(msg)
-        return mask
+        return raw, mask
 
     @property
     def takes_device_frames(self) -> bool:
@@ -113,6 +147,12 @@ class SegmentationEngine(abc.ABC):
         import kernels
 
         return self.segment(kernels.to_host(enhanced))
+
+    def segment_device_assessed(self, enhanced: Any) -> Segmentation:
+        """`segment_device` with the confidence; by default both from a host copy (`segment_assessed`)."""
+        import kernels
+
+        return self.segment_assessed(kernels.to_host(enhanced))
 
     # ------------------------------------------------------------------ hooks
 
@@ -131,8 +171,24 @@ class SegmentationEngine(abc.ABC):
         """Raw output -> uint8 class-index mask of `image`'s shape (identity by default)."""
         return raw
 
+    def confidence(self, raw: Any, image: np.ndarray, mask: np.ndarray) -> float | None:
+        """How sure the engine is of `mask`, in [0, 1], from `forward`'s raw output and the frame.
+
+        None by default: an engine that cannot say. Only `segment_assessed` calls it, so
+        `segment` never pays for it.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, backend={self.backend!r})"
+
+
+def _checked_confidence(engine_name: str, confidence: float) -> float:
+    value = float(confidence)
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        msg = f"engine {engine_name} reported confidence {value}, outside [0, 1]"
+        raise EngineError(msg)
+    return value
 
 
 def _check_input(enhanced: np.ndarray) -> np.ndarray:

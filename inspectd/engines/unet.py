@@ -12,6 +12,9 @@ What it does with an enhanced frame (uint8/uint16, any size, e.g. 2560x1920):
    bundled v2 model) returns coarse per-class pairs at 1/stride instead of logits; they
    are blended on the coarse grid (`TilePlan.coarse`) and `kernels.guided_argmax` turns
    them and the full-resolution frame into the mask in one pass.
+4. `segment_assessed` (the analyzer's call) adds the confidence: the mean top-two softmax
+   margin, on the coarse grid for a guided U-Net (`confidence.guided_margin`, ~2 ms per
+   2560x1920 frame), on every 4th pixel of a logits model's output (`confidence.logits_margin`).
 
 A frame already on the GPU (`segment_device`, the analyzer's device flow after the CUDA
 CLAHE) takes the same steps there (`unet_device`): tiles, network, blend and argmax read and
@@ -47,6 +50,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -55,9 +59,10 @@ import numpy as np
 import onnxruntime as ort
 
 import kernels
+from inspectd.confidence import LOGITS_MARGIN_STEP, guided_margin, logits_margin
 from inspectd.config import SegmentConfig
 from inspectd.engines import tiling, unet_device
-from inspectd.engines.base import SegmentationEngine
+from inspectd.engines.base import Segmentation, SegmentationEngine
 from inspectd.engines.cpu_int8 import int8_dot_product
 from inspectd.engines.onnx_session import OnnxRuntimeRunner, choose_providers
 from inspectd.engines.tensorrt_runtime import TensorRTRunner, tensorrt_status
@@ -135,6 +140,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class UnetOutput:
+    """`UnetEngine.forward`'s raw output: the mask and what its confidence is computed from.
+
+    `blended`: a guided U-Net's blended coarse pairs, or the `TileBlender` of a logits model
+    (its margin is sampled from it only when asked); `frame`: the frame the network saw
+    (downscaled when `scale` < 1).
+    """
+
+    mask: np.ndarray
+    blended: np.ndarray | tiling.TileBlender
+    frame: np.ndarray
+    output_stride: int
+
+
+def output_confidence(output: UnetOutput) -> float:
+    """The mean top-two softmax margin of a `UnetOutput` (see `inspectd.confidence`)."""
+    if output.output_stride > 1:
+        return guided_margin(output.blended, output.frame, output.output_stride, mean=contract.NORM_MEAN,
+                             std=contract.NORM_STD)
+    # Only the sampled pixels are divided by their weights: a full-resolution mean would cost 60 MB.
+    blender = output.blended
+    height, width = blender.plan.frame_hw
+    step = LOGITS_MARGIN_STEP
+    logits = blender.sum[:, :height:step, :width:step] / blender.weight_sum[:height:step, :width:step]
+    return logits_margin(logits, step=1)
+
+
 class UnetEngine(SegmentationEngine):
     """Tiled U-Net segmentation on ONNX Runtime (CPU/CUDA) or a TensorRT plan."""
 
@@ -166,6 +199,17 @@ class UnetEngine(SegmentationEngine):
     def model_path(self) -> Path | None:
         """The file that runs: the ONNX model, or the TensorRT plan."""
         return self._model_path
+
+    @property
+    def envelope_path(self) -> Path | None:
+        """The model card beside the ONNX model, where `inspectd export` writes the envelope:
+        `<model>.json`, or for an int8 twin `<model>.int8.onnx` its fp32 model's card
+        (the bundled card for the bundled files and for a plan built from them)."""
+        model = Path(self.cfg.model) if self.cfg.model is not None else bundled_model_path("fp32")
+        for card in (model.with_suffix(".json"), model.with_name(model.name.removesuffix(".int8.onnx") + ".json")):
+            if card.is_file():
+                return card
+        return None
 
     @property
     def output_stride(self) -> int:
@@ -266,24 +310,36 @@ class UnetEngine(SegmentationEngine):
 
     # ------------------------------------------------------------------ inference
 
-    def forward(self, prepared: np.ndarray) -> np.ndarray:
+    def forward(self, prepared: np.ndarray) -> UnetOutput:
         height, width = prepared.shape
         scale = self.cfg.scale
         if scale >= 1.0:
-            return self.segment_full_resolution(prepared)
+            return self._full_resolution(prepared)
         small_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
         small = cv2.resize(prepared, (small_hw[1], small_hw[0]), interpolation=cv2.INTER_AREA)
-        mask = self.segment_full_resolution(small)
-        return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+        output = self._full_resolution(small)
+        return replace(output, mask=cv2.resize(output.mask, (width, height), interpolation=cv2.INTER_NEAREST))
+
+    def post_process(self, raw: UnetOutput, image: np.ndarray) -> np.ndarray:
+        return raw.mask
+
+    def confidence(self, raw: UnetOutput, image: np.ndarray, mask: np.ndarray) -> float:
+        """Mean top-two softmax margin (module docstring, step 4)."""
+        return output_confidence(raw)
 
     def segment_full_resolution(self, enhanced: np.ndarray) -> np.ndarray:
         """uint8 class-index mask of `enhanced` by blended tiles, at the frame's own resolution."""
+        return self._full_resolution(enhanced).mask
+
+    def _full_resolution(self, enhanced: np.ndarray) -> UnetOutput:
         blender = self._blend(enhanced)
         if self._output_stride == 1:
-            return blender.argmax()
+            return UnetOutput(blender.argmax(), blender, enhanced, 1)
+        pairs = blender.blended()
         # Where the network ran on a GPU, its CUDA twin may run there too (auto: if usable).
-        return kernels.guided_argmax(blender.blended(), enhanced, self._output_stride, mean=contract.NORM_MEAN,
+        mask = kernels.guided_argmax(pairs, enhanced, self._output_stride, mean=contract.NORM_MEAN,
                                      std=contract.NORM_STD, backend="cpu" if self.backend == "cpu" else "auto")
+        return UnetOutput(mask, pairs, enhanced, self._output_stride)
 
     @property
     def takes_device_frames(self) -> bool:
@@ -298,6 +354,30 @@ class UnetEngine(SegmentationEngine):
         """
         if not self.takes_device_frames:
             return super().segment_device(enhanced)
+        frame = self._device_frame(enhanced)
+        return unet_device.segment_device(frame, self._runner, self._plan(*frame.shape), self._output_stride,
+                                          self._tiles_per_run)
+
+    def segment_device_assessed(self, enhanced: object) -> Segmentation:
+        """`segment_device` with the confidence: the blended output (a guided U-Net's coarse pairs,
+        7 MB for a 2560x1920 frame; a logits model's full-resolution logits, 59 MB) and, for a
+        guided U-Net, the frame come back to the host, where the margin is taken as in `segment_assessed`."""
+        if not self.takes_device_frames:
+            return super().segment_device_assessed(enhanced)
+        from kernels import cuda_device
+
+        frame = self._device_frame(enhanced)
+        mask, blended = unet_device.segment_device_with_output(
+            frame, self._runner, self._plan(*frame.shape), self._output_stride, self._tiles_per_run)
+        stride = self._output_stride
+        if stride > 1:
+            confidence = guided_margin(blended, cuda_device.to_host(frame), stride, mean=contract.NORM_MEAN,
+                                       std=contract.NORM_STD)
+        else:
+            confidence = logits_margin(blended[:, :mask.shape[0], :mask.shape[1]])
+        return Segmentation(mask, confidence)
+
+    def _device_frame(self, enhanced: object):
         from kernels import cuda_device
 
         self.load()
@@ -305,8 +385,7 @@ class UnetEngine(SegmentationEngine):
         if len(frame.shape) != 2 or np.dtype(frame.dtype) not in (np.uint8, np.uint16) or min(frame.shape) < 1:
             msg = f"engine input must be a non-empty 2-D uint8 or uint16 image, got {frame.dtype} {tuple(frame.shape)}"
             raise EngineError(msg)
-        return unet_device.segment_device(frame, self._runner, self._plan(*frame.shape), self._output_stride,
-                                          self._tiles_per_run)
+        return frame
 
     def blended_logits(self, enhanced: np.ndarray) -> np.ndarray:
         """Feather-blended model output of a 2-D enhanced frame (no scaling), float32.

@@ -41,13 +41,32 @@ def segment_device(frame, runner: DeviceTileRunner, plan: tiling.TilePlan, outpu
                    tiles_per_run: int) -> np.ndarray:
     """uint8 class-index mask (numpy) of the 2-D uint8/uint16 device frame `frame`, tiled by `plan`."""
     from kernels import cuda_device
-    from kernels.gpu_guided import gpu_guided_argmax
-    from kernels.gpu_tiles import (
-        gpu_blend_add,
-        gpu_blend_argmax,
-        gpu_blend_mean,
-        gpu_normalised_tiles,
-    )
+
+    total, weight_sum = _blend(frame, runner, plan, output_stride, tiles_per_run)
+    return cuda_device.to_host(_mask(frame, total, weight_sum, plan, output_stride))
+
+
+def segment_device_with_output(frame, runner: DeviceTileRunner, plan: tiling.TilePlan, output_stride: int,
+                               tiles_per_run: int) -> tuple[np.ndarray, np.ndarray]:
+    """`segment_device`'s mask and the blended output on the host (for the confidence).
+
+    The output is the weighted mean over the padded frame: a guided U-Net's coarse pairs
+    `[6, h, w]`, or a logits model's logits `[3, H, W]`, the padding included.
+    """
+    from kernels import cuda_device
+    from kernels.gpu_tiles import gpu_blend_mean
+
+    total, weight_sum = _blend(frame, runner, plan, output_stride, tiles_per_run)
+    mask = _mask(frame, total, weight_sum, plan, output_stride)
+    if output_stride == 1:  # the argmax read the sums; the margin needs the means
+        gpu_blend_mean(total, weight_sum)
+    return cuda_device.to_host(mask), cuda_device.to_host(total)
+
+
+def _blend(frame, runner: DeviceTileRunner, plan: tiling.TilePlan, output_stride: int, tiles_per_run: int):
+    """The device accumulators (sum of feathered outputs, sum of weights) over the padded frame."""
+    from kernels import cuda_device
+    from kernels.gpu_tiles import gpu_blend_add, gpu_normalised_tiles
 
     channels = contract.output_channels(runner.output_name)
     coarse = plan.coarse(output_stride)
@@ -66,12 +85,18 @@ def segment_device(frame, runner: DeviceTileRunner, plan: tiling.TilePlan, outpu
         for index, origin in enumerate(coarse.origins[start:start + n_tiles]):
             gpu_blend_add(total, weight_sum, out[index], origin, coarse.overlap_px,
                           tiling.feather_sides(coarse, *origin))
+    return total, weight_sum
+
+
+def _mask(frame, total, weight_sum, plan: tiling.TilePlan, output_stride: int):
+    """The device mask; a guided U-Net's `total` is left holding the mean pairs."""
+    from kernels.gpu_guided import gpu_guided_argmax
+    from kernels.gpu_tiles import gpu_blend_argmax, gpu_blend_mean
+
     if output_stride == 1:
-        mask = gpu_blend_argmax(total, plan.frame_hw)
-    else:
-        gpu_blend_mean(total, weight_sum)
-        mask = gpu_guided_argmax(total, frame, output_stride, contract.NORM_MEAN, contract.NORM_STD)
-    return cuda_device.to_host(mask)
+        return gpu_blend_argmax(total, plan.frame_hw)
+    gpu_blend_mean(total, weight_sum)
+    return gpu_guided_argmax(total, frame, output_stride, contract.NORM_MEAN, contract.NORM_STD)
 
 
 @functools.cache

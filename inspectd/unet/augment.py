@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from inspectd.unet.contract import N_CLASSES
+from inspectd.unet.contract import N_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def downscale_mask(mask: np.ndarray, height_px: int, width_px: int) -> np.ndarra
     """
     shares = [
         cv2.resize((mask == c).astype(np.float32), (width_px, height_px), interpolation=cv2.INTER_AREA)
-        for c in range(N_CLASSES)
+        for c in range(N_LABELS)
     ]
     return np.argmax(np.stack(shares), axis=0).astype(np.uint8)
 

@@ -32,6 +32,11 @@ OUTPUT_NAME = "logits"
 AFFINE_OUTPUT_NAME = "affine"
 OUTPUT_NAMES = (OUTPUT_NAME, AFFINE_OUTPUT_NAME)
 N_CLASSES = 3
+# Training label only (never a model output): "melted or pore, not known which". Binary masks
+# (the seed's 255 = unmelted, 0 = the rest) say only that a 0 pixel is not unmelted; training
+# scores such a pixel on p(melted) + p(pore), so it never teaches that a pore is matrix.
+NOT_UNMELTED = 3
+N_LABELS = 4
 # Every shipped layout divides it: v1 pools 4 times (16), v2 strides 4 then pools 3 times (32).
 INPUT_MULTIPLE = 32
 NORM_MEAN = 0.5

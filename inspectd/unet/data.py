@@ -38,6 +38,7 @@ from inspectd.decode import decode_file
 from inspectd.errors import ConfigError, ImageDecodeError
 from inspectd.preprocess import enhance
 from inspectd.types import MELTED, PORE, UNMELTED
+from inspectd.unet import contract
 from inspectd.unet.augment import AugmentSettings, random_tile
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class MaskConvention(str, enum.Enum):
     CLASS_INDEX = "class-index"
     BINARY_0_1 = "binary-0-1"
     BINARY_0_255 = "binary-0-255"
+    MIXED = "mixed"  # a training set of class-index masks plus binary {0, 255} ones
 
     def describe(self) -> str:
         return {
@@ -57,6 +59,8 @@ class MaskConvention(str, enum.Enum):
             MaskConvention.BINARY_0_1: "binary {0, 1}: 1 = unmelted, 0 = everything else "
                                        "(the seed's labels; same as class indices without pores)",
             MaskConvention.BINARY_0_255: "binary {0, 255}: 255 = unmelted, 0 = everything else",
+            MaskConvention.MIXED: "class indices {0, 1, 2} and binary {0, 255} masks (255 = unmelted, "
+                                  "0 = everything else), each mask read by its own values",
         }[self]
 
 
@@ -75,7 +79,7 @@ class LabelledImage:
 
     sample_id: str
     scaled: np.ndarray  # float32 0..1: enhanced grey / max level (contract.normalise's first step)
-    mask: np.ndarray  # uint8 class indices
+    mask: np.ndarray  # uint8 training labels: class indices, or contract.NOT_UNMELTED (binary masks' 0s)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -142,6 +146,21 @@ def to_class_index(mask: np.ndarray, convention: MaskConvention) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
+def to_training_labels(mask: np.ndarray, convention: MaskConvention) -> np.ndarray:
+    """A mask in `convention` -> uint8 training labels: class indices, and for binary masks
+    `contract.NOT_UNMELTED` where the mask says only "not unmelted" (its 0s).
+
+    >>> to_training_labels(np.array([[0, 255]], np.uint8), MaskConvention.BINARY_0_255).tolist()
+    [[3, 1]]
+    >>> to_training_labels(np.array([[0, 2]], np.uint8), MaskConvention.CLASS_INDEX).tolist()
+    [[0, 2]]
+    """
+    if convention is MaskConvention.CLASS_INDEX:
+        return mask.astype(np.uint8)
+    unmelted = mask == (255 if convention is MaskConvention.BINARY_0_255 else 1)
+    return np.where(unmelted, UNMELTED, contract.NOT_UNMELTED).astype(np.uint8)
+
+
 def read_mask(path: Path) -> np.ndarray:
     """A mask file as a 2-D integer array, exactly as stored (no scaling)."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -201,12 +220,9 @@ def load_pairs(
     """Decode, enhance (pipeline CLAHE) and scale each image; read masks; detect the convention."""
     preprocess_cfg = preprocess_cfg or PreprocessConfig()
     raw_masks = [read_mask(pair.mask_path) for pair in pairs]
-    values: set[int] = set()
-    for raw in raw_masks:
-        values.update(np.unique(raw).tolist())
-    convention = detect_convention(values)
+    conventions, convention = mask_conventions(pairs, raw_masks)
     images = []
-    for pair, raw in zip(pairs, raw_masks, strict=True):
+    for pair, raw, mask_convention in zip(pairs, raw_masks, conventions, strict=True):
         try:
             frames = decode_file(pair.image_path)
         except ImageDecodeError as exc:
@@ -221,8 +237,39 @@ def load_pairs(
             raise ConfigError(msg)
         enhanced = enhance(pixels, preprocess_cfg)
         images.append(LabelledImage(pair.sample_id, scale_to_unit(enhanced),
-                                    to_class_index(raw, convention)))
+                                    to_training_labels(raw, mask_convention)))
     return images, convention
+
+
+def mask_conventions(
+    pairs: list[LabelledPair], raw_masks: list[np.ndarray]
+) -> tuple[list[MaskConvention], MaskConvention]:
+    """Each mask's convention, and the set's (MIXED for class indices beside binary {0, 255}).
+
+    A mask holding 255 can only be binary {0, 255}; the others are read by the union of their
+    values ({0, 1} alone is ambiguous), so synthetic class-index masks and a user's binary
+    labels can train together.
+    """
+    values: set[int] = set()
+    binary = []
+    for pair, raw in zip(pairs, raw_masks, strict=True):
+        found = set(np.unique(raw).tolist())
+        binary.append(255 in found)
+        if 255 in found and not found <= {0, 255}:
+            msg = f"mask {pair.mask_path} holds 255 beside {sorted(found - {0, 255})[:5]}; expected binary {{0, 255}}"
+            raise ConfigError(msg)
+        if 255 not in found:
+            values |= found
+    # All-zero masks say nothing of the convention: beside binary ones they are binary too.
+    others = detect_convention(values) if values - {0} or not any(binary) else MaskConvention.BINARY_0_255
+    conventions = [MaskConvention.BINARY_0_255 if is_binary else others for is_binary in binary]
+    if len(set(conventions)) == 1:
+        return conventions, conventions[0]
+    if others is not MaskConvention.CLASS_INDEX:
+        msg = (f"masks mix binary {{0, 255}} labels with {others.describe()}; use one binary convention, "
+               "or class indices beside {0, 255}")
+        raise ConfigError(msg)
+    return conventions, MaskConvention.MIXED
 
 
 def scale_to_unit(enhanced: np.ndarray) -> np.ndarray:
@@ -232,10 +279,12 @@ def scale_to_unit(enhanced: np.ndarray) -> np.ndarray:
 
 
 def class_pixel_counts(images: Iterable[LabelledImage], n_classes: int = 3) -> np.ndarray:
-    """Pixels per class over the given images (int64 [n_classes])."""
+    """Pixels per class over the given images (int64 [n_classes]); NOT_UNMELTED ones count as melted."""
     counts = np.zeros(n_classes, np.int64)
     for image in images:
-        counts += np.bincount(image.mask.ravel(), minlength=n_classes)[:n_classes]
+        labels = np.bincount(image.mask.ravel(), minlength=contract.N_LABELS)
+        counts += labels[:n_classes]
+        counts[MELTED] += labels[contract.NOT_UNMELTED:].sum()
     return counts
 
 
@@ -243,7 +292,7 @@ class TileSampler:
     """Augmented training tiles drawn from a fixed list of images, reproducibly per epoch.
 
     Each epoch draws `tiles_per_epoch` tiles; image i is picked with probability
-    proportional to its area, so big frames give more tiles. The generator for epoch e is
+    proportional to its area (times its `weights` entry, if given), so big frames give more tiles. The generator for epoch e is
     seeded with (seed, e), so an epoch's tiles do not depend on how earlier ones were used.
 
     >>> img = LabelledImage("a", np.zeros((64, 64), np.float32), np.zeros((64, 64), np.uint8))
@@ -253,7 +302,7 @@ class TileSampler:
     """
 
     def __init__(self, images: list[LabelledImage], tile_px: int, settings: AugmentSettings,
-                 seed: int) -> None:
+                 seed: int, weights: list[float] | None = None) -> None:
         if not images:
             msg = "no training images to draw tiles from"
             raise ConfigError(msg)
@@ -262,6 +311,8 @@ class TileSampler:
         self.settings = settings
         self.seed = seed
         areas = np.array([im.mask.size for im in images], np.float64)
+        if weights is not None:  # oversampling: e.g. a few real fields among many synthetic ones
+            areas *= np.asarray(weights, np.float64)
         self._weights = areas / areas.sum()
 
     @property

@@ -14,7 +14,11 @@ BatchNorm into its conv, and writes the same bytes for the same weights.
 
 The model card records what a user needs to trust and reproduce the file: architecture,
 parameters, GFLOPs per 512x512 tile, the input contract, the preprocessing, the data and
-command that trained it, validation and held-out metrics, and the sha256 of the .onnx.
+command that trained it, validation and held-out metrics, the sha256 of the .onnx, and the
+out-of-distribution `envelope` (`inspectd.ood`): the range of frame statistics over the
+training images (or the `envelope_images` given), against which the engine flags every
+frame on the line. Without images the card's envelope is null and the engine falls back
+to the classical envelope, with a warning.
 
 Example:
     >>> import tempfile; from pathlib import Path
@@ -33,6 +37,7 @@ import io
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +47,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from inspectd.config import PreprocessConfig
 from inspectd.engines.unet import file_sha256
+from inspectd.envelopes import envelope_from_images
 from inspectd.errors import EngineError
 from inspectd.unet import contract
 from inspectd.unet.model import UNet, count_parameters, multiply_accumulates
@@ -163,8 +170,13 @@ def export_checkpoint(
     heldout_metrics: dict[str, Any] | None = None,
     training_command: str | None = None,
     write_card: bool = True,
+    envelope_images: Sequence[str | Path] | None = None,
 ) -> ExportResult:
-    """`inspectd export`: checkpoint -> verified ONNX + model card (default: same stem, .json)."""
+    """`inspectd export`: checkpoint -> verified ONNX + model card (default: same stem, .json).
+
+    `envelope_images`: image files or folders for the card's envelope; None = the training
+    images the checkpoint names (`data.images_dir`), when that folder is still there.
+    """
     model, checkpoint = load_checkpoint(checkpoint_path)
     onnx_path = Path(onnx_path)
     export_onnx(model, onnx_path)
@@ -172,11 +184,27 @@ def export_checkpoint(
     digest = file_sha256(onnx_path)
     card = model_card(model, checkpoint, onnx_path, digest, max_abs_diff, heldout_metrics,
                       training_command)
+    if write_card:
+        card["envelope"] = card_envelope(checkpoint, envelope_images)
     written = None
     if write_card:
         written = Path(card_path) if card_path else onnx_path.with_suffix(".json")
         written.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return ExportResult(onnx_path, written, digest, max_abs_diff, card)
+
+
+def card_envelope(checkpoint: dict[str, Any], envelope_images: Sequence[str | Path] | None) -> dict[str, Any] | None:
+    """The out-of-distribution envelope of the images a model was trained on, enhanced as it was trained."""
+    if envelope_images is None:
+        images_dir = checkpoint.get("data", {}).get("images_dir")
+        if not images_dir or not Path(images_dir).is_dir():
+            logger.warning("the model card gets no out-of-distribution envelope: the training images (%s) are not "
+                           "here; pass --envelope-images", images_dir or "not recorded")
+            return None
+        envelope_images = [images_dir]
+    preprocess = PreprocessConfig.model_validate(checkpoint.get("preprocess") or {})
+    return envelope_from_images(envelope_images, preprocess,
+                                sources=[f"training images: {', '.join(map(str, envelope_images))}"])
 
 
 def model_card(

@@ -35,6 +35,7 @@ Example (a few seconds on a CPU):
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
@@ -53,7 +54,7 @@ from tqdm import tqdm
 import inspectd
 from inspectd.config import PreprocessConfig
 from inspectd.errors import ConfigError
-from inspectd.types import CLASS_NAMES
+from inspectd.types import CLASS_NAMES, UNMELTED
 from inspectd.unet import contract
 from inspectd.unet.augment import AugmentSettings
 from inspectd.unet.data import (
@@ -72,6 +73,7 @@ from inspectd.unet.model import (
     count_parameters,
     multiply_accumulates,
 )
+from inspectd.unet.onnx_import import freeze_batch_norm, model_from_onnx
 from inspectd.unet.plot import draw_training_curve
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,10 @@ class TrainSettings:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     calibrate: bool = True
     command: str | None = None
+    init_model: Path | None = None  # fine-tune this inspectd U-Net ONNX file (None: from scratch)
+    val_images_dir: Path | None = None  # a fixed validation set (None: split the training images)
+    val_masks_dir: Path | None = None
+    oversample: tuple[tuple[str, float], ...] = ()  # (stem glob, factor): those images give factor x more tiles
 
     def __post_init__(self) -> None:
         problems = []
@@ -118,6 +124,10 @@ class TrainSettings:
             problems.append(f"tile_px={self.tile_px} must be a positive multiple of {contract.INPUT_MULTIPLE}")
         if self.tiles_per_epoch is not None and self.tiles_per_epoch < 1:
             problems.append(f"tiles_per_epoch={self.tiles_per_epoch} must be >= 1")
+        if (self.val_images_dir is None) != (self.val_masks_dir is None):
+            problems.append("a fixed validation set needs both val_images_dir and val_masks_dir")
+        problems += [f"oversample factor for {pattern!r} must be > 0, got {factor}"
+                     for pattern, factor in self.oversample if not factor > 0]
         if problems:
             msg = "invalid training settings: " + "; ".join(problems)
             raise ConfigError(msg)
@@ -141,6 +151,10 @@ class TrainSettings:
             "weight_decay": self.weight_decay,
             "calibrate": self.calibrate,
             "command": self.command,
+            "init_model": None if self.init_model is None else str(self.init_model),
+            "val_images_dir": None if self.val_images_dir is None else str(self.val_images_dir),
+            "val_masks_dir": None if self.val_masks_dir is None else str(self.val_masks_dir),
+            "oversample": [list(rule) for rule in self.oversample],
         }
 
 
@@ -172,13 +186,27 @@ def train(
     torch.manual_seed(settings.seed)
 
     pairs = find_pairs(settings.images_dir, settings.masks_dir)
-    train_ids, val_ids = split_ids([p.sample_id for p in pairs], settings.val_fraction, settings.seed)
     images, convention = load_pairs(pairs, settings.preprocess)
     say(f"masks: {convention.describe()} (detected over {len(pairs)} mask(s))")
-    by_id = {image.sample_id: image for image in images}
-    train_images = [by_id[i] for i in train_ids]
-    val_images = [by_id[i] for i in val_ids]
-    say(f"split before augmentation: {len(train_images)} training / {len(val_images)} validation image(s)")
+    if settings.val_images_dir is not None:
+        val_images, val_convention = load_pairs(find_pairs(settings.val_images_dir, settings.val_masks_dir),
+                                                settings.preprocess)
+        train_images = images
+        train_ids, val_ids = [i.sample_id for i in train_images], [i.sample_id for i in val_images]
+        say(f"fixed validation set {settings.val_images_dir}: {len(val_images)} image(s), masks "
+            f"{val_convention.describe()}; {len(train_images)} training image(s)")
+    elif len(images) >= 2:
+        train_ids, val_ids = split_ids([p.sample_id for p in pairs], settings.val_fraction, settings.seed)
+        by_id = {image.sample_id: image for image in images}
+        train_images = [by_id[i] for i in train_ids]
+        val_images = [by_id[i] for i in val_ids]
+        say(f"split before augmentation: {len(train_images)} training / {len(val_images)} validation image(s)")
+    else:
+        train_part, val_part = split_within(images[0], settings.val_fraction)
+        train_images, val_images = [train_part], [val_part]
+        train_ids, val_ids = [train_part.sample_id], [val_part.sample_id]
+        say(f"one labelled image: split inside it before augmentation, {train_part.sample_id} for training, "
+            f"{val_part.sample_id} for validation")
 
     counts = class_pixel_counts(train_images)
     class_weights = _class_weights(counts)
@@ -186,7 +214,12 @@ def train(
         f"{CLASS_NAMES[c]} {100.0 * counts[c] / max(1, counts.sum()):.1f}% (weight {class_weights[c]:.2f})"
         for c in range(contract.N_CLASSES)))
 
-    model = UNet(widths=settings.widths, output_stride=settings.output_stride)
+    if settings.init_model is not None:
+        model = model_from_onnx(settings.init_model)
+        say(f"fine-tuning {settings.init_model} (widths {list(model.widths)}, output stride {model.output_stride}; "
+            "BatchNorm statistics kept)")
+    else:
+        model = UNet(widths=settings.widths, output_stride=settings.output_stride)
     say(f"model: {count_parameters(model) / 1e6:.2f} M parameters, "
         f"{multiply_accumulates(model) * 2 / 1e9:.2f} GFLOPs per 512x512 tile")
     tiles_per_epoch = settings.tiles_per_epoch or 8 * len(train_images)
@@ -195,7 +228,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch,
         pct_start=min(0.3, 2.0 / settings.epochs), anneal_strategy="cos")
-    sampler = TileSampler(train_images, settings.tile_px, settings.augment, settings.seed)
+    sampler = TileSampler(train_images, settings.tile_px, settings.augment, settings.seed,
+                          weights=oversampling_weights([i.sample_id for i in train_images], settings.oversample))
     weight_tensor = torch.tensor(class_weights, dtype=torch.float32)
     data_record = {
         "images_dir": str(settings.images_dir),
@@ -214,6 +248,8 @@ def train(
     for epoch in range(1, settings.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
+        if settings.init_model is not None:
+            freeze_batch_norm(model)
         batches = _batches(sampler.epoch(epoch, tiles_per_epoch), settings.batch_size)
         losses = []
         with tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", unit="batch",
@@ -265,6 +301,45 @@ def train(
                        val_ids, seconds, calibration)
 
 
+def oversampling_weights(sample_ids: list[str], rules: Iterable[tuple[str, float]]) -> list[float]:
+    """Per-image tile-draw factor: the product of the factors of the stem globs an id matches.
+
+    Why: a few real labelled fields beside hundreds of synthetic frames would give almost
+    no tiles by area alone.
+
+    >>> oversampling_weights(["real_b[x<205]", "synth_0001"], [("real_*", 40.0)])
+    [40.0, 1.0]
+    """
+    rules = list(rules)
+    return [float(math.prod(factor for pattern, factor in rules if fnmatch.fnmatchcase(sample_id, pattern)))
+            for sample_id in sample_ids]
+
+
+def split_within(image: LabelledImage, val_fraction: float) -> tuple[LabelledImage, LabelledImage]:
+    """One labelled field -> (training part, validation strip): the last `val_fraction` of its longer side.
+
+    With a single labelled field there is no other image to validate on; a strip of it that
+    no training tile ever touches still measures the model on pixels it did not see.
+
+    >>> field = LabelledImage("f", np.zeros((64, 100), np.float32), np.zeros((64, 100), np.uint8))
+    >>> [(part.sample_id, part.mask.shape) for part in split_within(field, 0.2)]
+    [('f[x<80]', (64, 80)), ('f[x>=80]', (64, 20))]
+    """
+    if not 0.0 < val_fraction < 1.0:
+        msg = f"val_fraction must be in (0, 1), got {val_fraction}"
+        raise ConfigError(msg)
+    axis = 1 if image.mask.shape[1] >= image.mask.shape[0] else 0
+    length = image.mask.shape[axis]
+    cut = length - max(1, int(round(val_fraction * length)))
+    name = "x" if axis == 1 else "y"
+    parts = []
+    for piece, label in ((slice(0, cut), f"[{name}<{cut}]"), (slice(cut, length), f"[{name}>={cut}]")):
+        index = (slice(None), piece) if axis == 1 else (piece, slice(None))
+        parts.append(LabelledImage(image.sample_id + label, np.ascontiguousarray(image.scaled[index]),
+                                   np.ascontiguousarray(image.mask[index])))
+    return parts[0], parts[1]
+
+
 def calibrate_checkpoint(checkpoint_path: str | Path, val_images: list[LabelledImage]) -> dict[str, Any]:
     """Calibrate a checkpoint's output biases on validation images and save it in place.
 
@@ -313,17 +388,22 @@ def calibrate_logit_bias(
     offsets = np.zeros(n_classes, np.float32)
 
     def score(candidate: np.ndarray) -> tuple[float, np.ndarray]:
-        confusion = np.zeros((n_classes, n_classes), np.int64)
+        confusion = np.zeros((n_classes + 1, n_classes), np.int64)
         for frame_logits, mask in zip(logits, masks, strict=True):
             shifted = frame_logits + candidate[:, None, None]
-            confusion += confusion_matrix(shifted.argmax(0), mask, n_classes)
-        ious = iou_per_class(confusion)
+            confusion += label_confusion(shifted.argmax(0), mask, n_classes)
+        ious = label_iou(confusion)
         return float(np.nanmean(ious)), ious
 
     best_score, best_ious = score(offsets)
     start_ious = best_ious
+    # Only classes the masks really label get an offset: binary masks say nothing of pores,
+    # and a pore offset searched on them would only trade unmelted pixels for pores.
+    labelled = set(np.unique(np.concatenate([np.unique(mask) for mask in masks])).tolist())
+    searched = [c for c in range(1, n_classes) if c in labelled
+                or (c == UNMELTED and contract.NOT_UNMELTED in labelled)]
     for _ in range(rounds):
-        for c in range(1, n_classes):
+        for c in searched:
             for value in sorted(grid, key=abs):
                 candidate = offsets.copy()
                 candidate[c] = value
@@ -348,16 +428,51 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, class_weights
     >>> round(float(segmentation_loss(logits, targets, torch.ones(3), 0.0)), 4)  # ln 3
     1.0986
     """
-    loss = F.cross_entropy(logits, targets, weight=class_weights)
+    partial = targets == contract.NOT_UNMELTED
+    if not bool(partial.any()):
+        loss = F.cross_entropy(logits, targets, weight=class_weights)
+    else:
+        loss = _partial_cross_entropy(logits, targets, partial, class_weights)
     if dice_weight > 0:
         probabilities = logits.softmax(dim=1)
-        one_hot = F.one_hot(targets, logits.shape[1]).permute(0, 3, 1, 2).to(probabilities.dtype)
+        one_hot = F.one_hot(targets.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)
+        one_hot = one_hot.to(probabilities.dtype)
+        if bool(partial.any()):
+            # "Not unmelted": the target keeps the model's own melted/pore split (no gradient
+            # through it), so Dice only pushes such a pixel out of the unmelted class.
+            split = probabilities.detach() * (1.0 - one_hot_channel(logits.shape[1], UNMELTED))
+            split = split / split.sum(dim=1, keepdim=True).clamp_min(1e-6)
+            one_hot = torch.where(partial[:, None], split, one_hot)
         dims = (0, 2, 3)
         overlap = (probabilities * one_hot).sum(dims)
         total = probabilities.sum(dims) + one_hot.sum(dims)
         dice = (2.0 * overlap + 1.0) / (total + 1.0)
         loss = loss + dice_weight * (1.0 - dice.mean())
     return loss
+
+
+def _partial_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, partial: torch.Tensor,
+                           class_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy where NOT_UNMELTED pixels score -log(p(melted) + p(pore)).
+
+    Normalised like `F.cross_entropy(weight=...)`: by the summed weights of the pixels; a
+    NOT_UNMELTED pixel weighs as a melted one.
+    """
+    log_p = logits.log_softmax(dim=1)
+    exact_targets = torch.where(partial, torch.zeros_like(targets), targets)
+    exact = -log_p.gather(1, exact_targets[:, None])[:, 0]
+    rest = torch.cat([log_p[:, :UNMELTED], log_p[:, UNMELTED + 1:]], dim=1)
+    not_unmelted = -torch.logsumexp(rest, dim=1)
+    weights = class_weights[exact_targets]
+    nll = torch.where(partial, not_unmelted, exact)
+    return (weights * nll).sum() / weights.sum()
+
+
+def one_hot_channel(n_channels: int, index: int) -> torch.Tensor:
+    """`[1, n_channels, 1, 1]` with a 1 at `index`, for masking one class's channel."""
+    channel = torch.zeros(1, n_channels, 1, 1)
+    channel[0, index] = 1.0
+    return channel
 
 
 def predict_logits(model: UNet, scaled: np.ndarray) -> torch.Tensor:
@@ -375,21 +490,60 @@ def evaluate_images(model: UNet, images: Iterable[LabelledImage], class_weights:
                     dice_weight: float) -> dict[str, float | None]:
     """Validation loss and IoU per class / mean on whole frames (model left in eval mode)."""
     model.eval()
-    confusion = np.zeros((contract.N_CLASSES, contract.N_CLASSES), np.int64)
+    confusion = np.zeros((contract.N_CLASSES + 1, contract.N_CLASSES), np.int64)
     losses = []
     for image in images:
         logits = predict_logits(model, image.scaled)
         targets = torch.from_numpy(image.mask.astype(np.int64))
         losses.append(float(segmentation_loss(logits[None], targets[None], class_weights, dice_weight)))
-        confusion += confusion_matrix(logits.argmax(0).numpy(), image.mask)
-    ious = iou_per_class(confusion)
+        confusion += label_confusion(logits.argmax(0).numpy(), image.mask)
+    ious = label_iou(confusion)
     metrics = {"val_loss": float(np.mean(losses)) if losses else float("nan"),
                "val_iou_mean": float(np.nanmean(ious))}
     for c in range(contract.N_CLASSES):
         # None (JSON null) for a class absent from truth and prediction, e.g. pores in binary labels.
         metrics[f"val_iou_{CLASS_NAMES[c]}"] = None if np.isnan(ious[c]) else float(ious[c])
-    metrics["val_pixel_accuracy"] = float(np.trace(confusion) / max(1, confusion.sum()))
+    correct = np.trace(confusion[:-1]) + confusion[-1].sum() - confusion[-1, UNMELTED]
+    metrics["val_pixel_accuracy"] = float(correct / max(1, confusion.sum()))
     return metrics
+
+
+def label_confusion(predicted: np.ndarray, labels: np.ndarray, n_classes: int = contract.N_CLASSES) -> np.ndarray:
+    """`[label, predicted]` pixel counts, `[n_classes + 1, n_classes]`; the last row counts the
+    NOT_UNMELTED pixels.
+
+    >>> label_confusion(np.array([0, 1, 2, 1]), np.array([0, 1, 3, 3])).tolist()
+    [[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 1]]
+    """
+    rows = np.where(labels == contract.NOT_UNMELTED, n_classes, labels).astype(np.int64)
+    flat = rows.ravel() * n_classes + predicted.astype(np.int64).ravel()
+    return np.bincount(flat, minlength=(n_classes + 1) * n_classes).reshape(n_classes + 1, n_classes)
+
+
+def label_iou(confusion: np.ndarray) -> np.ndarray:
+    """IoU per class from `label_confusion`; NaN for a class absent from truth and prediction.
+
+    A NOT_UNMELTED pixel is exact evidence about unmelted only (predicting it unmelted is a
+    false positive) and none about melted vs pore: those IoUs count only fully labelled
+    pixels, so binary labels can neither reward nor punish the melted/pore split.
+
+    >>> label_iou(np.array([[2, 0, 0], [0, 3, 0], [0, 0, 0], [1, 1, 0]])).round(3).tolist()
+    [1.0, 0.75, nan]
+    >>> label_iou(np.array([[0, 0, 0], [1, 3, 0], [0, 0, 0], [5, 1, 2]])).round(3).tolist()  # binary labels
+    [nan, 0.6, nan]
+    """
+    exact, partial = confusion[:-1], confusion[-1]
+    overlap = np.diag(exact).astype(np.float64)
+    predicted = exact.sum(0).astype(np.float64)
+    if predicted.size > UNMELTED:
+        predicted[UNMELTED] += partial[UNMELTED]
+    labelled = exact.sum(1)
+    union = predicted + labelled - overlap
+    # Beside binary labels, a class no pixel is labelled with (melted, pore) is not scored.
+    unscored = (labelled == 0) & (partial.sum() > 0)
+    unscored[min(UNMELTED, unscored.size - 1)] = False
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((union > 0) & ~unscored, overlap / np.maximum(union, 1), np.nan)
 
 
 def format_metric(value: float | None) -> str:

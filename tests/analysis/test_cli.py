@@ -212,3 +212,40 @@ def test_real_tile_is_analysed(tmp_path, real_tile_path) -> None:
     # the real tile shows bright unmelted particles, a grey matrix and a few dark pores
     assert 5.0 < record["unmelted_fraction_pct"] < 90.0
     assert 0.0 < record["porosity_pct"] < 20.0
+
+
+def test_result_json_carries_confidence_and_the_out_of_distribution_flag(tmp_path, synth_images, capsys) -> None:
+    noise_path = tmp_path / "noise.png"
+    cv2.imwrite(str(noise_path), np.random.default_rng(0).integers(0, 256, (256, 320), dtype=np.uint8))
+    unreadable = tmp_path / "unreadable.png"
+    unreadable.write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    code = cli.main(["analyze", str(synth_images[0]), str(noise_path), str(unreadable), "--out", str(out),
+                     "--config", _config(tmp_path, ALWAYS_PASS)])
+    assert code == 3
+    good = json.loads((out / f"{synth_images[0].stem}.json").read_text())
+    assert good["verdict"] == "PASS" and good["out_of_distribution"] is False and good["warnings"] == []
+    assert isinstance(good["confidence"], float) and 0.0 <= good["confidence"] <= 1.0
+    assert good["ood"]["distance"] <= 1.0 and good["ood"]["reasons"] == []
+    noise = json.loads((out / "noise.json").read_text())
+    assert noise["verdict"] == "ERROR" and noise["out_of_distribution"] is True
+    assert 0.0 <= noise["confidence"] <= 1.0
+    assert noise["reason"].startswith("out of distribution for the classical engine")
+    assert noise["ood"]["distance"] > 1.0 and noise["ood"]["reasons"]
+    assert not (out / "noise_mask.png").exists()  # an ERROR has no measurements
+    never_analysed = json.loads((out / "unreadable.json").read_text())
+    assert never_analysed["confidence"] is None and never_analysed["out_of_distribution"] is None
+    table = capsys.readouterr().out
+    assert "conf" in table and "1 out of distribution" in table
+
+
+def test_warn_action_keeps_the_verdict_and_writes_the_warning(tmp_path) -> None:
+    inverted = tmp_path / "inverted.png"
+    cv2.imwrite(str(inverted), 255 - synth.generate(256, 320, seed=8).image)
+    out = tmp_path / "out"
+    config_text = ALWAYS_PASS + "trust:\n  ood:\n    action: warn\n"
+    assert _analyze(str(inverted), "--out", str(out), "--config", _config(tmp_path, config_text)) == 0
+    record = json.loads((out / "inverted.json").read_text())
+    assert record["verdict"] == "PASS" and record["out_of_distribution"] is True
+    assert record["warnings"][0].startswith("warning: out of distribution")
+    assert (out / "inverted_mask.png").exists()

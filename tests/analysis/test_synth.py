@@ -262,3 +262,14 @@ def test_frames_after_clahe_resemble_the_real_tile(real_tile_path):
     assert np.abs(synth_pct - real_pct).max() <= 15, (synth_pct, real_pct)
     assert np.mean([s[1] for s in stats]) == pytest.approx(real_gradient, rel=0.25)
     assert np.mean([s[2] for s in stats]) == pytest.approx(real_laplacian, rel=0.25)
+
+
+def test_write_dataset_generator_v2_is_the_default_byte_for_byte(tmp_path):
+    default = write_dataset(tmp_path / "default", n=2, height=48, width=64, seed=13, vary=True)
+    explicit = write_dataset(
+        tmp_path / "v2", n=2, height=48, width=64, seed=13, vary=True, generator="v2"
+    )
+    for first, second in zip(default, explicit, strict=True):
+        for suffix in (".png", ".json"):
+            assert first.with_suffix(suffix).read_bytes() == second.with_suffix(suffix).read_bytes()
+        assert json.loads(first.with_suffix(".json").read_text())["generator"] == "inspectd.synth"

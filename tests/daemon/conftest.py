@@ -21,6 +21,7 @@ from inspectd.journal import Journal
 from inspectd.message import build_verdict_message, decode, validate
 from inspectd.publish import Publisher
 from inspectd.sources.base import StatusUpdate
+from inspectd.types import Assessment
 
 STATION = "test-station"
 SHA = "ab" * 32
@@ -58,6 +59,7 @@ def make_draft(index: int = 0, **overrides: Any) -> dict[str, Any]:
         "width": 640,
         "height": 480,
         "bit_depth": 8,
+        "assessment": Assessment(confidence=0.25 + (index % 7) * 0.1, out_of_distribution=False, ood_distance=0.4),
     }
     arguments.update(overrides)
     return build_verdict_message(**arguments)

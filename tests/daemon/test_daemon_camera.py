@@ -20,7 +20,9 @@ def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
     trigger_endpoint = free_tcp_endpoint()
     daemon = DaemonProcess(tmp_path, extra={"sources": [{
         "kind": "aravis", "id": "line-cam", "camera_id": camera.device_id, "mode": "triggered",
-        "trigger_endpoint": trigger_endpoint, "frame_timeout_s": 6.0}]})
+        "trigger_endpoint": trigger_endpoint, "frame_timeout_s": 6.0}],
+        # The simulator sends a test pattern, not a micrograph: flagged, but its PASS/FAIL kept here.
+        "trust": {"ood": {"action": "warn"}}})
     try:
         daemon.start()
         part_ids = [f"PART-{n:03d}" for n in range(4)]
@@ -57,6 +59,7 @@ def test_triggered_camera_part_ids_round_trip_into_verdicts(tmp_path) -> None:
         assert message["source_kind"] == "camera"
         assert message["source"].startswith(camera.device_id) or "line-cam" in message["source"]
         assert message["verdict"] in ("PASS", "FAIL")
+        assert message["out_of_distribution"] is True and message["reason"].startswith("warning: out of distribution")
         assert message["image"] == {"width": 512, "height": 512, "bit_depth": 8}
     assert len(lost) == 1 and lost[0]["part_id"] == "PART-LOST"
     assert lost[0]["verdict"] == "NO_INSPECTION" and lost[0]["reason"]

@@ -177,3 +177,26 @@ def test_validate_explains_a_missing_jsonschema(monkeypatch):
             msg.validate(finished(make_draft()))
     finally:
         msg._validator.cache_clear()
+
+
+def test_confidence_and_out_of_distribution_are_on_every_message_and_checked_by_the_schema():
+    from inspectd.types import Assessment
+
+    flagged = Assessment(confidence=0.42, out_of_distribution=True, ood_distance=2.5, ood_reasons=("x",))
+    warned = Verdict(VerdictResult.PASS, warnings=("warning: out of distribution for the classical engine",))
+    message = finished(make_draft(0, verdict=warned, assessment=flagged))
+    msg.validate(message)
+    assert (message["confidence"], message["out_of_distribution"]) == (0.42, True)
+    assert message["reason"] == "warning: out of distribution for the classical engine"  # never a silent PASS
+    with pytest.raises(jsonschema.ValidationError):
+        msg.validate({**message, "reason": ""})  # flagged, yet no word why
+    for bad in ({"confidence": 1.5}, {"confidence": -0.1}, {"confidence": "high"}, {"out_of_distribution": "no"}):
+        with pytest.raises(jsonschema.ValidationError):
+            msg.validate({**message, **bad})
+    missing = {key: value for key, value in message.items() if key != "confidence"}
+    with pytest.raises(jsonschema.ValidationError):
+        msg.validate(missing)
+    never_analysed = finished(make_draft(1, verdict="ERROR", reason="truncated PNG", assessment=None))
+    msg.validate(never_analysed)
+    assert never_analysed["confidence"] is None and never_analysed["out_of_distribution"] is None
+    assert finished(make_draft(2, assessment=Assessment(float("nan"), False, 0.1)))["confidence"] is None

@@ -116,6 +116,16 @@ def test_segment_device_gives_the_host_mask(models, model, dtype) -> None:
     _assert_masks_match(engine.segment_device(kernels.to_device(frame)), engine.segment(frame))
 
 
+@pytest.mark.parametrize("model", ["guided", "logits"])
+def test_segment_device_assessed_gives_the_host_mask_and_confidence(models, model) -> None:
+    engine = _engine(models[model], tile_px=64, overlap_px=16)
+    frame = synth.generate(72, 100, seed=11).image
+    device = engine.segment_device_assessed(kernels.to_device(frame))
+    host = engine.segment_assessed(frame)
+    _assert_masks_match(device.mask, host.mask)
+    assert device.confidence == pytest.approx(host.confidence, abs=1e-6 if EXACT else 1e-3)
+
+
 def test_segment_device_downscaled_segments_a_host_copy(models) -> None:
     engine = _engine(models["guided"], tile_px=64, overlap_px=16, scale=0.5)
     frame = synth.generate(64, 96, seed=12).image
@@ -135,6 +145,7 @@ def test_the_analyzer_device_flow_matches_the_host_flow(models) -> None:
         "preprocess": {"clahe": {"tile_grid": [2, 2]}},
         "segment": {"engine": "unet", "backend": "cpu",
                     "unet": {"model": str(models["guided"]), "tile_px": 64, "overlap_px": 16}},
+        "trust": {"ood": {"action": "warn"}},  # a 64x80 frame under a 2x2 CLAHE grid may be flagged; keep its numbers
     })
     host_flow = Analyzer(cfg)
     device_flow = Analyzer(cfg, device_frames=True)
@@ -143,6 +154,7 @@ def test_the_analyzer_device_flow_matches_the_host_flow(models) -> None:
     host = host_flow.analyze(Frame(sample.image, "synthetic"))
     device = device_flow.analyze(Frame(sample.image, "synthetic"))
     assert device.verdict.result == host.verdict.result
+    assert device.assessment.confidence == pytest.approx(host.assessment.confidence, abs=0.05)
     assert np.abs(device.enhanced.astype(int) - host.enhanced.astype(int)).max() <= 1  # the CLAHE contract
     assert np.mean(device.mask == host.mask) >= 0.99  # the CLAHE may differ by a grey level
     if EXACT:  # from the same enhanced frame, the same mask
@@ -164,3 +176,4 @@ def test_an_engine_without_a_device_path_segments_a_host_copy() -> None:
     frame = enhance(synth.generate(64, 64, seed=15).image, PreprocessConfig(), backend="cpu")
     assert not engine.takes_device_frames
     assert np.array_equal(engine.segment_device(cuda.to_device(frame)), engine.segment(frame))
+    assert engine.segment_device_assessed(cuda.to_device(frame)).confidence == engine.segment_assessed(frame).confidence

@@ -108,6 +108,23 @@ def test_export_checkpoint_writes_a_card_whose_sha256_matches(tiny_checkpoint: P
     assert card["export_check"]["max_abs_diff"] < 1e-4
 
 
+def test_card_envelope_comes_from_the_training_images_and_the_engine_uses_it(tiny_checkpoint: Path,
+                                                                             tmp_path: Path) -> None:
+    from inspectd import ood
+
+    result = export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx")
+    envelope = ood.load_envelope(result.card_path)  # the card's section, checked
+    assert envelope["n_frames"] == 4  # the checkpoint's training folder: 4 frames of 64x64
+    assert set(envelope["features"]) == set(ood.FEATURES)
+    engine = create_engine(SegmentConfig(engine="unet", backend="cpu", unet=UnetConfig(model=tmp_path / "m.onnx")))
+    assert engine.envelope_path == result.card_path
+    images = tiny_checkpoint.parents[1] / "images"
+    code = cli.main(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"),
+                     "--envelope-images", str(sorted(images.glob("*.png"))[0]), "--envelope-images", str(images)])
+    assert code == 0
+    assert json.loads((tmp_path / "x.json").read_text())["envelope"]["n_frames"] == 5
+
+
 def test_export_is_deterministic(tiny_checkpoint: Path, tmp_path: Path) -> None:
     first = export_checkpoint(tiny_checkpoint, tmp_path / "a.onnx", write_card=False)
     second = export_checkpoint(tiny_checkpoint, tmp_path / "b.onnx", write_card=False)

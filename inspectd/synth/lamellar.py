@@ -897,3 +897,12 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     if not cv2.imwrite(str(path), array):
         msg = f"could not write {path}"
         raise OSError(msg)
+
+
+def vary_params(sample_seed: int, params: SynthParams) -> SynthParams:
+    """Public name of the per-sample draw `write_dataset(vary=True)` uses (for `synth.compare`).
+
+    >>> vary_params(3, SynthParams()) == vary_params(3, SynthParams())
+    True
+    """
+    return _vary_params(sample_seed, params)

@@ -1,0 +1,44 @@
+"""Preprocess: CLAHE on camera frames, none on frames that are already enhanced."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import kernels
+from inspectd.config import PreprocessConfig
+from inspectd.preprocess import enhance, looks_enhanced, needs_clahe
+from inspectd.synth import SynthParams, generate
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(256, 256), (480, 640)])
+def test_raw_camera_frames_are_enhanced_and_clahe_outputs_are_recognised(seed, shape):
+    raw = generate(*shape, seed=seed).image
+    assert not looks_enhanced(raw)
+    enhanced = enhance(raw, PreprocessConfig())
+    assert looks_enhanced(enhanced)
+    assert np.array_equal(enhanced, kernels.clahe(raw, clip_limit=2.0, tile_grid=(8, 8), backend="cpu"))
+
+
+def test_an_enhanced_frame_is_left_as_it_is_and_copied():
+    frame = generate(256, 256, seed=4, params=dataclasses.replace(SynthParams(), enhance=True)).image
+    out = enhance(frame, PreprocessConfig())
+    assert np.array_equal(out, frame) and out is not frame
+
+
+def test_sixteen_bit_frames_are_judged_like_eight_bit_ones():
+    raw8 = generate(256, 256, seed=5).image
+    enhanced16 = kernels.clahe(raw8, clip_limit=2.0, tile_grid=(8, 8), backend="cpu").astype(np.uint16) * 257
+    assert looks_enhanced(enhanced16)
+    assert not looks_enhanced(raw8.astype(np.uint16) * 16)  # a 12-bit camera frame
+
+
+def test_the_check_can_be_switched_off_and_clahe_off_means_off():
+    frame = np.tile(np.arange(256, dtype=np.uint8), (32, 1))
+    assert looks_enhanced(frame)
+    assert not needs_clahe(frame, PreprocessConfig())
+    assert needs_clahe(frame, PreprocessConfig(clahe={"skip_if_enhanced": False}))
+    assert not needs_clahe(frame // 2, PreprocessConfig(clahe={"enabled": False}))
