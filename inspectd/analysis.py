@@ -54,8 +54,10 @@ def choose_threading_layer() -> None:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """Everything known about one analysed field; `enhanced`/`mask` are None after an ERROR.
+    """Everything known about one analysed field; `measurements` is None after an ERROR.
 
+    `enhanced`/`mask` are None after an ERROR too, except for a frame refused as out of
+    distribution: it was segmented, so its mask is kept for review (not measured).
     `assessment` is None for a frame that was never assessed (unreadable, or an engine failure).
     """
 
@@ -128,10 +130,13 @@ class Analyzer:
             start = time.perf_counter()
             assessment = self.assessor.assess(frame.pixels, enhanced, segmentation.confidence)
             timings_ms["ood"] = _ms_since(start)
-            if self.assessor.rejects(assessment):  # an ERROR carries no numbers anyone could take for a measurement
+            if self.assessor.rejects(assessment):
+                # An ERROR carries no numbers anyone could take for a measurement; the mask stays,
+                # so `inspectd analyze` can still show the engine's proposal for review.
                 reason = self.assessor.describe(assessment)
                 logger.warning("%s field %d: %s", frame.source, frame.field_index, reason)
-                return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms), assessment=assessment)
+                return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms),
+                                   enhanced=enhanced, mask=mask, assessment=assessment)
 
             start = time.perf_counter()
             measurements = measure(

@@ -102,20 +102,28 @@ def software_versions() -> dict[str, str]:
 
 
 def write_field_outputs(result: FrameResult, record: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
-    """Write the JSON (always) and, for an analysed field, mask, overlay and region table."""
+    """Write the JSON (always); for a segmented field, mask and overlay; for a measured one, the region table.
+
+    A field refused as out of distribution was segmented but not measured: its mask and
+    overlay (legend "not measured") are written so the engine's proposal can be reviewed.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{stem}.json"
     json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     written = [json_path]
-    if result.mask is None or result.enhanced is None or result.measurements is None:
+    if result.mask is None or result.enhanced is None:
         return written
     mask_path = out_dir / f"{stem}_mask.png"
     _imwrite(mask_path, result.mask.astype(np.uint8))
     overlay_path = out_dir / f"{stem}_overlay.png"
-    _imwrite(overlay_path, render_overlay(result.enhanced, result.mask, result.measurements.metrics))
-    regions_path = out_dir / f"{stem}_regions.csv"
-    write_regions_csv(regions_path, result.measurements.regions)
-    return [*written, mask_path, overlay_path, regions_path]
+    metrics = result.measurements.metrics if result.measurements is not None else None
+    _imwrite(overlay_path, render_overlay(result.enhanced, result.mask, metrics))
+    written += [mask_path, overlay_path]
+    if result.measurements is not None:
+        regions_path = out_dir / f"{stem}_regions.csv"
+        write_regions_csv(regions_path, result.measurements.regions)
+        written.append(regions_path)
+    return written
 
 
 def write_regions_csv(path: Path, regions: tuple[Region, ...]) -> None:
@@ -127,8 +135,9 @@ def write_regions_csv(path: Path, regions: tuple[Region, ...]) -> None:
             writer.writerow([_csv_value(getattr(region, name)) for name in columns])
 
 
-def render_overlay(enhanced: np.ndarray, mask: np.ndarray, metrics: dict[str, float]) -> np.ndarray:
-    """Class contours over the enhanced image (as 8-bit BGR) with a legend of fractions."""
+def render_overlay(enhanced: np.ndarray, mask: np.ndarray, metrics: dict[str, float] | None) -> np.ndarray:
+    """Class contours over the enhanced image (as 8-bit BGR) with a legend of fractions
+    (metrics None: a field that was not measured; the legend says so instead of numbers)."""
     grey8 = to_display_uint8(enhanced)
     overlay = cv2.cvtColor(grey8, cv2.COLOR_GRAY2BGR)
     thickness = max(1, round(min(mask.shape) / 400))
@@ -148,12 +157,16 @@ def to_display_uint8(image: np.ndarray) -> np.ndarray:
     )
 
 
-def _draw_legend(overlay: np.ndarray, metrics: dict[str, float]) -> None:
-    labels = {
-        MELTED: f"melted matrix {metrics.get('melted_fraction_pct', 0.0):.1f}% (unmarked)",
-        UNMELTED: f"unmelted {metrics.get('unmelted_fraction_pct', 0.0):.1f}%",
-        PORE: f"pore {metrics.get('porosity_pct', 0.0):.2f}%",
-    }
+def _draw_legend(overlay: np.ndarray, metrics: dict[str, float] | None) -> None:
+    if metrics is None:
+        labels = {MELTED: "melted matrix (unmarked)", UNMELTED: "unmelted: NOT MEASURED",
+                  PORE: "pore: NOT MEASURED (out of distribution)"}
+    else:
+        labels = {
+            MELTED: f"melted matrix {metrics.get('melted_fraction_pct', 0.0):.1f}% (unmarked)",
+            UNMELTED: f"unmelted {metrics.get('unmelted_fraction_pct', 0.0):.1f}%",
+            PORE: f"pore {metrics.get('porosity_pct', 0.0):.2f}%",
+        }
     scale = max(0.35, min(overlay.shape[:2]) / 900)
     line_px = int(22 * scale / 0.6)
     box_w = int(330 * scale / 0.6)

@@ -224,8 +224,10 @@ def plan_variants(engines: list[str], backends_arg: str, scales: list[float]) ->
 
 
 def generate_frames(width: int, height: int, n: int) -> list[np.ndarray]:
-    """`n` distinct synthetic frames (seeded, default parameters), the camera's stand-in."""
-    return [synth.generate(height, width, seed=FRAME_SEED + index).image for index in range(n)]
+    """`n` distinct synthetic frames, the camera's stand-in: v3 (realistic) with its default
+    look, raw as a camera delivers them (seeded)."""
+    camera_like = synth.RealisticParams(enhance=False)
+    return [synth.generate_v3(height, width, seed=FRAME_SEED + index, params=camera_like).image for index in range(n)]
 
 
 def run_variant(variant: Variant, cfg: Config, frames: list[np.ndarray], args: argparse.Namespace,

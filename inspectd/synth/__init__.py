@@ -1,6 +1,7 @@
 """Synthetic coating micrographs with exact class masks, and how close they come to real ones.
 
-Two generators share one `SynthSample` (image, class-index mask, truth dict):
+Two generators share one `SynthSample` (image, class-index mask, truth dict counted on the
+mask: `sample.py`) and the object geometry (`shapes.py`):
 
 - `generate` (v2, `lamellar.py`): bright blobs on a mottled grey lamellar matrix; the
   generator the bundled model, tests, demo and benchmarks were built on. Unchanged, byte
@@ -18,9 +19,10 @@ measures how far each generator's frames are from real ones (`inspectd synth --c
 """
 
 from inspectd.synth.dataset import GENERATORS, write_dataset
-from inspectd.synth.lamellar import GENERATOR_VERSION, SynthParams, SynthSample, generate
+from inspectd.synth.lamellar import GENERATOR_VERSION, SynthParams, generate
 from inspectd.synth.realistic import REALISTIC_GENERATOR_VERSION, generate_v3
 from inspectd.synth.realistic_params import RealisticParams, vary_realistic
+from inspectd.synth.sample import SynthSample
 
 __all__ = [
     "GENERATORS",

@@ -1,10 +1,10 @@
 """Write synthetic training / test sets to disk with either generator (v2 or v3).
 
 Why one entry point: training, evaluation, the demo and `inspectd synth` all want "n frames
-+ masks + sidecars"; which generator drew them is one argument. `generator="v2"` (the
-default, so every existing caller stays byte-identical) hands over to the v2 writer in
-`lamellar.py` unchanged; `generator="v3"` writes the same layout with `generate_v3`, and its
-sidecar says `"generator": "inspectd.synth.v3"` and `"generator_version": "3"`.
++ masks + sidecars"; which generator drew them is one argument, and one writer lays out
+both. `generator="v2"` is the default, so every existing caller writes the same bytes as
+before; `generator="v3"` draws with `generate_v3`, and its sidecar says
+`"generator": "inspectd.synth.v3"` and `"generator_version": "3"`.
 
 >>> import tempfile
 >>> paths = write_dataset(tempfile.mkdtemp(), n=1, height=48, width=48, seed=1, generator="v3")
@@ -27,6 +27,7 @@ from inspectd.errors import ConfigError
 from inspectd.synth import lamellar
 from inspectd.synth.realistic import generate_v3
 from inspectd.synth.realistic_params import RealisticParams, vary_realistic
+from inspectd.synth.sample import SynthSample
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +48,21 @@ def write_dataset(
 ) -> list[Path]:
     """Write `n` frames as `synth_NNNN.png` + mask + `synth_NNNN.json` sidecar; return image paths.
 
-    Same layout, seeds and sidecar keys for both generators (see `lamellar.write_dataset`):
-    sample i is drawn with its own seed, recorded in the sidecar with the parameters, so
-    `generate_v3(h, w, sidecar["seed"], RealisticParams(**sidecar["params"]))` rebuilds a v3
-    sample exactly. `vary=True` draws each sample's parameters (v3: `vary_realistic`, the
-    whole randomised range; v2: around `params`). `params` must suit the generator.
-    `enhance` True / False forces every frame CLAHE-enhanced / raw (also varied v3 frames,
-    which otherwise draw it); None leaves it to `params` and `vary`.
+    Masks go beside the images as `synth_NNNN_mask.png`, or, when `masks_dir` is given, into
+    that folder as `synth_NNNN.png` (images and masks matched by stem, as training expects).
+    Sample i uses its own seed, the same for both generators, recorded in the sidecar with
+    the parameters, so `generate(h, w, sidecar["seed"], SynthParams(**sidecar["params"]))`
+    (v2) or `generate_v3(h, w, sidecar["seed"], RealisticParams(**sidecar["params"]))` (v3)
+    rebuilds it exactly. `vary=True` draws each sample's parameters (v3: `vary_realistic`,
+    the whole randomised range; v2: `lamellar.vary_params`, around `params`), so a training
+    set is not all alike. `params` must suit the generator. `enhance` True / False forces
+    every frame CLAHE-enhanced / raw (also varied v3 frames, which otherwise draw it); None
+    leaves it to `params` and `vary`.
 
     >>> import tempfile
+    >>> paths = write_dataset(tempfile.mkdtemp(), n=2, height=64, width=64, seed=1)
+    >>> [p.name for p in paths]
+    ['synth_0000.png', 'synth_0001.png']
     >>> write_dataset(tempfile.mkdtemp(), n=1, height=32, width=32, seed=0, generator="v9")
     Traceback (most recent call last):
     ...
@@ -68,29 +75,29 @@ def write_dataset(
         if params is not None and not isinstance(params, lamellar.SynthParams):
             msg = f"generator 'v2' takes SynthParams, got {type(params).__name__}"
             raise ConfigError(msg)
+        v2_params = params or lamellar.SynthParams()
         if enhance is not None:
-            params = dataclasses.replace(params or lamellar.SynthParams(), enhance=enhance)
-        return lamellar.write_dataset(out_dir, n, height, width, seed, params, vary, masks_dir)
-    if params is not None and not isinstance(params, RealisticParams):
-        msg = f"generator 'v3' takes RealisticParams, got {type(params).__name__}"
-        raise ConfigError(msg)
-    params = params or RealisticParams()
-    if enhance is not None:
-        params = dataclasses.replace(params, enhance=enhance)
-    return _write_v3(out_dir, n, height, width, seed, params, vary, masks_dir, enhance)
+            v2_params = dataclasses.replace(v2_params, enhance=enhance)
 
+        def draw(sample_seed: int) -> SynthSample:
+            sample_params = lamellar.vary_params(sample_seed, v2_params) if vary else v2_params
+            return lamellar.generate(height, width, sample_seed, sample_params)
 
-def _write_v3(
-    out_dir: str | Path,
-    n: int,
-    height: int,
-    width: int,
-    seed: int,
-    params: RealisticParams,
-    vary: bool,
-    masks_dir: str | Path | None,
-    enhance: bool | None,
-) -> list[Path]:
+        # v2 sidecars have always named the version second; the truth repeats the same value.
+        sidecar_head = {"generator": "inspectd.synth", "generator_version": lamellar.GENERATOR_VERSION}
+    else:
+        if params is not None and not isinstance(params, RealisticParams):
+            msg = f"generator 'v3' takes RealisticParams, got {type(params).__name__}"
+            raise ConfigError(msg)
+        v3_params = params or RealisticParams()
+        if enhance is not None:
+            v3_params = dataclasses.replace(v3_params, enhance=enhance)
+
+        def draw(sample_seed: int) -> SynthSample:
+            sample_params = vary_realistic(sample_seed, v3_params, enhance) if vary else v3_params
+            return generate_v3(height, width, sample_seed, sample_params)
+
+        sidecar_head = {"generator": "inspectd.synth.v3"}
     if n < 0:
         msg = f"n={n} must be >= 0"
         raise ConfigError(msg)
@@ -101,17 +108,18 @@ def _write_v3(
         mask_folder.mkdir(parents=True, exist_ok=True)
     image_paths = []
     for index in range(n):
-        # Same per-sample seeds as v2, so "sample i of dataset seed s" means the same in both.
         sample_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        sample_params = vary_realistic(sample_seed, params, enhance) if vary else params
-        sample = generate_v3(height, width, sample_seed, sample_params)
+        sample = draw(sample_seed)
         stem = f"synth_{index:04d}"
         image_path = out_path / f"{stem}.png"
-        mask_path = (mask_folder / f"{stem}.png") if mask_folder else out_path / f"{stem}_mask.png"
+        if mask_folder is not None:
+            mask_path = mask_folder / f"{stem}.png"
+        else:
+            mask_path = out_path / f"{stem}_mask.png"
         _write_png(image_path, sample.image)
         _write_png(mask_path, sample.mask)
         sidecar = {
-            "generator": "inspectd.synth.v3",
+            **sidecar_head,
             "image": image_path.name,
             "mask": Path(os.path.relpath(mask_path, out_path)).as_posix(),
             "dataset_seed": seed,
@@ -120,7 +128,9 @@ def _write_v3(
         }
         (out_path / f"{stem}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
         image_paths.append(image_path)
-    logger.info("wrote %d v3 synthetic frames of %dx%d px to %s", n, width, height, out_path)
+    logger.info(
+        "wrote %d %s synthetic frames of %dx%d px to %s", n, generator, width, height, out_path
+    )
     return image_paths
 
 

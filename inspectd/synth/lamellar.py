@@ -46,20 +46,22 @@ Cost: one 2560x1920 frame is about 0.4 s of CPU (numpy + OpenCV, no per-pixel Py
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from inspectd.errors import ConfigError
-from inspectd.types import MELTED, PORE, UNMELTED
+from inspectd.synth.camera import illumination
+from inspectd.synth.sample import SynthSample, check_request, labelled_sample
+from inspectd.synth.shapes import (
+    fill_outlines,
+    fit_by_shrinking,
+    log_normal_diameters,
+    wobbly_ellipses,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,15 +140,6 @@ class SynthParams:
             raise ConfigError(msg)
 
 
-@dataclass(frozen=True)
-class SynthSample:
-    """One generated frame: `image` (uint8/uint16), `mask` (uint8 class indices), `truth`."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    truth: dict[str, Any] = field(default_factory=dict)
-
-
 def generate(height: int, width: int, seed: int, params: SynthParams | None = None) -> SynthSample:
     """Draw one synthetic micrograph and its class mask; the same seed gives the same frame.
 
@@ -158,12 +151,7 @@ def generate(height: int, width: int, seed: int, params: SynthParams | None = No
     100.0
     """
     params = params or SynthParams()
-    if height < 16 or width < 16:
-        msg = f"synthetic frame must be at least 16x16 px, got {width}x{height}"
-        raise ConfigError(msg)
-    if seed < 0:
-        msg = f"seed must be >= 0, got {seed}"
-        raise ConfigError(msg)
+    check_request(height, width, seed)
     rng = np.random.default_rng(seed)
     shape = (int(height), int(width))
 
@@ -175,73 +163,11 @@ def generate(height: int, width: int, seed: int, params: SynthParams | None = No
         rng, shape, params, splat_grey, splat_edges, cracks, particles, pore_mask
     )
     image = _image(rng, reflectance, params)
-
-    mask = np.full(shape, MELTED, dtype=np.uint8)
-    np.copyto(mask, np.uint8(UNMELTED), where=particles.body.view(bool))
-    np.copyto(mask, np.uint8(PORE), where=pore_mask.view(bool))
-    truth = _truth(mask, seed, params, particles.count, pore_count)
-    return SynthSample(image=image, mask=mask, truth=truth)
-
-
-def write_dataset(
-    out_dir: str | Path,
-    n: int,
-    height: int,
-    width: int,
-    seed: int,
-    params: SynthParams | None = None,
-    vary: bool = False,
-    masks_dir: str | Path | None = None,
-) -> list[Path]:
-    """Write `n` frames as `synth_NNNN.png` + mask + `synth_NNNN.json` sidecar; return image paths.
-
-    Masks go beside the images as `synth_NNNN_mask.png`, or, when `masks_dir` is given, into
-    that folder as `synth_NNNN.png` (images and masks matched by stem, as training expects).
-    Sample i uses its own seed (recorded in the sidecar), so `generate(h, w, that_seed,
-    sidecar params)` rebuilds it exactly. `vary=True` draws each sample's parameters around
-    `params` so a training set is not all alike.
-
-    >>> import tempfile
-    >>> paths = write_dataset(tempfile.mkdtemp(), n=2, height=64, width=64, seed=1)
-    >>> [p.name for p in paths]
-    ['synth_0000.png', 'synth_0001.png']
-    """
-    params = params or SynthParams()
-    if n < 0:
-        msg = f"n={n} must be >= 0"
-        raise ConfigError(msg)
-    out_path = Path(out_dir)
-    out_path.mkdir(parents=True, exist_ok=True)
-    mask_folder = Path(masks_dir) if masks_dir is not None else None
-    if mask_folder is not None:
-        mask_folder.mkdir(parents=True, exist_ok=True)
-
-    image_paths = []
-    for index in range(n):
-        sample_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-        sample_params = _vary_params(sample_seed, params) if vary else params
-        sample = generate(height, width, sample_seed, sample_params)
-        stem = f"synth_{index:04d}"
-        image_path = out_path / f"{stem}.png"
-        if mask_folder is not None:
-            mask_path = mask_folder / f"{stem}.png"
-        else:
-            mask_path = out_path / f"{stem}_mask.png"
-        _write_png(image_path, sample.image)
-        _write_png(mask_path, sample.mask)
-        sidecar = {
-            "generator": "inspectd.synth",
-            "generator_version": GENERATOR_VERSION,
-            "image": image_path.name,
-            "mask": Path(os.path.relpath(mask_path, out_path)).as_posix(),
-            "dataset_seed": seed,
-            "sample_index": index,
-            **sample.truth,
-        }
-        (out_path / f"{stem}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        image_paths.append(image_path)
-    logger.info("wrote %d synthetic frames of %dx%d px to %s", n, width, height, out_path)
-    return image_paths
+    return labelled_sample(
+        image, particles.body, pore_mask, seed=seed, params=params,
+        particles_drawn=particles.count, pores_drawn=pore_count,
+        generator_version=GENERATOR_VERSION,
+    )
 
 
 # --------------------------------------------------------------------------- fields
@@ -461,54 +387,16 @@ def _blob_polygons(
     roughness: float,
     n_vertices: int,
 ) -> np.ndarray:
-    """A batch of closed rounded outlines, (count, n_vertices, 2) in x, y.
+    """A batch of closed rounded outlines, (count, n_vertices, 2) in x, y: v2's shape law.
 
-    Each is an ellipse whose radius wobbles by a few low harmonics; drawn for a whole batch
-    at once because per-object numpy calls would dominate the run time.
+    Each is an ellipse of semi-axes (radius, radius * aspect) whose radius wobbles by
+    harmonics 2..6 with amplitudes roughness / h (`shapes.wobbly_ellipses` draws it).
     """
-    count = len(radii_px)
-    theta = np.linspace(0.0, 2.0 * np.pi, n_vertices, endpoint=False)
-    amplitudes = roughness * rng.normal(0.0, 1.0, (count, _HARMONICS.size)) / _HARMONICS
-    phases = rng.uniform(0.0, 2.0 * np.pi, (count, _HARMONICS.size))
-    waves = np.cos(_HARMONICS[None, :, None] * theta[None, None, :] + phases[:, :, None])
-    wobble = np.clip(1.0 + np.einsum("ch,chv->cv", amplitudes, waves), 0.45, 1.8)
-    x = radii_px[:, None] * wobble * np.cos(theta)
-    y = (radii_px * aspects)[:, None] * wobble * np.sin(theta)
-    angle = np.radians(angles_deg)[:, None]
-    xr = centres_xy[:, 0:1] + x * np.cos(angle) + y * np.sin(angle)
-    yr = centres_xy[:, 1:2] - x * np.sin(angle) + y * np.cos(angle)
-    return np.stack([xr, yr], axis=2)
-
-
-def _fill_in_roi(
-    points_xy: np.ndarray, shape: tuple[int, int], pad_px: int = 0
-) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
-    """Rasterise a polygon into a small patch: (roi slices, patch 0/1, polygon in patch coords).
-
-    Polygon coordinates carry 4 fractional bits (cv2 `shift=4`), so small pores stay round.
-    """
-    height, width = shape
-    x0 = max(0, int(math.floor(points_xy[:, 0].min())) - pad_px)
-    y0 = max(0, int(math.floor(points_xy[:, 1].min())) - pad_px)
-    x1 = min(width, int(math.ceil(points_xy[:, 0].max())) + 1 + pad_px)
-    y1 = min(height, int(math.ceil(points_xy[:, 1].max())) + 1 + pad_px)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    local = np.round((points_xy - (x0, y0)) * 16).astype(np.int32).reshape(-1, 1, 2)
-    patch = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    cv2.fillPoly(patch, [local], 1, cv2.LINE_8, shift=4)
-    return (slice(y0, y1), slice(x0, x1)), patch, local
-
-
-def _diameters(
-    rng: np.random.Generator, count: int, mean_px: float, sd_px: float, min_px: float
-) -> np.ndarray:
-    """Diameters from a log-normal with the given mean and sd (skewed like real sizes, > 0)."""
-    if sd_px <= 0:
-        return np.full(count, max(min_px, mean_px))
-    sigma2 = math.log(1.0 + (sd_px / mean_px) ** 2)
-    mu = math.log(mean_px) - sigma2 / 2.0
-    return np.maximum(min_px, rng.lognormal(mu, math.sqrt(sigma2), count))
+    amplitudes = roughness * rng.normal(0.0, 1.0, (len(radii_px), _HARMONICS.size)) / _HARMONICS
+    return wobbly_ellipses(
+        rng, centres_xy, radii_px, radii_px * aspects, angles_deg, _HARMONICS, amplitudes,
+        n_vertices,
+    )
 
 
 def _shrink_to(
@@ -524,32 +412,6 @@ def _shrink_to(
         return outline
     factor = math.sqrt(max(remaining_px, 1.0) / area_px)
     return centre_xy + (outline - centre_xy) * factor
-
-
-def _fit_last(
-    outline: np.ndarray,
-    centre_xy: np.ndarray,
-    remaining_px: float,
-    shape: tuple[int, int],
-    pad_px: int,
-    count_new: Callable[[tuple[slice, slice], np.ndarray], int],
-) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, int] | None:
-    """Rasterise an outline; shrink and retry while it would add more than `remaining_px`.
-
-    Small shapes rasterise larger than their geometric area (edge pixels count), so the
-    geometric shrink alone overshoots on small frames. `count_new(roi, patch)` says how many
-    pixels the patch would add. Returns (roi, patch, outline in patch coords, new px).
-    """
-    for _ in range(4):
-        filled = _fill_in_roi(outline, shape, pad_px)
-        if filled is None:
-            return None
-        roi, patch, local = filled
-        new_px = count_new(roi, patch)
-        if new_px <= remaining_px + 0.5:
-            return roi, patch, local, new_px
-        outline = centre_xy + (outline - centre_xy) * (0.95 * math.sqrt(remaining_px / new_px))
-    return None
 
 
 _BATCH = 256
@@ -588,7 +450,7 @@ def _place_pores(
     for _ in range(max_batches):
         if target_px - covered_px <= 0.5:
             break
-        diameters = _diameters(rng, _BATCH, mean_d, params.pore_diameter_sd_px, 2.0)
+        diameters = log_normal_diameters(rng, _BATCH, mean_d, params.pore_diameter_sd_px, 2.0)
         aspects = rng.uniform(0.55, 1.0, _BATCH)
         cluster = rng.integers(0, n_clusters, _BATCH)
         lone = rng.random(_BATCH) < 0.15
@@ -603,9 +465,7 @@ def _place_pores(
         # count once; near it, pore by pore, shrinking the last one to fit.
         n_bulk = min(_BATCH, int(0.5 * (target_px - covered_px) / mean_area_px))
         if n_bulk >= 16:
-            fixed_point = np.round(outlines[:n_bulk] * 16).astype(np.int32)
-            for polygon in fixed_point:  # one call each: a multi-polygon fill XORs overlaps
-                cv2.fillPoly(pore_mask, [polygon], 1, cv2.LINE_8, shift=4)
+            fill_outlines(pore_mask, outlines[:n_bulk])
             covered_px = cv2.countNonZero(pore_mask)
             count += n_bulk
             continue
@@ -614,7 +474,7 @@ def _place_pores(
             if remaining_px <= 0.5:
                 break
             outline = _shrink_to(outlines[i], centre_xy[i], diameters[i], aspects[i], remaining_px)
-            fitted = _fit_last(
+            fitted = fit_by_shrinking(
                 outline,
                 centre_xy[i],
                 remaining_px,
@@ -661,7 +521,7 @@ def _place_particles(
         if target_px - covered_px <= 0.5:
             break
         crowded = batch_index >= max_batches // 2
-        diameters = _diameters(rng, _BATCH, mean_d, params.particle_diameter_sd_px, 4.0)
+        diameters = log_normal_diameters(rng, _BATCH, mean_d, params.particle_diameter_sd_px, 4.0)
         aspects = rng.uniform(1.0 - params.particle_flattening, 1.0, _BATCH)
         radii = diameters / 2.0
         # Centres may lie a little outside the frame: particles are cut by the field edge.
@@ -680,7 +540,7 @@ def _place_particles(
             if remaining_px <= 0.5:
                 break
             outline = _shrink_to(outlines[i], centre_xy[i], diameters[i], aspects[i], remaining_px)
-            fitted = _fit_last(outline, centre_xy[i], remaining_px, shape, 1, count_free)
+            fitted = fit_by_shrinking(outline, centre_xy[i], remaining_px, shape, 1, count_free)
             if fitted is None:
                 continue
             roi, patch, local, new_px = fitted
@@ -780,29 +640,11 @@ def _compose(
     return cv2.multiply(reflectance, pits, dst=reflectance)
 
 
-def _illumination(rng: np.random.Generator, shape: tuple[int, int], gradient: float) -> np.ndarray:
-    """Smooth brightness factor around 1 spanning about +-gradient/2 (tilt plus a hot spot)."""
-    height, width = shape
-    low_h, low_w = max(2, height // 16), max(2, width // 16)
-    yy, xx = np.mgrid[0:low_h, 0:low_w].astype(np.float32)
-    yy = yy / max(1, low_h - 1) - 0.5
-    xx = xx / max(1, low_w - 1) - 0.5
-    direction = rng.uniform(0, 2 * np.pi)
-    tilt = xx * math.cos(direction) + yy * math.sin(direction)
-    spot_x, spot_y = rng.uniform(-0.4, 0.4, size=2)
-    spot = np.exp(-((xx - spot_x) ** 2 + (yy - spot_y) ** 2) / (2 * 0.35**2))
-    field_ = tilt + 0.6 * spot
-    span = float(field_.max() - field_.min()) or 1.0
-    field_ = (field_ - field_.min()) / span - 0.5
-    factor = 1.0 + gradient * field_
-    return cv2.resize(factor.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 def _image(rng: np.random.Generator, reflectance: np.ndarray, params: SynthParams) -> np.ndarray:
     """Camera model: illumination, optical blur, response, read + shot noise, quantisation."""
     shape = reflectance.shape
     signal = cv2.multiply(
-        reflectance, _illumination(rng, shape, params.illumination_gradient), dst=reflectance
+        reflectance, illumination(rng, shape, params.illumination_gradient), dst=reflectance
     )
     if params.blur_sigma_px > 0:
         signal = cv2.GaussianBlur(signal, (0, 0), params.blur_sigma_px, dst=signal)
@@ -830,45 +672,17 @@ def _image(rng: np.random.Generator, reflectance: np.ndarray, params: SynthParam
     return image
 
 
-# --------------------------------------------------------------------------- records
+# --------------------------------------------------------------------------- variety
 
 
-def _truth(
-    mask: np.ndarray, seed: int, params: SynthParams, particles_drawn: int, pores_drawn: int
-) -> dict[str, Any]:
-    """Ground truth counted on the mask (fractions, 8-connected regions), plus what drew it.
+def vary_params(sample_seed: int, params: SynthParams) -> SynthParams:
+    """Draw one sample's parameters around `params` (training variety), clipped to valid ranges.
 
-    Drawn objects overlap and touch, so `particle_count` / `pore_count` (regions in the
-    mask, what a measurement can see) are at most `particles_drawn` / `pores_drawn`.
+    What `write_dataset(vary=True)` draws for v2 frames (also used by `synth.compare`).
+
+    >>> vary_params(3, SynthParams()) == vary_params(3, SynthParams())
+    True
     """
-    total_px = mask.size
-    counts = {}
-    regions = {}
-    for class_index in (UNMELTED, PORE):
-        in_class = cv2.compare(mask, class_index, cv2.CMP_EQ)
-        counts[class_index] = cv2.countNonZero(in_class)
-        regions[class_index] = cv2.connectedComponents(in_class, None, 8)[0] - 1
-    counts[MELTED] = total_px - counts[UNMELTED] - counts[PORE]
-    return {
-        "melted_fraction_pct": 100.0 * float(counts[MELTED]) / total_px,
-        "unmelted_fraction_pct": 100.0 * float(counts[UNMELTED]) / total_px,
-        "porosity_pct": 100.0 * float(counts[PORE]) / total_px,
-        "particle_count": int(regions[UNMELTED]),
-        "pore_count": int(regions[PORE]),
-        "particles_drawn": int(particles_drawn),
-        "pores_drawn": int(pores_drawn),
-        "crack_count": int(params.crack_count),
-        "height_px": int(mask.shape[0]),
-        "width_px": int(mask.shape[1]),
-        "bit_depth": int(params.bit_depth),
-        "seed": int(seed),
-        "generator_version": GENERATOR_VERSION,
-        "params": dataclasses.asdict(params),
-    }
-
-
-def _vary_params(sample_seed: int, params: SynthParams) -> SynthParams:
-    """Draw one sample's parameters around `params` (training variety), clipped to valid ranges."""
     rng = np.random.default_rng([sample_seed, 0x5EED])
 
     def spread(value: float, rel_sd: float) -> float:
@@ -892,17 +706,3 @@ def _vary_params(sample_seed: int, params: SynthParams) -> SynthParams:
         lamella_angle_deg=params.lamella_angle_deg + float(rng.normal(0.0, 10.0)),
     )
 
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), array):
-        msg = f"could not write {path}"
-        raise OSError(msg)
-
-
-def vary_params(sample_seed: int, params: SynthParams) -> SynthParams:
-    """Public name of the per-sample draw `write_dataset(vary=True)` uses (for `synth.compare`).
-
-    >>> vary_params(3, SynthParams()) == vary_params(3, SynthParams())
-    True
-    """
-    return _vary_params(sample_seed, params)

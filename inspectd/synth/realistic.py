@@ -67,22 +67,18 @@ with the smallest, most numerous particles).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from statistics import NormalDist
-from typing import Any
 
 import cv2
 import numpy as np
 
-from inspectd.errors import ConfigError
 from inspectd.synth import camera
 from inspectd.synth.fields import LamellaFrame, isotropic_field, lamella_frame
-from inspectd.synth.lamellar import SynthSample
 from inspectd.synth.realistic_objects import crack_layer, place_particles, place_pores
 from inspectd.synth.realistic_params import RealisticParams
-from inspectd.types import MELTED, PORE, UNMELTED
+from inspectd.synth.sample import SynthSample, check_request, labelled_sample
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +100,7 @@ def generate_v3(
     True
     """
     params = params or RealisticParams()
-    if height < 16 or width < 16:
-        msg = f"synthetic frame must be at least 16x16 px, got {width}x{height}"
-        raise ConfigError(msg)
-    if seed < 0:
-        msg = f"seed must be >= 0, got {seed}"
-        raise ConfigError(msg)
+    check_request(height, width, seed)
     rng = np.random.default_rng([int(seed), 3])
     shape = (int(height), int(width))
 
@@ -150,12 +141,10 @@ def generate_v3(
     )
     if params.enhance:
         image = camera.enhance(image, params.clahe_clip_limit, params.clahe_grid)
-
-    mask = np.full(shape, MELTED, dtype=np.uint8)
-    np.copyto(mask, np.uint8(UNMELTED), where=body.view(bool))
-    np.copyto(mask, np.uint8(PORE), where=pores.view(bool))
-    truth = _truth(mask, seed, params, particles_drawn, pores_drawn)
-    return SynthSample(image=image, mask=mask, truth=truth)
+    return labelled_sample(
+        image, body, pores, seed=seed, params=params, particles_drawn=particles_drawn,
+        pores_drawn=pores_drawn, generator_version=REALISTIC_GENERATOR_VERSION,
+    )
 
 
 # --------------------------------------------------------------------------- matrix
@@ -325,32 +314,3 @@ def _paint(
         cv2.add(reflectance, cv2.multiply(cv2.subtract(floor, reflectance), alpha), dst=reflectance)
     return np.clip(reflectance, 0.0, 1.0, out=reflectance)
 
-
-def _truth(
-    mask: np.ndarray, seed: int, params: RealisticParams, particles_drawn: int, pores_drawn: int
-) -> dict[str, Any]:
-    """Ground truth counted on the mask (fractions, 8-connected regions), plus what drew it."""
-    total_px = mask.size
-    counts = {}
-    regions = {}
-    for class_index in (UNMELTED, PORE):
-        in_class = cv2.compare(mask, class_index, cv2.CMP_EQ)
-        counts[class_index] = cv2.countNonZero(in_class)
-        regions[class_index] = cv2.connectedComponents(in_class, None, 8)[0] - 1
-    counts[MELTED] = total_px - counts[UNMELTED] - counts[PORE]
-    return {
-        "melted_fraction_pct": 100.0 * float(counts[MELTED]) / total_px,
-        "unmelted_fraction_pct": 100.0 * float(counts[UNMELTED]) / total_px,
-        "porosity_pct": 100.0 * float(counts[PORE]) / total_px,
-        "particle_count": int(regions[UNMELTED]),
-        "pore_count": int(regions[PORE]),
-        "particles_drawn": int(particles_drawn),
-        "pores_drawn": int(pores_drawn),
-        "crack_count": int(params.crack_count),
-        "height_px": int(mask.shape[0]),
-        "width_px": int(mask.shape[1]),
-        "bit_depth": int(params.bit_depth),
-        "seed": int(seed),
-        "generator_version": REALISTIC_GENERATOR_VERSION,
-        "params": dataclasses.asdict(params),
-    }

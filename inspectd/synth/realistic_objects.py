@@ -21,11 +21,18 @@ import math
 import cv2
 import numpy as np
 
+from inspectd.synth.shapes import (
+    SHIFT,
+    fill_in_roi,
+    fill_outlines,
+    fit_by_shrinking,
+    log_normal_diameters,
+    wobbly_ellipses,
+)
+
 logger = logging.getLogger(__name__)
 
 _HARMONICS = np.arange(2, 9, dtype=np.float64)
-# Fixed-point bits of polygon vertices (cv2 `shift`): small pores stay round.
-_SHIFT = 4
 
 
 def blob_outlines(
@@ -41,51 +48,16 @@ def blob_outlines(
 
     An ellipse of area pi d^2 / 4 (axes d/sqrt(aspect), d sqrt(aspect)) whose radius wobbles
     by harmonics 2..8 (amplitude falling as h^-1.5: potato shapes with slightly ragged
-    edges, not stars); a whole batch at once (per-object numpy calls would dominate).
+    edges, not stars); `shapes.wobbly_ellipses` draws it.
     """
     count = len(diameters_px)
-    theta = np.linspace(0.0, 2.0 * np.pi, n_vertices, endpoint=False)
     amplitudes = roughness * rng.normal(0.0, 1.0, (count, _HARMONICS.size)) / _HARMONICS**1.5 * 2.0
-    phases = rng.uniform(0.0, 2.0 * np.pi, (count, _HARMONICS.size))
-    waves = np.cos(_HARMONICS[None, :, None] * theta[None, None, :] + phases[:, :, None])
-    wobble = np.clip(1.0 + np.einsum("ch,chv->cv", amplitudes, waves), 0.45, 1.8)
     root = np.sqrt(aspects)
     semi_major = diameters_px / (2.0 * root)
     semi_minor = diameters_px * root / 2.0
-    x = semi_major[:, None] * wobble * np.cos(theta)
-    y = semi_minor[:, None] * wobble * np.sin(theta)
-    angle = np.radians(angles_deg)[:, None]
-    xr = centres_xy[:, 0:1] + x * np.cos(angle) + y * np.sin(angle)
-    yr = centres_xy[:, 1:2] - x * np.sin(angle) + y * np.cos(angle)
-    return np.stack([xr, yr], axis=2)
-
-
-def log_normal_diameters(
-    rng: np.random.Generator, count: int, mean_px: float, sd_px: float, min_px: float
-) -> np.ndarray:
-    """Diameters from a log-normal with this mean and sd (skewed like real size distributions)."""
-    if sd_px <= 0:
-        return np.full(count, max(min_px, mean_px))
-    sigma2 = math.log(1.0 + (sd_px / mean_px) ** 2)
-    mu = math.log(mean_px) - sigma2 / 2.0
-    return np.maximum(min_px, rng.lognormal(mu, math.sqrt(sigma2), count))
-
-
-def _patch(
-    outline_xy: np.ndarray, shape: tuple[int, int]
-) -> tuple[tuple[slice, slice], np.ndarray] | None:
-    """Fill a polygon into a patch the size of its bounding box: (roi slices, bool patch)."""
-    height, width = shape
-    x0 = max(0, int(math.floor(outline_xy[:, 0].min())))
-    y0 = max(0, int(math.floor(outline_xy[:, 1].min())))
-    x1 = min(width, int(math.ceil(outline_xy[:, 0].max())) + 1)
-    y1 = min(height, int(math.ceil(outline_xy[:, 1].max())) + 1)
-    if x1 <= x0 or y1 <= y0:
-        return None
-    local = np.round((outline_xy - (x0, y0)) * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
-    patch = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    cv2.fillPoly(patch, [local], 1, cv2.LINE_8, shift=_SHIFT)
-    return (slice(y0, y1), slice(x0, x1)), patch.view(bool)
+    return wobbly_ellipses(
+        rng, centres_xy, semi_major, semi_minor, angles_deg, _HARMONICS, amplitudes, n_vertices
+    )
 
 
 _BATCH = 64
@@ -140,10 +112,10 @@ def place_particles(
             outline = outlines[i]
             if area_px > 1.2 * remaining_px:
                 outline = centres[i] + (outline - centres[i]) * math.sqrt(remaining_px / area_px)
-            filled = _patch(outline, shape)
+            filled = fill_in_roi(outline, shape)
             if filled is None:
                 continue
-            roi, patch = filled
+            roi, patch = filled[0], filled[1].view(bool)
             patch_px = int(np.count_nonzero(patch))
             if patch_px == 0:
                 continue
@@ -218,8 +190,7 @@ def place_pores(
             rng, centre_xy, diameters, aspects, rng.uniform(0, 180, len(diameters)), 0.45, 20
         )
         if count >= 8:
-            for polygon in np.round(outlines * (1 << _SHIFT)).astype(np.int32):
-                cv2.fillPoly(pores, [polygon], 1, cv2.LINE_8, shift=_SHIFT)
+            fill_outlines(pores, outlines)
             drawn += len(outlines)
             covered_px = cv2.countNonZero(pores)
             continue
@@ -233,20 +204,17 @@ def place_pores(
 
 def _add_fitted(pores: np.ndarray, outline: np.ndarray, centre_xy: np.ndarray, remaining_px: float) -> int:
     """Add one pore, shrunk until it adds at most `remaining_px` px; returns the px it added."""
-    for _ in range(4):
-        if remaining_px < 1.0:
-            return 0
-        filled = _patch(outline, pores.shape)
-        if filled is None:
-            return 0
-        roi, patch = filled
-        new = patch & (pores[roi] == 0)
-        new_px = int(np.count_nonzero(new))
-        if new_px <= remaining_px + 0.5:
-            pores[roi][new] = 1
-            return new_px
-        outline = centre_xy + (outline - centre_xy) * (0.95 * math.sqrt(remaining_px / new_px))
-    return 0
+    if remaining_px < 1.0:
+        return 0
+    fitted = fit_by_shrinking(
+        outline, centre_xy, remaining_px, pores.shape, 0,
+        lambda roi, patch: int(np.count_nonzero(patch > pores[roi])),
+    )
+    if fitted is None:
+        return 0
+    roi, patch, _, new_px = fitted
+    pores[roi] |= patch
+    return new_px
 
 
 def crack_layer(
@@ -263,7 +231,7 @@ def crack_layer(
         turns = np.convolve(np.cumsum(rng.normal(0.0, 0.15, n_steps)), np.ones(5) / 5.0, "same")
         xs = rng.uniform(0, width) + np.cumsum(step_px * np.cos(heading + turns))
         ys = rng.uniform(0, height) - np.cumsum(step_px * np.sin(heading + turns))
-        points = np.round(np.stack([xs, ys], 1) * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
+        points = np.round(np.stack([xs, ys], 1) * (1 << SHIFT)).astype(np.int32).reshape(-1, 1, 2)
         darkness = int(rng.uniform(120, 230))
-        cv2.polylines(layer, [points], False, darkness, 1, cv2.LINE_AA, shift=_SHIFT)
+        cv2.polylines(layer, [points], False, darkness, 1, cv2.LINE_AA, shift=SHIFT)
     return layer.astype(np.float32) * (1.0 / 255.0)

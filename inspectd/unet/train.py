@@ -54,7 +54,7 @@ from tqdm import tqdm
 import inspectd
 from inspectd.config import PreprocessConfig
 from inspectd.errors import ConfigError
-from inspectd.types import CLASS_NAMES, UNMELTED
+from inspectd.types import CLASS_NAMES, MELTED, UNMELTED
 from inspectd.unet import contract
 from inspectd.unet.augment import AugmentSettings
 from inspectd.unet.data import (
@@ -79,6 +79,9 @@ from inspectd.unet.plot import draw_training_curve
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "inspectd-unet-checkpoint/1"
+# Weight of the prior that an unmarked pixel of a binary label is matrix rather than pore
+# (`_partial_cross_entropy`).
+UNMARKED_IS_MATRIX_PRIOR = 0.25
 BEST_NAME, LAST_NAME, HISTORY_NAME, CURVE_NAME = "best.pt", "last.pt", "history.json", "curve.png"
 
 
@@ -453,7 +456,15 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, class_weights
 
 def _partial_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, partial: torch.Tensor,
                            class_weights: torch.Tensor) -> torch.Tensor:
-    """Weighted cross-entropy where NOT_UNMELTED pixels score -log(p(melted) + p(pore)).
+    """Weighted cross-entropy where NOT_UNMELTED pixels score -log(p(melted) + p(pore)), plus
+    `UNMARKED_IS_MATRIX_PRIOR` x -log(p(melted) / (p(melted) + p(pore))).
+
+    The first term is all a binary label says. The second is a weak prior that a pixel the
+    labeller left unmarked is mostly matrix: without it nothing held pores back on real
+    binary-labelled fields, and the model trained with the real labelled tile called 35 % of
+    that tile pores (its near-black lamellae; the synthetic frames teach "near-black and
+    compact = pore"). Real pores still win where the evidence is strong, as the synthetic
+    frames' exact pore labels weigh fully.
 
     Normalised like `F.cross_entropy(weight=...)`: by the summed weights of the pixels; a
     NOT_UNMELTED pixel weighs as a melted one.
@@ -462,7 +473,8 @@ def _partial_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, partial:
     exact_targets = torch.where(partial, torch.zeros_like(targets), targets)
     exact = -log_p.gather(1, exact_targets[:, None])[:, 0]
     rest = torch.cat([log_p[:, :UNMELTED], log_p[:, UNMELTED + 1:]], dim=1)
-    not_unmelted = -torch.logsumexp(rest, dim=1)
+    log_rest = torch.logsumexp(rest, dim=1)
+    not_unmelted = -log_rest + UNMARKED_IS_MATRIX_PRIOR * (log_rest - log_p[:, MELTED])
     weights = class_weights[exact_targets]
     nll = torch.where(partial, not_unmelted, exact)
     return (weights * nll).sum() / weights.sum()

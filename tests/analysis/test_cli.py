@@ -232,7 +232,8 @@ def test_result_json_carries_confidence_and_the_out_of_distribution_flag(tmp_pat
     assert 0.0 <= noise["confidence"] <= 1.0
     assert noise["reason"].startswith("out of distribution for the classical engine")
     assert noise["ood"]["distance"] > 1.0 and noise["ood"]["reasons"]
-    assert not (out / "noise_mask.png").exists()  # an ERROR has no measurements
+    assert not (out / "noise_regions.csv").exists()  # an ERROR has no measurements ...
+    assert (out / "noise_mask.png").exists() and (out / "noise_overlay.png").exists()  # ... but can be reviewed
     never_analysed = json.loads((out / "unreadable.json").read_text())
     assert never_analysed["confidence"] is None and never_analysed["out_of_distribution"] is None
     table = capsys.readouterr().out

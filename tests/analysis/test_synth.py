@@ -21,9 +21,21 @@ from inspectd.types import MELTED, PORE, UNMELTED
 SMALL = (96, 128)
 
 
-def _class_fractions_pct(mask: np.ndarray) -> list[float]:
+def class_fractions_pct(mask: np.ndarray) -> list[float]:
     counts = np.bincount(mask.ravel(), minlength=3)
     return list(100.0 * counts / mask.size)
+
+
+def assert_truth_counted_on_mask(sample: SynthSample) -> None:
+    """The truth's class fractions and 8-connected region counts are the mask's (v2 and v3)."""
+    melted, unmelted, pores = class_fractions_pct(sample.mask)
+    truth = sample.truth
+    assert truth["melted_fraction_pct"] == pytest.approx(melted, abs=1e-9)
+    assert truth["unmelted_fraction_pct"] == pytest.approx(unmelted, abs=1e-9)
+    assert truth["porosity_pct"] == pytest.approx(pores, abs=1e-9)
+    for class_index, key in ((UNMELTED, "particle_count"), (PORE, "pore_count")):
+        regions = cv2.connectedComponents((sample.mask == class_index).astype(np.uint8), None, 8)
+        assert truth[key] == regions[0] - 1
 
 
 def _clahe(image: np.ndarray) -> np.ndarray:
@@ -59,14 +71,8 @@ def test_mask_holds_class_indices_and_truth_is_counted_on_it(params):
     assert sample.mask.dtype == np.uint8 and sample.mask.shape == (120, 150)
     assert sample.image.shape == (120, 150)
     assert set(np.unique(sample.mask).tolist()) <= {MELTED, UNMELTED, PORE}
-    melted, unmelted, pores = _class_fractions_pct(sample.mask)
+    assert_truth_counted_on_mask(sample)
     truth = sample.truth
-    assert truth["melted_fraction_pct"] == pytest.approx(melted, abs=1e-9)
-    assert truth["unmelted_fraction_pct"] == pytest.approx(unmelted, abs=1e-9)
-    assert truth["porosity_pct"] == pytest.approx(pores, abs=1e-9)
-    for class_index, key in ((UNMELTED, "particle_count"), (PORE, "pore_count")):
-        regions = cv2.connectedComponents((sample.mask == class_index).astype(np.uint8), None, 8)
-        assert truth[key] == regions[0] - 1
     assert truth["particle_count"] <= truth["particles_drawn"]
     assert truth["pore_count"] <= truth["pores_drawn"]
     assert truth["seed"] == 5 and truth["params"]["bit_depth"] == params.bit_depth
@@ -190,7 +196,7 @@ def test_write_dataset_files_round_trip(tmp_path):
         rebuilt = generate(80, 96, sidecar["seed"], SynthParams(**sidecar["params"]))
         np.testing.assert_array_equal(mask, rebuilt.mask)
         np.testing.assert_array_equal(image, rebuilt.image)
-        melted, unmelted, pores = _class_fractions_pct(mask)
+        melted, unmelted, pores = class_fractions_pct(mask)
         assert sidecar["unmelted_fraction_pct"] == pytest.approx(unmelted, abs=1e-9)
         assert sidecar["porosity_pct"] == pytest.approx(pores, abs=1e-9)
         assert sidecar["melted_fraction_pct"] == pytest.approx(melted, abs=1e-9)

@@ -19,14 +19,11 @@ from inspectd import cli, synth
 from inspectd.errors import ConfigError
 from inspectd.synth import compare
 from inspectd.types import MELTED, PORE, UNMELTED
+from tests.analysis.test_synth import assert_truth_counted_on_mask, class_fractions_pct
 from tests.conftest import SHARED_SAMPLES
 
 REAL_TILES = [SHARED_SAMPLES / "real_coating_tile_b.png", SHARED_SAMPLES / "real_coating_tile_c.png"]
 QUIET = synth.RealisticParams(noise_sd=0.0, illumination_gradient=0.0, enhance=False, gamma=1.0)
-
-
-def _fractions_pct(mask: np.ndarray) -> list[float]:
-    return list(100.0 * np.bincount(mask.ravel(), minlength=3) / mask.size)
 
 
 # --------------------------------------------------------------------------- generator
@@ -59,14 +56,8 @@ def test_mask_holds_class_indices_and_truth_is_counted_on_it(params):
     assert sample.image.shape == (120, 150)
     assert sample.image.dtype == (np.uint16 if params.bit_depth == 16 else np.uint8)
     assert set(np.unique(sample.mask).tolist()) <= {MELTED, UNMELTED, PORE}
-    melted, unmelted, pores = _fractions_pct(sample.mask)
+    assert_truth_counted_on_mask(sample)
     truth = sample.truth
-    assert truth["melted_fraction_pct"] == pytest.approx(melted, abs=1e-9)
-    assert truth["unmelted_fraction_pct"] == pytest.approx(unmelted, abs=1e-9)
-    assert truth["porosity_pct"] == pytest.approx(pores, abs=1e-9)
-    for class_index, key in ((UNMELTED, "particle_count"), (PORE, "pore_count")):
-        regions = cv2.connectedComponents((sample.mask == class_index).astype(np.uint8), None, 8)
-        assert truth[key] == regions[0] - 1
     assert truth["generator_version"] == synth.REALISTIC_GENERATOR_VERSION == "3"
     assert synth.RealisticParams(**truth["params"]) == params
 
@@ -194,7 +185,7 @@ def test_write_dataset_v3_files_and_sidecars_rebuild_each_sample(tmp_path):
         rebuilt = synth.generate_v3(64, 80, sidecar["seed"], synth.RealisticParams(**sidecar["params"]))
         np.testing.assert_array_equal(image, rebuilt.image)
         np.testing.assert_array_equal(mask, rebuilt.mask)
-        assert sidecar["unmelted_fraction_pct"] == pytest.approx(_fractions_pct(mask)[1], abs=1e-9)
+        assert sidecar["unmelted_fraction_pct"] == pytest.approx(class_fractions_pct(mask)[1], abs=1e-9)
         drawn.append(sidecar["params"]["particle_fraction"])
     assert len(set(drawn)) == 3
 

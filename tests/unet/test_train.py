@@ -139,3 +139,21 @@ def test_calibration_undoes_a_known_logit_shift() -> None:
     offsets, before, after = calibrate_logit_bias(logits, masks)
     assert offsets[0] == 0.0 and -1.5 <= offsets[2] <= -0.5
     assert after["val_iou_pore"] > before["val_iou_pore"]
+
+
+def test_cli_train_with_a_fixed_validation_set_and_oversampling(tiny_set, tmp_path: Path) -> None:
+    images_dir, masks_dir = tiny_set
+    val_root = tmp_path / "val"
+    write_dataset(val_root / "images", n=2, height=96, width=112, seed=99, vary=True, masks_dir=val_root / "masks")
+    out = tmp_path / "run"
+    code = cli.main(["train", "--images", str(images_dir), "--masks", str(masks_dir), "--val-images",
+                     str(val_root / "images"), "--val-masks", str(val_root / "masks"), "--oversample", "synth_0001=5",
+                     "--out", str(out), "--epochs", "1", "--batch-size", "2", "--tile", "32", "--tiles-per-epoch",
+                     "4", "--widths", "4,8,16", "--quiet"])
+    assert code == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history["data"]["val_ids"] == ["synth_0000", "synth_0001"]  # the fixed set's own stems
+    assert len(history["data"]["train_ids"]) == 6  # every --images image trains
+    assert history["settings"]["oversample"] == [["synth_0001", 5.0]]
+    assert "--oversample synth_0001=5" in history["settings"]["command"]
+    assert (out / "model.onnx").is_file() and (out / "model.json").is_file()
