@@ -196,7 +196,7 @@ class UnetConfig(StrictModel):
     """The U-Net engine: ONNX Runtime on the CPU (CUDA provider when present), TensorRT on a GPU."""
 
     model: Path | None = Field(
-        None, description="ONNX model; null = the bundled inspectd/models/unet-coating-v2 (see precision)."
+        None, description="ONNX model; null = the bundled inspectd/models/unet-coating-v3 (see precision)."
     )
     precision: ModelPrecision = Field(
         ModelPrecision.AUTO,

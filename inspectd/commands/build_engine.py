@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="build a TensorRT engine plan from the U-Net ONNX model (needs an NVIDIA GPU and tensorrt)",
         description="Exit code: 0 built, 2 usage error, TensorRT missing, or build error.",
     )
-    parser.add_argument("--onnx", default=None, help="ONNX model (default: the bundled unet-coating-v2.onnx)")
+    parser.add_argument("--onnx", default=None, help="ONNX model (default: the bundled unet-coating-v3.onnx)")
     parser.add_argument("--out", required=True, help="plan file to write, e.g. unet.plan")
     parser.add_argument("--fp16", action="store_true", help="allow fp16 kernels (recommended)")
     parser.add_argument("--int8", action="store_true", help="allow int8 kernels, calibrated on --calib images")

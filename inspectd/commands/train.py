@@ -18,7 +18,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 # few labelled fields adjust the model instead of overwriting it, and enough tiles per epoch
 # that one field still gives a model in a few minutes on two CPU cores.
 SCRATCH_DEFAULTS = {"epochs": 30, "lr": 3e-3}
-FINE_TUNE_DEFAULTS = {"epochs": 12, "lr": 1e-3, "tiles_per_epoch": 160}
+FINE_TUNE_DEFAULTS = {"epochs": 12, "lr": 1e-3, "tiles_per_epoch": 160, "replay": 32}
 TRAIN_EXTRA_HINT = "pip install torch==2.13.0 && pip install -e '.[train]'"
 
 
@@ -72,15 +72,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "kept as a validation strip (default: %(default)s)")
     parser.add_argument("--val-images", default=None, help="a fixed validation set instead of a split (with --val-masks)")
     parser.add_argument("--val-masks", default=None, help="masks of --val-images")
+    parser.add_argument("--replay", type=int, default=None, metavar="N",
+                        help="mix N generated v3 frames (exact class masks) into training, 30 %% of the tiles, so a "
+                             f"fine-tuned model keeps what your few fields cannot teach, e.g. pores (default: with "
+                             f"--init {FINE_TUNE_DEFAULTS['replay']}, else 0)")
     parser.add_argument("--oversample", action="append", default=[], type=_oversample, metavar="GLOB=FACTOR",
                         help="training images whose stem matches GLOB give FACTOR times more tiles (repeatable), "
                              "e.g. real_*=40 for a few real fields among many synthetic ones")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--widths", type=_widths, default=None, metavar="W0,W1,...",
-                        help="channels per level, finest first (default: 16,32,64,192, the bundled v2 model's)")
+                        help="channels per level, finest first (default: 16,32,64,192, the bundled model's)")
     parser.add_argument("--output-stride", type=int, default=4, choices=(1, 2, 4, 8),
                         help="1: logits at full resolution (the v1 layout); >1: guided U-Net running at 1/stride "
-                             "with a per-pixel affine head (default: %(default)s, the bundled v2 model's)")
+                             "with a per-pixel affine head (default: %(default)s, the bundled model's)")
     parser.add_argument("--min-scale", type=float, default=0.5,
                         help="tiles are also drawn downscaled to this factor, for segment.unet.scale < 1 (default: %(default)s)")
     parser.add_argument("--config", default=None,
@@ -98,6 +102,8 @@ def resolve_defaults(args: argparse.Namespace, n_images: int | None = None) -> N
         args.lr = defaults["lr"]
     if args.tiles_per_epoch is None and args.init and n_images is not None:
         args.tiles_per_epoch = max(8 * n_images, FINE_TUNE_DEFAULTS["tiles_per_epoch"])
+    if args.replay is None:
+        args.replay = FINE_TUNE_DEFAULTS["replay"] if args.init else 0
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -118,6 +124,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts += ["--val-images", args.val_images, "--val-masks", args.val_masks]
     for pattern, factor in args.oversample:
         parts += ["--oversample", f"{pattern}={factor:g}"]
+    if args.replay:
+        parts += ["--replay", str(args.replay)]
     return shlex.join(parts)
 
 
@@ -163,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         val_images_dir=Path(args.val_images) if args.val_images else None,
         val_masks_dir=Path(args.val_masks) if args.val_masks else None,
         oversample=tuple(args.oversample),
+        replay_frames=args.replay,
     )
     say = lambda line: tqdm.write(line, file=sys.stderr)  # noqa: E731
     try:

@@ -9,7 +9,7 @@ What it does with an enhanced frame (uint8/uint16, any size, e.g. 2560x1920):
    blends the logits with linear feathers (`tiling.TileBlender`);
 3. takes the argmax as the class-index mask (0 melted, 1 unmelted, 2 pore), resized back
    with nearest-neighbour when it was downscaled. A guided U-Net (output `affine`, the
-   bundled v2 model) returns coarse per-class pairs at 1/stride instead of logits; they
+   bundled v2 and v3 models) returns coarse per-class pairs at 1/stride instead of logits; they
    are blended on the coarse grid (`TilePlan.coarse`) and `kernels.guided_argmax` turns
    them and the full-resolution frame into the mask in one pass.
 4. `segment_assessed` (the analyzer's call) adds the confidence: the mean top-two softmax
@@ -96,10 +96,10 @@ class TileRunner(Protocol):
 
 
 def bundled_model_path(precision: str = "fp32") -> Path:
-    """Where the shipped model lives: `inspectd/models/unet-coating-v2.onnx`, or its int8 twin.
+    """Where the shipped model lives: `inspectd/models/unet-coating-v3.onnx`, or its int8 twin.
 
     >>> bundled_model_path().name, bundled_model_path("int8").name
-    ('unet-coating-v2.onnx', 'unet-coating-v2.int8.onnx')
+    ('unet-coating-v3.onnx', 'unet-coating-v3.int8.onnx')
     """
     return BUNDLED_MODELS_DIR / (contract.BUNDLED_INT8_MODEL if precision == "int8" else contract.BUNDLED_MODEL)
 

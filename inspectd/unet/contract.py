@@ -1,21 +1,18 @@
 """What the U-Net takes and gives, shared by training (torch) and inference (ONNX Runtime,
 TensorRT) so both normalise identically. Importing this never imports torch.
 
-Input: the ENHANCED image (after the pipeline's CLAHE), as float32 NCHW `[N, 1, H, W]`
+Input: the ENHANCED image (`inspectd.preprocess.enhance`: the pipeline's CLAHE, none for a
+frame that is already enhanced), as float32 NCHW `[N, 1, H, W]`
 named `image`, values `(grey / max_level - NORM_MEAN) / NORM_STD` where max_level is 255
 for uint8 and 65535 for uint16. H and W must be multiples of `INPUT_MULTIPLE`; inference
 pads (reflect) to get there. Output, one of:
 - `logits` `[N, 3, H, W]` over the classes 0 melted, 1 unmelted, 2 pore (v1 models);
-- `affine` `[N, 6, H/s, W/s]` (guided U-Net, output stride s, v2 models): per class c the
+- `affine` `[N, 6, H/s, W/s]` (guided U-Net, output stride s, v2 and v3 models): per class c the
   coarse pair (a_c, b_c) in channels c and 3 + c; the logit of a full-resolution pixel is
   `a_c + b_c * image` with (a, b) upsampled bilinearly (`inspectd.unet.model.guided_logits`,
   `kernels.guided_argmax`). s is read from the shapes, not declared.
 
 Example:
-    >>> import functools
-
-import cv2
-import numpy as np
     >>> normalise(np.array([[0, 255]], np.uint8)).tolist()
     [[[[-2.0, 2.0]]]]
 """
@@ -37,13 +34,16 @@ N_CLASSES = 3
 # scores such a pixel on p(melted) + p(pore), so it never teaches that a pore is matrix.
 NOT_UNMELTED = 3
 N_LABELS = 4
+# Validation label only: a pixel that is neither scored nor trained on, e.g. the part of a single
+# labelled field that training tiles came from, kept around its validation strip as context.
+IGNORE = 255
 # Every shipped layout divides it: v1 pools 4 times (16), v2 strides 4 then pools 3 times (32).
 INPUT_MULTIPLE = 32
 NORM_MEAN = 0.5
 NORM_STD = 0.25
-BUNDLED_MODEL = "unet-coating-v2.onnx"
-BUNDLED_INT8_MODEL = "unet-coating-v2.int8.onnx"  # its record is the card's `int8` section
-BUNDLED_CARD = "unet-coating-v2.json"
+BUNDLED_MODEL = "unet-coating-v3.onnx"
+BUNDLED_INT8_MODEL = "unet-coating-v3.int8.onnx"  # its record is the card's `int8` section
+BUNDLED_CARD = "unet-coating-v3.json"
 
 
 def output_channels(output_name: str) -> int:

@@ -284,7 +284,7 @@ def class_pixel_counts(images: Iterable[LabelledImage], n_classes: int = 3) -> n
     for image in images:
         labels = np.bincount(image.mask.ravel(), minlength=contract.N_LABELS)
         counts += labels[:n_classes]
-        counts[MELTED] += labels[contract.NOT_UNMELTED:].sum()
+        counts[MELTED] += labels[contract.NOT_UNMELTED]
     return counts
 
 

@@ -14,7 +14,7 @@ the bottleneck. `output_stride` x 2**(levels - 1) must divide the contract's inp
 (`inspectd.unet.contract.INPUT_MULTIPLE`, 32): the default, 4 levels at stride 4, does.
 
 `output_stride` 1 is the v1 layout: the finest level at full resolution, skips
-concatenated, logits out. `output_stride` > 1 (the default and the bundled v2 model: 4)
+concatenated, logits out. `output_stride` > 1 (the default and the bundled v2 and v3 models: 4)
 makes it a guided U-Net. Why: on two CPU cores v1's thin full-resolution layers were
 memory-bound and took most of the time while adding little that a per-pixel model cannot. A `stride`x`stride` strided conv (stem) reads every
 full-resolution pixel once, nothing is resized away, and the whole U-Net runs at
@@ -50,7 +50,7 @@ from inspectd.unet.contract import INPUT_MULTIPLE, N_CLASSES
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE_NAME = "lean-unet"
-# The bundled v2 model's shape: a stride-4 guided U-Net, 16 channels at 1/4 up to 192 at 1/32.
+# The bundled models' shape (v2, v3): a stride-4 guided U-Net, 16 channels at 1/4 up to 192 at 1/32.
 # (v1: widths 8, 16, 32, 64, 256 at output stride 1, logits at full resolution.)
 DEFAULT_WIDTHS: tuple[int, ...] = (16, 32, 64, 192)
 DEFAULT_OUTPUT_STRIDE = 4

@@ -11,6 +11,7 @@ import pytest
 from inspectd.errors import ConfigError
 from inspectd.synth import write_dataset
 from inspectd.types import MELTED, PORE, UNMELTED
+from inspectd.unet import contract
 from inspectd.unet.augment import (
     AugmentSettings,
     downscale_mask,
@@ -81,8 +82,8 @@ def test_load_pairs_detects_the_convention_from_files(synth_set, tmp_path: Path,
         truth = cv2.imread(str(masks_dir / f"{image.sample_id}.png"), cv2.IMREAD_UNCHANGED)
         if expected is MaskConvention.CLASS_INDEX:
             np.testing.assert_array_equal(image.mask, truth)
-        else:  # binary labels know unmelted only: everything else is class 0
-            np.testing.assert_array_equal(image.mask, np.where(truth == UNMELTED, UNMELTED, MELTED))
+        else:  # binary labels know unmelted only: everything else is "not unmelted" (melted or pore)
+            np.testing.assert_array_equal(image.mask, np.where(truth == UNMELTED, UNMELTED, contract.NOT_UNMELTED))
         assert image.scaled.dtype == np.float32 and 0.0 <= image.scaled.min() <= image.scaled.max() <= 1.0
 
 
@@ -217,3 +218,28 @@ def test_commands_without_torch_say_how_to_install_it(command: str, monkeypatch,
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "needs torch" in err and "pip install torch==2.13.0" in err
+
+
+def test_class_index_and_binary_255_masks_train_together(synth_set, tmp_path: Path) -> None:
+    """Synthetic class-index masks beside a user's binary labels: each mask read by its own values."""
+    images_dir, masks_dir = synth_set
+    paths = sorted(masks_dir.glob("*.png"))
+    for index, mask_path in enumerate(paths):
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(tmp_path / mask_path.name), np.where(mask == UNMELTED, 255, 0).astype(np.uint8) if index == 0
+                    else mask)
+    images, convention = load_pairs(find_pairs(images_dir, tmp_path))
+    assert convention is MaskConvention.MIXED
+    labels = {image.sample_id: set(np.unique(image.mask).tolist()) for image in images}
+    assert labels[paths[0].stem] <= {UNMELTED, contract.NOT_UNMELTED}
+    assert all(values <= {MELTED, UNMELTED, PORE} for stem, values in labels.items() if stem != paths[0].stem)
+
+
+def test_binary_255_beside_other_values_is_refused(synth_set, tmp_path: Path) -> None:
+    images_dir, masks_dir = synth_set
+    for mask_path in sorted(masks_dir.glob("*.png")):
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        mask[0, 0], mask[0, 1] = 255, 7
+        cv2.imwrite(str(tmp_path / mask_path.name), mask)
+    with pytest.raises(ConfigError, match="holds 255 beside"):
+        load_pairs(find_pairs(images_dir, tmp_path))

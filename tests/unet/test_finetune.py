@@ -146,5 +146,6 @@ def test_binary_labels_score_unmelted_only() -> None:
 def test_one_field_is_split_into_a_training_part_and_an_unseen_strip() -> None:
     field = LabelledImage("f", np.zeros((300, 200), np.float32), np.zeros((300, 200), np.uint8))
     train_part, val_part = split_within(field, 0.2)
-    assert train_part.mask.shape == (240, 200) and val_part.mask.shape == (60, 200)
+    assert train_part.mask.shape == (240, 200) and val_part.mask.shape == (300, 200)  # the strip in its context
+    assert (val_part.mask[:240] == contract.IGNORE).all() and (val_part.mask[240:] == 0).all()
     assert (train_part.sample_id, val_part.sample_id) == ("f[y<240]", "f[y>=240]")
