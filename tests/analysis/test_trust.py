@@ -206,7 +206,8 @@ def _analyzer(engine_key: str, action: str = "error", **trust) -> Analyzer:
 
 @pytest.fixture(scope="module")
 def micrograph() -> np.ndarray:
-    return synth.generate(384, 512, seed=21).image
+    """A raw camera-like frame of the realistic generator (the bundled U-Net's kind of frame)."""
+    return synth.generate_v3(384, 512, seed=21, params=synth.RealisticParams(enhance=False)).image
 
 
 @pytest.mark.parametrize("engine_key", ENGINE_KEYS)

@@ -61,7 +61,7 @@ def test_card_records_architecture_training_and_targets(card: dict) -> None:
     assert 0.5e6 <= arch["parameters"] <= 4e6 and arch["gflops_per_512x512"] > 0
     assert card["contract"]["input"]["name"] == contract.INPUT_NAME
     assert "train --images" in card["training"]["train_command"]
-    assert "--oversample real_*=" in card["training"]["train_command"]  # the real labelled field trained too
+    assert "--oversample 'real_*=" in card["training"]["train_command"]  # the real labelled field trained too
     assert card["training"]["data"]["mask_convention"] == "mixed"
     assert card["architecture"]["output_stride"] == 4
     assert card["contract"]["output"]["name"] == contract.AFFINE_OUTPUT_NAME

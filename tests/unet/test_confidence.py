@@ -55,7 +55,8 @@ def test_softmax_margin_is_the_mean_top_two_probability_gap() -> None:
 def test_bundled_guided_margin_tracks_the_full_resolution_margin(height, width, seed) -> None:
     engine = _engine(precision="fp32")
     assert engine.output_stride == 4
-    enhanced = enhance(synth.generate(height, width, seed=seed).image, PreprocessConfig())
+    raw = synth.generate_v3(height, width, seed=seed, params=synth.RealisticParams(enhance=False)).image
+    enhanced = enhance(raw, PreprocessConfig())
     output = engine.forward(enhanced)
     assessed = engine.segment_assessed(enhanced)
     assert np.array_equal(assessed.mask, engine.segment(enhanced))
