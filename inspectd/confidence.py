@@ -20,8 +20,8 @@ measured where each one decides.
   more two-population structure than one bell curve. The classical engine's own threshold
   method (`segment.classical.threshold`) is deliberately not consulted: this measures the
   frame, whatever split the engine then picks. Measured: synthetic and real coating frames
-  after CLAHE 0.17-0.32 (their populations overlap heavily, which is why the classical
-  engine's held-out IoU is 0.64 where the U-Net's is 0.91), uniform noise 0.31, one bell 0.
+  after CLAHE 0.17-0.32 (their grey populations overlap heavily), uniform noise 0.31, one
+  bell 0.
 
 Example:
     >>> import numpy as np

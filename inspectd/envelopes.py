@@ -32,10 +32,10 @@ from inspectd import ood
 from inspectd.config import PreprocessConfig
 from inspectd.decode import decode_file
 from inspectd.preprocess import enhance
+from inspectd.unet.data import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 MASK_SUFFIXES = ("_mask", "_label")
 
 
