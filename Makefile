@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # the headers PyGObject builds against, and systemd-analyze (unit tests).
 APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd
 
-.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources device-kit clean
+.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources gpu-wheels clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -63,15 +63,17 @@ bench-throughput: $(STAMP)
 	$(PY) bench/throughput.py --frames 30 --size 2560x1920 --rate 10 --engines classical,unet \
 	  --json bench/results/throughput.json
 
-# What a lent GPU machine lacks for scripts/device_check.sh (it has no registry and its Python
-# is 3.12): the wheels of pydantic, pyzmq and watchdog with their dependencies, carried as .device.
-DEVICE_WHEELS := pydantic pyzmq watchdog
-device-kit: $(STAMP)
+# For scripts/device_check.sh on an offline GPU machine (no package registry, Python 3.12, with
+# numba, numba-cuda, CuPy, OpenCV, ONNX Runtime and pytest but without the daemon's pydantic,
+# pyzmq and watchdog): those three as wheels, with their dependencies, into .device/; copy that
+# folder to the GPU machine with the repository.
+GPU_MACHINE_WHEELS := pydantic pyzmq watchdog
+gpu-wheels: $(STAMP)
 	rm -rf .device/wheels && mkdir -p .device/wheels
 	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .device/wheels $(DEVICE_WHEELS)
-	printf '%s\n' $(DEVICE_WHEELS) > .device/requirements.txt
+	  -d .device/wheels $(GPU_MACHINE_WHEELS)
+	printf '%s\n' $(GPU_MACHINE_WHEELS) > .device/requirements.txt
 	@du -sh .device
 
 clean:

@@ -10,8 +10,8 @@ a per-pixel kernel must have none.
 
 These are compile-time facts, not timings: they say whether a launch can fit (a block whose
 registers exceed the SM's file fails with "too many resources requested") and where a kernel
-would lose time (spills go to local memory, low occupancy hides latency badly), on GPUs this
-project may never be lent. Timings come only from ``bench/gpu_kernels.py`` on a real GPU.
+would lose time (spills go to local memory, low occupancy hides latency badly), on GPUs the
+code may not have run on yet. Timings come only from ``bench/gpu_kernels.py`` on a real GPU.
 
 Targets: ``sm_90`` (H100 / H200) and ``sm_87`` (Jetson AGX Orin / Orin NX / Orin Nano).
 

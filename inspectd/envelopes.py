@@ -83,3 +83,18 @@ def envelope_from_images(paths: Sequence[str | Path], preprocess: PreprocessConf
         raise ValueError(msg)
     logger.info("envelope from %d frames", len(rows))
     return ood.fit_envelope(rows, margin=margin, sources=list(sources) or [str(p) for p in paths])
+
+
+def photograph_like(height: int, width: int) -> np.ndarray:
+    """A smooth uint8 scene, a linear ramp with a few soft shapes: what a photograph of a part,
+    not a micrograph, looks like to the statistics. Envelopes are checked against it
+    (`scripts/build_envelopes.py`, the tests): it must lie outside every one.
+
+    >>> photograph_like(48, 64).shape
+    (48, 64)
+    """
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    scene = 40.0 + 150.0 * xx / width + 30.0 * yy / height
+    for cx, cy, radius, amplitude in ((0.3, 0.4, 0.12, 50.0), (0.7, 0.65, 0.18, -40.0), (0.5, 0.25, 0.08, 30.0)):
+        scene += amplitude * np.exp(-((xx - cx * width) ** 2 + (yy - cy * height) ** 2) / (2 * (radius * width) ** 2))
+    return np.clip(scene, 0, 255).astype(np.uint8)

@@ -55,7 +55,7 @@ import kernels  # noqa: E402
 from inspectd import ood, synth  # noqa: E402
 from inspectd.config import Config, PreprocessConfig  # noqa: E402
 from inspectd.engines.classical import CLASSICAL_ENVELOPE_PATH  # noqa: E402
-from inspectd.envelopes import statistics_of_frame, statistics_of_images  # noqa: E402
+from inspectd.envelopes import photograph_like, statistics_of_frame, statistics_of_images  # noqa: E402
 from inspectd.unet.contract import BUNDLED_CARD  # noqa: E402
 
 logger = logging.getLogger("build_envelopes")
@@ -228,15 +228,6 @@ def write_card_envelope(card_path: Path, envelope: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- the check table
-
-
-def photograph_like(height: int, width: int) -> np.ndarray:
-    """A smooth scene: a linear ramp with a few soft shapes (what a phone picture of a part looks like to us)."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    scene = 40.0 + 150.0 * xx / width + 30.0 * yy / height
-    for cx, cy, radius, amplitude in ((0.3, 0.4, 0.12, 50.0), (0.7, 0.65, 0.18, -40.0), (0.5, 0.25, 0.08, 30.0)):
-        scene += amplitude * np.exp(-((xx - cx * width) ** 2 + (yy - cy * height) ** 2) / (2 * (radius * width) ** 2))
-    return np.clip(scene, 0, 255).astype(np.uint8)
 
 
 class Case(NamedTuple):

@@ -1,46 +1,52 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 6 as one prepared run for a lent GPU machine (the `device` tool):
-# the CUDA tests on the real GPU, the kernels' doctests, and bench/gpu_kernels.py's table.
+# The GPU checks of issue 6 in one run on a GPU machine: the CUDA tests on the real GPU, the
+# kernels' doctests, and bench/gpu_kernels.py's table.
 #
-# A lease is short (15 minutes of device time, the machine's start included), so this runs
-# every check in one call, each step under its own time limit, and never stops at a failed
-# step: what did run still comes back. The machine has numba, numba-cuda, CuPy, OpenCV,
-# ONNX Runtime and pytest but no registry, and lacks pydantic, pyzmq and watchdog (which the
-# U-Net device-flow tests import through inspectd); `make device-kit` downloads those as
-# wheels into .device/ (ignored by git), which the call carries.
+# Usage: bash scripts/device_check.sh [OUTDIR]      (OUTDIR: default ./gpu-check-results, created)
 #
-#   make device-kit                           # here, once: .device/wheels
-#   device run: command "bash scripts/device_check.sh", carry [".device"], timeout_s 540
+# Every check runs in this one call, each step under its own time limit, and a failed step
+# never stops the run: whatever did run leaves its files in OUTDIR. It is made for an offline
+# GPU machine: no package registry, Python 3.12, with numba, numba-cuda, CuPy, OpenCV,
+# ONNX Runtime and pytest but without pydantic, pyzmq and watchdog (which the U-Net
+# device-flow tests import through inspectd). `make gpu-wheels` downloads those as wheels
+# into .device/ (ignored by git) on a machine with a registry; copy the repository and
+# .device/ to the GPU machine, then run this script there:
 #
-# Files in $OUT (at most 8 come back): summary.txt (one line a step, its exit code and
-# seconds), machine.txt, wheels.log, gpu_tests.log, doctests.log, gpu_kernels.txt,
-# gpu_kernels.json and sanitizer.log. Put the table, the device and the date in
-# bench/RESULTS.md. The steps' limits add up to about 10 minutes; the whole run should take
-# about 5 on an H200 (most of it numba compiling the kernels). Give the call timeout_s 540:
-# a step cut off there loses only what comes after it, and $OUT still comes back.
+#   make gpu-wheels                                   # with a registry, once: .device/wheels
+#   bash scripts/device_check.sh OUTDIR               # on the GPU machine
+#
+# Files in OUTDIR: summary.txt (one line a step, its exit code and seconds), machine.txt,
+# wheels.log, gpu_tests.log, doctests.log, gpu_kernels.txt, gpu_kernels.json and
+# sanitizer.log. Put the table, the device and the date in bench/RESULTS.md. The steps'
+# limits add up to about 10 minutes; the whole run should take about 5 on an H200 (most of
+# it numba compiling the kernels). If the run is stopped early, the steps already done keep
+# their files; the most wanted figures come first.
 #
 # To check this script on a CPU machine (numba's simulator, meaningless numbers):
-#   OUT=$(mktemp -d) PYTHON=.venv/bin/python DEVICE_CHECK_SIMULATOR=1 bash scripts/device_check.sh
+#   PYTHON=.venv/bin/python DEVICE_CHECK_SIMULATOR=1 bash scripts/device_check.sh "$(mktemp -d)"
 set -u
+# OUTDIR is taken relative to where the script is called from, before moving to the repository.
+RESULTS=${1:-gpu-check-results}
+mkdir -p "$RESULTS" || exit 1
+RESULTS=$(cd "$RESULTS" && pwd) || exit 1
 cd "$(dirname "$0")/.."
-: "${OUT:?set OUT to the folder that receives the results}"
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-BENCH_ARGS=(--json "$OUT/gpu_kernels.json")
+BENCH_ARGS=(--json "$RESULTS/gpu_kernels.json")
 if [ "${DEVICE_CHECK_SIMULATOR:-0}" = 1 ]; then
   export NUMBA_ENABLE_CUDASIM=1
   BENCH_ARGS=(--simulator-smoke-test)
 fi
 
-# step NAME SECONDS COMMAND...: COMMAND's output to $OUT/NAME.log, its exit code to summary.txt.
+# step NAME SECONDS COMMAND...: COMMAND's output to $RESULTS/NAME.log, its exit code to summary.txt.
 step() {
   local name=$1 limit=$2 began rc
   shift 2
   began=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" >"$RESULTS/$name.log" 2>&1
   rc=$?
-  printf '%-12s rc=%-3s %4ss  %s\n' "$name" "$rc" "$(($(date +%s) - began))" "$*" | tee -a "$OUT/summary.txt"
-  tail -n 15 "$OUT/$name.log"
+  printf '%-12s rc=%-3s %4ss  %s\n' "$name" "$rc" "$(($(date +%s) - began))" "$*" | tee -a "$RESULTS/summary.txt"
+  tail -n 15 "$RESULTS/$name.log"
 }
 
 machine_facts() {
@@ -52,14 +58,14 @@ machine_facts() {
 
 install_wheels() {
   if [ ! -f .device/requirements.txt ]; then
-    echo "no .device/requirements.txt (run make device-kit here and carry .device): the U-Net device-flow tests will fail to import"
+    echo "no .device/requirements.txt (run make gpu-wheels where there is a registry and copy .device/ here): the U-Net device-flow tests will fail to import"
     return 0
   fi
   "$PYTHON" -m pip install --no-index --find-links .device/wheels -r .device/requirements.txt
 }
 
 # Memory errors and shared-memory races of every CUDA kernel, once each on a small frame
-# (compute-sanitizer works on the Firecracker machines, not under gVisor: KINDS.md).
+# (skipped without compute-sanitizer; it does not work inside a gVisor sandbox).
 sanitize() {
   if ! command -v compute-sanitizer >/dev/null; then
     echo "no compute-sanitizer on this machine"
@@ -91,5 +97,5 @@ step doctests 60 "$PYTHON" -m pytest -q -p no:cacheprovider --doctest-modules \
 if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then
   step sanitizer 120 bash -c sanitize
 fi
-mv "$OUT/machine.log" "$OUT/machine.txt"
-mv "$OUT/gpu_kernels.log" "$OUT/gpu_kernels.txt"
+mv "$RESULTS/machine.log" "$RESULTS/machine.txt"
+mv "$RESULTS/gpu_kernels.log" "$RESULTS/gpu_kernels.txt"

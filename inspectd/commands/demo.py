@@ -3,7 +3,8 @@
 What `make demo` runs on a fresh machine: it starts `inspectd run` on `demo/inbox`, runs
 `inspectd subscribe` beside it (its lines are the verdicts as they arrive), drops generated
 micrographs into the inbox (good ones, one porous, one truncated on purpose), waits for
-every verdict and stops both with SIGTERM. No camera, no model download, no config file.
+every verdict and stops both with SIGTERM. No camera, no model download, no config file of
+the user's: it writes its own, with the bundled U-Net as the engine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ import cv2
 
 from inspectd import synth
 from inspectd.control import ControlError, request
+
+# The demo's frames: the v3 generator's default look (large grainy particles with dark
+# outlines in a busy lamellar matrix), raw as a camera delivers them; the bundled U-Net
+# segments them (the classical engine reads brightness only, and in this look the matrix's
+# bright lamellae are as bright as the particles).
+DEMO_LOOK = synth.RealisticParams(enhance=False)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     inbox.mkdir(parents=True)
     publish, control = _free_endpoint(), _free_endpoint()
     config_path = root / "config.yaml"
-    config_path.write_text("metrics:\n  port: 0\nsources:\n  - kind: folder\n    path: inbox\n    stable_s: 0.2\n")
+    config_path.write_text("metrics:\n  port: 0\nsegment:\n  engine: unet\n"
+                           "sources:\n  - kind: folder\n    path: inbox\n    stable_s: 0.2\n")
     log_path = root / "daemon.log"
     print(f"starting the daemon on {inbox}/ (log: {log_path}), publishing on {publish}")
     with log_path.open("wb") as log:
@@ -69,19 +77,29 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items()))
     print(f"\n{status['processed']} file(s) inspected: {counts}. The daemon stopped with exit code {daemon.returncode}.")
     print(f"Inspected files: {root}/state/done/; refused ones with their reason: {root}/state/quarantine/")
-    print(f"Overlays and region tables: .venv/bin/inspectd analyze {root}/samples/*.png --out {root}/results")
+    print(f"Overlays and region tables: .venv/bin/inspectd analyze {root}/samples/*.png --engine unet --out {root}/results")
     return 0 if daemon.returncode == 0 else 1
 
 
 def write_demo_samples(folder: Path, *, n_good: int, width: int, height: int) -> list[Path]:
-    """Good frames, one with high porosity (FAIL) and one truncated file (ERROR)."""
-    paths = synth.write_dataset(folder, n_good, height, width, seed=7, vary=True, masks_dir=folder.parent / "truth")
-    porous = dataclasses.replace(synth.SynthParams(), pore_fraction=0.12)
-    porous_path = folder / "porous_0001.png"
-    cv2.imwrite(str(porous_path), synth.generate(height, width, seed=99, params=porous).image)
+    """Good frames (8-22 % unmelted, 2 % pores: PASS), one with 12 % pores (FAIL) and one
+    truncated file (ERROR): raw camera-like frames of the realistic v3 generator, with their
+    true masks in `truth/`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = folder.parent / "truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    looks = [(f"synth_{index:04d}", dataclasses.replace(DEMO_LOOK, particle_fraction=0.08 + 0.14 * index / max(1, n_good - 1)),
+              7 + index) for index in range(n_good)]
+    looks.append(("porous_0001", dataclasses.replace(DEMO_LOOK, particle_fraction=0.15, pore_fraction=0.12), 99))
+    paths = []
+    for stem, look, seed in looks:
+        sample = synth.generate_v3(height, width, seed, look)
+        paths.append(folder / f"{stem}.png")
+        cv2.imwrite(str(paths[-1]), sample.image)
+        cv2.imwrite(str(truth / f"{stem}.png"), sample.mask)
     truncated_path = folder / "truncated_0002.png"
-    truncated_path.write_bytes(porous_path.read_bytes()[: porous_path.stat().st_size // 3])
-    return [*paths, porous_path, truncated_path]
+    truncated_path.write_bytes(paths[-1].read_bytes()[: paths[-1].stat().st_size // 3])
+    return [*paths, truncated_path]
 
 
 def _drop(sample: Path, inbox: Path) -> None:

@@ -26,7 +26,7 @@ from inspectd.analysis import Analyzer
 from inspectd.config import OodConfig, PreprocessConfig, SegmentConfig
 from inspectd.engines.base import SegmentationEngine
 from inspectd.engines.registry import create_engine
-from inspectd.envelopes import statistics_of_images
+from inspectd.envelopes import photograph_like, statistics_of_images
 from inspectd.errors import ConfigError
 from inspectd.preprocess import enhance
 from inspectd.trust import FrameAssessor
@@ -60,15 +60,6 @@ V3_FIT_SETS = [
     (32, (256, 256), 2003, {}),
     (12, (1024, 768), 2004, {"bit_depth": 16}),
 ]
-
-
-def photograph_like(height: int, width: int) -> np.ndarray:
-    """A linear ramp with a few soft shapes: smooth, like a photograph of a part rather than a micrograph."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    scene = 40.0 + 150.0 * xx / width + 30.0 * yy / height
-    for cx, cy, radius, amplitude in ((0.3, 0.4, 0.12, 50.0), (0.7, 0.65, 0.18, -40.0), (0.5, 0.25, 0.08, 30.0)):
-        scene += amplitude * np.exp(-((xx - cx * width) ** 2 + (yy - cy * height) ** 2) / (2 * (radius * width) ** 2))
-    return np.clip(scene, 0, 255).astype(np.uint8)
 
 
 def real_tile(name: str) -> np.ndarray:

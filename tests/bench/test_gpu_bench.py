@@ -1,7 +1,7 @@
 """bench/gpu_kernels.py (the GPU rows) and scripts/device_check.sh, checked where no GPU is.
 
 The timings themselves are only ever taken on a real GPU; here the script's code paths run
-under numba's simulator, on a machine that lacks what a lent GPU machine lacks.
+under numba's simulator, without the packages an offline GPU machine may lack.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from kernels import cuda_device
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPU_BENCH = REPO_ROOT / "bench" / "gpu_kernels.py"
 DEVICE_CHECK = REPO_ROOT / "scripts" / "device_check.sh"
-# What a lent GPU machine's image lacks of the daemon's dependencies (KINDS.md of the device tool).
+# The daemon's dependencies an offline GPU machine may lack (`make gpu-wheels` brings them).
 ABSENT_ON_GPU_MACHINE = "pydantic,zmq,watchdog"
 
 
@@ -66,4 +66,18 @@ def test_device_check_script_parses_and_names_files_that_exist():
     named = set(re.findall(r"\b((?:tests|kernels|bench)/[\w/]+\.py)\b", text))
     assert {"bench/gpu_kernels.py", "tests/unet/test_engine_device.py", "kernels/gpu_tiles.py"} <= named
     assert [path for path in sorted(named) if not (REPO_ROOT / path).is_file()] == []
-    assert "device-kit:" in (REPO_ROOT / "Makefile").read_text()
+    assert "gpu-wheels:" in (REPO_ROOT / "Makefile").read_text()
+
+
+@pytest.mark.parametrize("outdir_arg", [None, "given"])
+def test_device_check_script_writes_every_file_to_its_output_folder(tmp_path, outdir_arg):
+    # `false` as the Python: every step fails at once, and each still leaves its file.
+    args = [] if outdir_arg is None else [outdir_arg]
+    env = {**os.environ, "PYTHON": "false", "DEVICE_CHECK_SIMULATOR": "1"}
+    subprocess.run(["bash", str(DEVICE_CHECK), *args], cwd=tmp_path, env=env, capture_output=True,
+                   timeout=120, check=True)
+    results = tmp_path / (outdir_arg or "gpu-check-results")
+    assert sorted(path.name for path in results.iterdir()) == [
+        "doctests.log", "gpu_kernels.txt", "gpu_tests.log", "machine.txt", "summary.txt", "wheels.log"]
+    steps = [line.split()[0] for line in (results / "summary.txt").read_text().splitlines()]
+    assert steps == ["machine", "wheels", "gpu_kernels", "gpu_tests", "doctests"]

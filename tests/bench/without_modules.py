@@ -1,6 +1,6 @@
 """Run a Python script as if some packages were not installed: `python without_modules.py a,b script.py ARGS`.
 
-The lent GPU machines have numba, CuPy and OpenCV but not the daemon's pydantic, pyzmq or
+An offline GPU machine may have numba, CuPy and OpenCV but not the daemon's pydantic, pyzmq or
 watchdog; a test runs `bench/gpu_kernels.py` through this to prove it needs none of them.
 """
 
