@@ -49,3 +49,23 @@ def test_classical_default_beats_plain_otsu_on_the_real_labelled_tile(real_label
     assert iou >= 0.82 > PLAIN_OTSU_IOU
     # the share the label marks (47 %) and the one the engine measures agree within a few points
     assert abs(result.measurements.metrics["unmelted_fraction_pct"] - 100 * np.mean(label > 127)) <= 5.0
+
+
+def test_bundled_unet_beats_plain_otsu_on_the_real_labelled_tile(real_labelled_tile):
+    """The bundled U-Net was trained on this tile's left 80 %: its right 20 % is scored apart."""
+    image, label = (_read(p) for p in real_labelled_tile)
+    result = Analyzer(config.parse_object({"segment": {"engine": "unet"}})).analyze(Frame(image, "real_coating_tile_b"))
+    assert result.mask is not None and not result.assessment.out_of_distribution
+    assert _iou_unmelted(result.mask, label) >= 0.82 > PLAIN_OTSU_IOU
+    strip = slice(205, None)  # never trained on
+    assert _iou_unmelted(result.mask[:, strip], label[:, strip]) >= 0.80
+    assert result.measurements.metrics["porosity_pct"] < 5.0  # dark lamellae are not pores
+
+
+def test_both_engines_mark_a_plausible_share_of_the_unlabelled_real_tile(real_tile_path):
+    image = _read(real_tile_path)
+    for engine in ("classical", "unet"):
+        result = Analyzer(config.parse_object({"segment": {"engine": engine}})).analyze(Frame(image, "tile_c"))
+        assert not result.assessment.out_of_distribution
+        assert 30.0 <= result.measurements.metrics["unmelted_fraction_pct"] <= 80.0, engine
+        assert result.measurements.metrics["porosity_pct"] < 6.0, engine
