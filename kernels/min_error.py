@@ -29,7 +29,7 @@ import numpy as np
 
 from kernels._validate import check_image
 from kernels.backend import resolve_backend
-from kernels.otsu import _otsu_from_histogram, grey_histogram
+from kernels.otsu import _otsu_from_histogram, checked_histogram
 
 # Variance floor, grey levels²: a class of one single level still has the variance of its
 # rounding (uniform over one level), so ln var stays finite.
@@ -52,7 +52,7 @@ def minimum_error_threshold(img, backend="auto"):
     """
     resolve_backend(backend, "minimum_error_threshold")
     img = check_image(img, "minimum_error_threshold")
-    return minimum_error_from_histogram(grey_histogram(img))
+    return minimum_error_from_histogram(checked_histogram(img))
 
 
 def minimum_error_from_histogram(hist):

@@ -123,14 +123,18 @@ def _otsu_from_histogram(hist, n_pixels):
 def grey_histogram(img):
     """Exact pixel count per grey level (int64; 256 bins for uint8, 65536 for uint16).
 
-    The same parallel counting as ``otsu_threshold``; other threshold selectors and the
-    engines' confidence read it instead of counting the frame again.
+    The same parallel counting as ``otsu_threshold``; the minimum-error threshold and the
+    preprocess's enhanced-frame check read it instead of counting the frame their own way.
 
     >>> import numpy as np, kernels
     >>> kernels.grey_histogram(np.array([[0, 3, 3]], dtype=np.uint8))[:4].tolist()
     [1, 0, 0, 2]
     """
-    img = check_image(img, "grey_histogram")
+    return checked_histogram(check_image(img, "grey_histogram"))
+
+
+def checked_histogram(img):
+    """``grey_histogram`` of an image ``check_image`` already returned (no second check)."""
     flat = img.reshape(-1)
     with threads_for(flat.size) as threads:
         # One chunk per thread, none smaller than OTSU_MIN_CHUNK_PIXELS.
@@ -154,4 +158,4 @@ def otsu_threshold(img, backend="auto"):
     """
     resolve_backend(backend, "otsu_threshold")
     img = check_image(img, "otsu_threshold")
-    return int(_otsu_from_histogram(grey_histogram(img), img.size))
+    return int(_otsu_from_histogram(checked_histogram(img), img.size))

@@ -110,7 +110,7 @@ class SegmentationEngine(abc.ABC):
 
     def segment(self, enhanced: np.ndarray) -> np.ndarray:
         """Class-index mask (uint8, values in {0, 1, 2}) of the same height and width."""
-        return self._run(enhanced)[1]
+        return self._run(_check_input(enhanced))[1]
 
     def segment_assessed(self, enhanced: np.ndarray) -> Segmentation:
         """`segment`'s mask with the engine's confidence in it (the `confidence` hook)."""
@@ -121,9 +121,8 @@ class SegmentationEngine(abc.ABC):
             confidence = _checked_confidence(self.name, confidence)
         return Segmentation(mask, confidence)
 
-    def _run(self, enhanced: np.ndarray) -> tuple[Any, np.ndarray]:
-        """The template: (forward's raw output, the checked mask)."""
-        image = _check_input(enhanced)
+    def _run(self, image: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The template on an input `_check_input` returned: (forward's raw output, the checked mask)."""
         self.load()
         prepared = self.pre_process(image)
         raw = self.forward(prepared)
