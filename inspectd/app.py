@@ -29,8 +29,8 @@ from inspectd.config import Config, FolderSourceConfig
 from inspectd.control import ControlServer, replay_handler
 from inspectd.curve import CurveServer, load_server_keys
 from inspectd.error_topic import ErrorReporter
-from inspectd.errors import ConfigError, InspectdError
-from inspectd.journal import Journal, JournalError
+from inspectd.errors import ConfigError, InspectdError, StartupError
+from inspectd.journal import JOURNAL_FILE, Journal, JournalError
 from inspectd.metrics import DaemonMetrics
 from inspectd.pipeline import Pipeline, journaled_outcome
 from inspectd.publish import Publisher
@@ -40,9 +40,11 @@ from inspectd.sources.registry import create_source
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "journal.sqlite3"
 PRUNE_EVERY_S = 3600.0
 PRUNE_RETRY_S = 60.0
+# `run` exits with this when pipeline threads kept crashing (`Pipeline.fatal_error`): not
+# in the unit's RestartPreventExitStatus, so systemd restarts the daemon afresh.
+EXIT_PIPELINE_FAILED = 1
 
 
 class Daemon:
@@ -83,6 +85,8 @@ class Daemon:
         self._metrics_server: Any = None
         self._last_prune = 0.0
         self._last_source_event: str | None = None
+        self._new_stream_warning: str | None = None
+        self.fatal_error: str | None = None
 
     # ---- start / stop -------------------------------------------------------------------
 
@@ -96,9 +100,7 @@ class Daemon:
 
     def _start(self) -> None:
         cfg = self.cfg
-        state_dir = Path(cfg.state_dir)
-        for folder in (state_dir, state_dir / "done", state_dir / "quarantine"):
-            folder.mkdir(parents=True, exist_ok=True)
+        state_dir = prepare_state_dir(Path(cfg.state_dir))
         self.journal = Journal(state_dir / JOURNAL_FILE, retention_days=cfg.journal.retention_days,
                                retention_rows=cfg.journal.retention_rows, lock_timeout_s=cfg.journal.lock_timeout_s)
         self._prune()
@@ -115,8 +117,14 @@ class Daemon:
         self.publisher.start()
         self.errors = ErrorReporter(self.publisher.publish_error, station=cfg.station, epoch=self.journal.epoch,
                                     counted=lambda kind: self.metrics.daemon_errors.labels(kind=kind).inc())
+        self.journal.report = self.errors.report
+        self._announce_stream(state_dir)
         if cfg.metrics.enabled:
-            self._metrics_server, self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            try:
+                self._metrics_server, self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
+            except OSError as exc:  # port taken (the previous instance still closing), host not up yet
+                msg = f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
+                raise StartupError(msg) from exc
 
         self.notifier.status("warming up: loading engine, compiling kernels")
         self.analyzer = Analyzer(cfg)
@@ -128,17 +136,22 @@ class Daemon:
         self.pipeline = Pipeline(station=cfg.station, analyzer=self.analyzer, journal=self.journal,
                                  publisher=self.publisher, sources=self.sources, metrics=self.metrics,
                                  workers=cfg.pipeline.workers, queue_size=cfg.pipeline.queue_size,
-                                 report_error=self.errors.report)
+                                 report_error=self.errors.report, on_fatal=self._on_pipeline_failed)
         for source in self.sources:
             source.start()
         self.pipeline.start()
-        self.watchdog = StallWatchdog(self.notifier, progress=lambda: self.pipeline.progress,
+        # A journal retry counts as life: input waits for the journal on purpose, and a restart
+        # by systemd would not give it space back (status and error.<station> say what is wrong).
+        self.watchdog = StallWatchdog(self.notifier,
+                                      progress=lambda: (self.pipeline.progress, self.pipeline.journal_attempts),
                                       busy=self.pipeline.busy, stall_after_s=cfg.pipeline.stall_after_s,
                                       describe=self._describe_stall,
                                       on_stall=functools.partial(self.errors.report, "pipeline_stalled"))
         self.watchdog.start()
         self.ready = True
         self.metrics.ready.set(1)
+        if self._new_stream_warning is not None:
+            self.errors.report("journal_new_epoch", self._new_stream_warning, throttle=False)
         self.notifier.ready(self._status_line())
         logger.info("inspectd %s ready: station %s, publishing on %s, control on %s", inspectd.__version__,
                     cfg.station, ", ".join(self.publisher.endpoints), self.control.endpoint)
@@ -196,7 +209,11 @@ class Daemon:
                 self._prune()
             if self.ready:
                 self.notifier.status(self._status_line())
+                self.journal.flush_history()  # how far this epoch got, should the journal be swapped
         self.stop()
+        if self.fatal_error is not None:
+            logger.critical("inspectd exits with %d: %s", EXIT_PIPELINE_FAILED, self.fatal_error)
+            return EXIT_PIPELINE_FAILED
         return 0
 
     # ---- control handlers ---------------------------------------------------------------
@@ -221,6 +238,7 @@ class Daemon:
             "queues": pipeline.queue_depths() if pipeline else {},
             "counts": dict(pipeline.counts) if pipeline else {},
             "processed": pipeline.progress if pipeline else 0,
+            "journal": self._journal_status(),
             "last_error": (pipeline.last_error if pipeline else None) or self._last_source_event,
             "watchdog": None if self.watchdog is None else {"stalled": self.watchdog.stalled,
                                                             "seconds_since_progress":
@@ -258,6 +276,12 @@ class Daemon:
         if removed:
             logger.info("journal retention removed %d verdict(s)", removed)
 
+    def _on_pipeline_failed(self, text: str) -> None:
+        # Called from the failing pipeline thread: only ask the main loop to stop.
+        self.fatal_error = text
+        self.notifier.status(f"failed: {text}")
+        self.stopping.set()
+
     def _on_source_status(self, update: StatusUpdate) -> None:
         # The source has logged the event already; here it feeds status, metrics and error.<station>.
         if update.severity in (Severity.WARNING, Severity.ERROR):
@@ -266,15 +290,72 @@ class Daemon:
         if self.errors is not None:
             self.errors.on_source_status(update)
 
+    def _journal_status(self) -> dict[str, Any] | None:
+        journal, pipeline = self.journal, self.pipeline
+        if journal is None:
+            return None
+        state: dict[str, Any] = {"path": str(journal.path), "epoch": journal.epoch, "new_stream": journal.new_stream,
+                                 "writable": True, "error": None, "input_paused": False}
+        if pipeline is not None:
+            state.update(pipeline.journal_state())
+        return state
+
+    def _announce_stream(self, state_dir: Path) -> None:
+        """Say so loudly when the journal starts a new epoch where verdicts were journaled before:
+        subscribers and bridges follow the new stream from its first verdict, and what the old
+        journal held is not replayable from this one."""
+        journal = self.journal
+        if journal.new_stream is None:
+            return
+        previous = journal.previous
+        had_verdicts = (previous is not None and previous.last_seq > 0) or any(
+            any((state_dir / folder).iterdir()) for folder in ("done", "quarantine"))
+        if not had_verdicts:
+            logger.info("new journal %s: epoch %d", journal.path, journal.epoch)
+            return
+        before = f" (epoch {previous.epoch}, up to seq {previous.last_seq})" if previous is not None else ""
+        text = (f"journal {journal.path} starts a new stream with epoch {journal.epoch}: {journal.new_stream}; this "
+                f"state dir had verdicts before{before}. Subscribers and bridges follow the new epoch from its first "
+                "verdict; verdicts journaled before are not in this journal")
+        logger.warning("%s", text)
+        self._new_stream_warning = text  # on error.<station> at READY, once subscribers had time to reconnect
+
     def _status_line(self) -> str:
         pipeline = self.pipeline
         if pipeline is None:
             return "starting"
+        state = pipeline.journal_state()  # one snapshot: the publish thread may clear it meanwhile
+        if not state["writable"]:
+            return (f"NOT healthy: the journal cannot be written for {state['failing_for_s'] or 0.0:.0f} s "
+                    f"({state['error']}); input paused, {state['held']} item(s) held, retrying")
         counts = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items())) or "no verdicts yet"
         return f"ready: {pipeline.progress} item(s) done ({counts}); queue {pipeline.queue_depths()['analyse']}"
 
     def _describe_stall(self) -> str:
         return f"pipeline stuck: queues {self.pipeline.queue_depths()}, last error {self.pipeline.last_error}"
+
+
+def prepare_state_dir(state_dir: Path) -> Path:
+    """Create `state_dir` with done/ and quarantine/; StartupError (one line) when it cannot be used.
+
+    A file where the folder should be, a read-only file system, a parent that cannot be
+    created: each is a condition of the machine that a person or a late mount may fix, so
+    start-up exits 1 and systemd tries again, instead of a traceback.
+    """
+    for folder in (state_dir, state_dir / "done", state_dir / "quarantine"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            msg = f"state_dir {state_dir}: {folder} exists and is not a directory"
+            raise StartupError(msg) from exc
+        except OSError as exc:
+            msg = f"state_dir {state_dir}: cannot create {folder}: {exc.strerror or exc}"
+            raise StartupError(msg) from exc
+    for folder in (state_dir, state_dir / "done", state_dir / "quarantine"):
+        if not os.access(folder, os.W_OK | os.X_OK):  # also false on a read-only mount, for root too
+            msg = f"state_dir {state_dir}: {folder} is not writable"
+            raise StartupError(msg)
+    return state_dir
 
 
 def _jsonable(stats: dict[str, Any]) -> dict[str, Any]:

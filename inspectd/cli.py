@@ -1,7 +1,9 @@
 """`inspectd` command line: one sub-command per module in `inspectd.commands`.
 
 Exit codes (a contract with line integrators): 0 all PASS, 1 any FAIL, 2 usage or config
-error, 3 any ERROR.
+error, 3 any ERROR. `inspectd run`: 2 when a restart cannot help (config), 1 when it may.
+An error nobody foresaw is one line and exit 1 too, never a traceback (`--log-level DEBUG`
+logs the traceback).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import logging
 import sys
 
 import inspectd
+from inspectd import logs
 from inspectd.errors import ConfigError
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 # Order shown in --help; each module defines `add_parser(subparsers)` and `run(args) -> int`.
 COMMAND_MODULES = (
-    "analyze", "run", "status", "reload", "subscribe", "bridge", "synth", "demo", "validate_config",
+    "analyze", "run", "status", "reload", "subscribe", "bridge", "journal", "synth", "demo", "validate_config",
     "train", "export", "quantize", "evaluate", "build_engine", "bench",
 )
 
@@ -29,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inline inspection of thermal- and cold-spray coating micrographs.",
     )
     parser.add_argument("--version", action="version", version=f"inspectd {inspectd.__version__}")
-    parser.add_argument("--log-level", default=None, help="override the config's log_level (DEBUG, INFO, ...)")
+    parser.add_argument("--log-level", default=None, type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="override the config's log_level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -42,11 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=(args.log_level or "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure_console(args.log_level or "WARNING")  # `run` switches to logfmt
     try:
         return args.handler(args)
     except ConfigError as exc:
@@ -54,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last guard: one line for systemd and scripts, not a traceback
+        logging.getLogger("inspectd").debug("unexpected error", exc_info=True)
+        text = " ".join(str(exc).split()) or "no message"
+        print(f"inspectd: unexpected error: {type(exc).__name__}: {text} (--log-level DEBUG logs where)",
+              file=sys.stderr)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":

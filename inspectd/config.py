@@ -4,6 +4,13 @@ Every field has a default and a description, so `config.yaml` at the top of the
 repository documents the same keys this module enforces. A validation failure becomes
 one `ConfigError` naming the key path, the YAML line, the value and the reason.
 
+Everything `inspectd run` can know from the file alone is checked here, so that
+`inspectd validate-config` (which calls the same `load`) and a start-up agree: numbers are
+finite and inside sane ranges, ZeroMQ endpoints are parsed, regular expressions are compiled
+and checked for runaway backtracking, source ids and bound addresses are unique. The file is
+read with limits (size, nesting, alias expansion, duplicate keys), since it is YAML that a
+person, a deployment tool or an attacker with write access to /etc may have produced.
+
 Example:
     >>> cfg = parse("station: s1\\num_per_px: 0.8\\n")
     >>> cfg.um_per_px
@@ -13,13 +20,25 @@ Example:
 from __future__ import annotations
 
 import enum
+import ipaddress
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from inspectd.errors import ConfigError
+from inspectd.regex_safety import check_regex
 
 # Metrics a rule may name: every key `measure.measure()` puts into `Measurements.metrics`.
 RULE_METRICS = (
@@ -46,9 +65,100 @@ RULE_METRICS = (
 
 
 class StrictModel(BaseModel):
-    """Base of every config section: unknown keys are refused, values are checked on assignment."""
+    """Base of every config section: unknown keys are refused, values are checked on assignment.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    No float anywhere may be infinite or NaN: `.inf` seconds of grace never ends a shutdown,
+    and a rule `limit: .nan` is false whatever the measurement (every comparison with NaN is).
+    A path may not hold a NUL character, which no file system accepts.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _verify_path_has_no_nul(cls, value: Any) -> Any:
+        if isinstance(value, Path) and "\x00" in str(value):
+            msg = "a path cannot contain a NUL character"
+            raise ValueError(msg)
+        return value
+
+
+def _verify_endpoint(endpoint: str) -> str:
+    """A ZeroMQ endpoint the daemon can bind: tcp://HOST:PORT, ipc://PATH or inproc://NAME.
+
+    Checked here rather than at bind time so that a typo is a config error (exit 2, and
+    `validate-config` says so) instead of a start-up failure that systemd would retry.
+    HOST is `*`, an IP address ([...] for IPv6), a host name or an interface name; PORT is
+    1-65535, or `*` / 0 for any free port.
+
+    >>> _verify_endpoint("tcp://127.0.0.1:5556")
+    'tcp://127.0.0.1:5556'
+    >>> _verify_endpoint("tcp://host:notaport")
+    Traceback (most recent call last):
+    ...
+    ValueError: the port must be 1-65535, or * / 0 for any free port
+    """
+    transport, separator, address = endpoint.partition("://")
+    if not separator:
+        msg = "not a ZeroMQ endpoint: use tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+        raise ValueError(msg)
+    if transport == "tcp":
+        host, colon, port = address.rpartition(":")
+        if not colon or not host:
+            msg = "a tcp endpoint is tcp://HOST:PORT"
+            raise ValueError(msg)
+        if port not in ("*", "0") and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            msg = "the port must be 1-65535, or * / 0 for any free port"
+            raise ValueError(msg)
+        _verify_host(host.removeprefix("[").removesuffix("]") if host.startswith("[") else host)
+    elif transport == "ipc":
+        # sockaddr_un holds 107 bytes and a NUL: a longer path cannot be bound at all.
+        if not address or "\x00" in address or len(address.encode("utf-8", "surrogateescape")) > 107:
+            msg = "an ipc endpoint is ipc://PATH with a path of 1-107 bytes"
+            raise ValueError(msg)
+    elif transport == "inproc":
+        if not address:
+            msg = "an inproc endpoint needs a name"
+            raise ValueError(msg)
+    else:
+        msg = f"transport {transport!r} is not one the daemon binds (tcp, ipc, inproc)"
+        raise ValueError(msg)
+    return endpoint
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+
+
+def _verify_host(host: str) -> str:
+    """`*`, an IP address, or a host / interface name (letters, digits, `.`, `-`, `_`)."""
+    if host == "*":
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        all_digits = host.replace(".", "").isdigit()  # 999.1.1.1 is a bad address, not a name
+        if all_digits or not _HOST_NAME.fullmatch(host):
+            msg = f"{host!r} is not an IP address, host name or interface name"
+            raise ValueError(msg) from None
+    return host
+
+
+def _verify_http_host(host: str) -> str:
+    if host == "*":  # ZeroMQ's wildcard; an HTTP server would look the name "*" up and fail at start
+        msg = "'*' is not an address to listen on: use 0.0.0.0 (or ::) for every address"
+        raise ValueError(msg)
+    return _verify_host(host)
+
+
+def _verify_part_id_pattern(pattern: str) -> str:
+    check_regex(pattern, required_groups=("part",))
+    return pattern
+
+
+ZmqEndpoint = Annotated[str, AfterValidator(_verify_endpoint)]
+# A regular expression matched against every file name: compiled and checked for runaway
+# backtracking here, so a pattern that could stall the folder source never starts.
+PartIdPattern = Annotated[str, AfterValidator(_verify_part_id_pattern)]
 
 
 class LogLevel(str, enum.Enum):
@@ -62,11 +172,12 @@ class InputConfig(StrictModel):
     max_pixels: int = Field(
         100_000_000,
         ge=1,
+        le=1 << 36,
         description="Largest width*height accepted, checked on the file header BEFORE decoding "
         "(decompression-bomb guard).",
     )
     max_file_bytes: int = Field(
-        1_000_000_000, ge=1, description="Largest input file size accepted, in bytes."
+        1_000_000_000, ge=1, le=1 << 40, description="Largest input file size accepted, in bytes."
     )
 
 
@@ -129,7 +240,7 @@ class SlicConfig(StrictModel):
         SlicImplementation.SKIMAGE, description="skimage (always there) or fast_slic (built by `make venv`; about 25x faster)."
     )
     n_segments: int = Field(1000, ge=2, le=100_000, description="Approximate number of superpixels.")
-    compactness: float = Field(10.0, gt=0.0, description="SLIC compactness (higher = squarer superpixels).")
+    compactness: float = Field(10.0, gt=0.0, le=10_000.0, description="SLIC compactness (higher = squarer superpixels).")
 
 
 class ClassicalConfig(StrictModel):
@@ -144,9 +255,9 @@ class ClassicalConfig(StrictModel):
     fixed_threshold: int = Field(
         128, ge=0, le=65535, description="Grey level for threshold: fixed, in the frame's own levels (x257 for 16-bit)."
     )
-    adaptive_block_size: int = Field(51, ge=3, description="Odd window size for threshold: adaptive, pixels.")
+    adaptive_block_size: int = Field(51, ge=3, le=4095, description="Odd window size for threshold: adaptive, pixels.")
     adaptive_offset: float = Field(
-        -20.0, description="Subtracted from the local mean for threshold: adaptive, in the frame's own grey levels."
+        -20.0, ge=-65535.0, le=65535.0, description="Subtracted from the local mean for threshold: adaptive, in the frame's own grey levels."
     )
     smooth_sigma_px: float = Field(
         0.5, ge=0.0, le=50.0, description="Gaussian sigma applied before thresholding (against single-pixel noise; "
@@ -263,7 +374,7 @@ class TrustConfig(StrictModel):
 
 class MeasureConfig(StrictModel):
     min_region_area_px: int = Field(
-        30, ge=1, description="Regions smaller than this are left out of the region table and counts (noise)."
+        30, ge=1, le=1 << 36, description="Regions smaller than this are left out of the region table and counts (noise)."
     )
 
 
@@ -303,12 +414,16 @@ class FolderSourceConfig(StrictModel):
     exclude: list[str] = Field(default_factory=list, description="Glob patterns never taken (hidden, *.part, *.tmp always are).")
     recursive: bool = Field(False, description="Watch sub-folders too.")
     polling: bool = Field(False, description="Poll instead of inotify (network shares).")
-    poll_interval_s: float = Field(1.0, gt=0.0, description="Polling period, seconds.")
-    stable_s: float = Field(0.5, ge=0.0, description="Size and mtime must stay unchanged this long before a file is taken.")
-    max_open_wait_s: float = Field(30.0, ge=0.0, description="A file written without a close event is taken after this long.")
-    rescan_interval_s: float = Field(10.0, gt=0.0, description="Full rescan period (inotify drops events under bursts).")
-    part_id_pattern: str | None = Field(
+    poll_interval_s: float = Field(1.0, ge=0.05, le=3600.0, description="Polling period, seconds.")
+    stable_s: float = Field(0.5, ge=0.0, le=3600.0, description="Size and mtime must stay unchanged this long before a file is taken.")
+    max_open_wait_s: float = Field(30.0, ge=0.0, le=86_400.0, description="A file written without a close event is taken after this long.")
+    rescan_interval_s: float = Field(10.0, ge=0.1, le=86_400.0, description="Full rescan period (inotify drops events under bursts).")
+    part_id_pattern: PartIdPattern | None = Field(
         None, description="Regex with a (?P<part>...) group applied to the file name; null = the file stem."
+    )
+    follow_symlinks: bool = Field(
+        False, description="Read a symbolic link's target when it is a regular file inside the folder "
+        "(false: a link gets an ERROR verdict and is quarantined, never followed)."
     )
     buffer_size: int = Field(8, ge=1, le=10_000, description="Files read ahead of the pipeline.")
 
@@ -316,16 +431,25 @@ class FolderSourceConfig(StrictModel):
 class CameraSourceFields(StrictModel):
     id: str = Field("camera", pattern=r"^[A-Za-z0-9_.-]+$", description="Source id in verdicts and status.")
     mode: Literal["free_run", "triggered"] = Field("free_run", description="free_run (fps-capped) or triggered.")
-    fps_cap: float | None = Field(None, gt=0.0, description="Most frames per second handed on in free-run.")
-    frame_timeout_s: float = Field(2.0, gt=0.0, description="Longest wait for one frame.")
-    lost_after_timeouts: int = Field(3, ge=1, description="Frame timeouts in a row that count as camera lost.")
+    fps_cap: float | None = Field(None, gt=0.0, le=10_000.0, description="Most frames per second handed on in free-run.")
+    frame_timeout_s: float = Field(2.0, ge=0.01, le=3600.0, description="Longest wait for one frame.")
+    lost_after_timeouts: int = Field(3, ge=1, le=10_000, description="Frame timeouts in a row that count as camera lost.")
     trigger_retries: int = Field(1, ge=0, le=10, description="Triggered: trigger again this many times when no complete "
                                  "frame came; frame_timeout_s is shared out evenly between the tries.")
-    trigger_endpoint: str = Field("tcp://127.0.0.1:5560", description="ZeroMQ REP endpoint for trigger messages.")
-    max_pending_triggers: int = Field(64, ge=1, description="Triggers queued beyond this are refused.")
-    reconnect_initial_s: float = Field(0.5, gt=0.0, description="First reconnect back-off, seconds.")
-    reconnect_max_s: float = Field(30.0, gt=0.0, description="Longest reconnect back-off, seconds.")
+    trigger_endpoint: ZmqEndpoint = Field("tcp://127.0.0.1:5560", description="ZeroMQ REP endpoint for trigger "
+                                          "messages (bound in triggered mode).")
+    max_pending_triggers: int = Field(64, ge=1, le=100_000, description="Triggers queued beyond this are refused.")
+    reconnect_initial_s: float = Field(0.5, ge=0.01, le=3600.0, description="First reconnect back-off, seconds.")
+    reconnect_max_s: float = Field(30.0, ge=0.01, le=3600.0, description="Longest reconnect back-off, seconds.")
     buffer_size: int = Field(4, ge=1, le=1000, description="Frames queued; free-run drops the OLDEST beyond it.")
+
+    @model_validator(mode="after")
+    def _verify_backoff(self) -> CameraSourceFields:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            msg = (f"reconnect_initial_s ({self.reconnect_initial_s}) must not exceed reconnect_max_s "
+                   f"({self.reconnect_max_s})")
+            raise ValueError(msg)
+        return self
 
 
 class OpenCVSourceConfig(CameraSourceFields):
@@ -335,9 +459,9 @@ class OpenCVSourceConfig(CameraSourceFields):
     device: int | str = Field(0, description="Device index, /dev/videoN, file path or rtsp:// URL.")
     backend: Literal["any", "v4l2", "ffmpeg", "gstreamer"] = Field("any", description="VideoCapture API.")
     at_end: Literal["end", "loop"] = Field("end", description="For files: stop or loop at the end.")
-    width: int | None = Field(None, ge=1, description="Requested frame width.")
-    height: int | None = Field(None, ge=1, description="Requested frame height.")
-    camera_fps: float | None = Field(None, gt=0.0, description="Frame rate requested from the device.")
+    width: int | None = Field(None, ge=1, le=65_535, description="Requested frame width.")
+    height: int | None = Field(None, ge=1, le=65_535, description="Requested frame height.")
+    camera_fps: float | None = Field(None, gt=0.0, le=10_000.0, description="Frame rate requested from the device.")
 
 
 class AravisSourceConfig(CameraSourceFields):
@@ -346,10 +470,10 @@ class AravisSourceConfig(CameraSourceFields):
     kind: Literal["aravis"] = "aravis"
     camera_id: str | None = Field(None, description="Device id or IP address; null = the first camera found.")
     pixel_format: Literal["Mono8", "Mono10", "Mono12", "Mono14", "Mono16"] = Field("Mono8", description="Pixel format.")
-    exposure_us: float | None = Field(None, gt=0.0, description="Exposure time, microseconds (null = camera's).")
-    gain_db: float | None = Field(None, description="Gain, dB (null = camera's).")
-    packet_size: int | None = Field(None, ge=576, description="GigE packet size (null = negotiate).")
-    n_buffers: int = Field(8, ge=2, description="Stream buffers.")
+    exposure_us: float | None = Field(None, gt=0.0, le=1e9, description="Exposure time, microseconds (null = camera's).")
+    gain_db: float | None = Field(None, ge=-1000.0, le=1000.0, description="Gain, dB (null = camera's).")
+    packet_size: int | None = Field(None, ge=576, le=65_535, description="GigE packet size (null = negotiate).")
+    n_buffers: int = Field(8, ge=2, le=1024, description="Stream buffers.")
 
 
 SourceConfig = Annotated[
@@ -364,25 +488,27 @@ SourceConfig = Annotated[
 class PipelineConfig(StrictModel):
     workers: int = Field(1, ge=1, le=64, description="Analysis threads (numba kernels and ONNX release the GIL).")
     queue_size: int = Field(4, ge=1, le=1000, description="Frames waiting between acquisition and analysis.")
-    stall_after_s: float = Field(60.0, gt=0.0, description="No progress this long with work pending = stalled: "
+    stall_after_s: float = Field(60.0, ge=1.0, le=86_400.0, description="No progress this long with work pending = stalled: "
                                  "the systemd watchdog ping stops.")
-    shutdown_grace_s: float = Field(10.0, ge=0.0, description="On SIGTERM, time to finish frames in flight.")
+    shutdown_grace_s: float = Field(10.0, ge=0.0, le=600.0, description="On SIGTERM, time to finish frames in flight "
+                                    "(keep it below the unit's TimeoutStopSec).")
 
 
 class PublishConfig(StrictModel):
-    bind: list[str] = Field(["tcp://127.0.0.1:5556"], min_length=1, description="PUB endpoints for verdicts.")
-    heartbeat_interval_s: float = Field(1.0, gt=0.0, le=60.0, description="heartbeat.<station> period, seconds.")
-    sndhwm: int = Field(10_000, ge=1, description="Messages queued per subscriber before PUB drops (replay fills gaps).")
+    bind: list[ZmqEndpoint] = Field(["tcp://127.0.0.1:5556"], min_length=1, max_length=16,
+                                    description="PUB endpoints for verdicts.")
+    heartbeat_interval_s: float = Field(1.0, ge=0.1, le=60.0, description="heartbeat.<station> period, seconds.")
+    sndhwm: int = Field(10_000, ge=1, le=10_000_000, description="Messages queued per subscriber before PUB drops (replay fills gaps).")
 
 
 class ControlConfig(StrictModel):
-    bind: str = Field("tcp://127.0.0.1:5557", description="REQ/REP control endpoint: status, reload, replay.")
+    bind: ZmqEndpoint = Field("tcp://127.0.0.1:5557", description="REQ/REP control endpoint: status, reload, replay.")
 
 
 class JournalConfig(StrictModel):
-    retention_days: float | None = Field(90.0, gt=0.0, description="Verdicts older than this are pruned (null = keep).")
-    retention_rows: int | None = Field(1_000_000, ge=1, description="At most this many verdicts kept (null = no cap).")
-    lock_timeout_s: float = Field(30.0, gt=0.0, description="How long a journal write waits for another process's "
+    retention_days: float | None = Field(90.0, gt=0.0, le=36_500.0, description="Verdicts older than this are pruned (null = keep).")
+    retention_rows: int | None = Field(1_000_000, ge=1, le=10**12, description="At most this many verdicts kept (null = no cap).")
+    lock_timeout_s: float = Field(30.0, ge=0.01, le=3600.0, description="How long a journal write waits for another process's "
                                   "lock (a backup, an sqlite3 shell) before it fails; the verdict is then held back "
                                   "and retried, and the failure reported on error.<station>.")
 
@@ -402,7 +528,8 @@ class CurveConfig(StrictModel):
 
 class MetricsConfig(StrictModel):
     enabled: bool = Field(True, description="Serve Prometheus metrics over HTTP.")
-    host: str = Field("127.0.0.1", description="Listen address (loopback by default).")
+    host: Annotated[str, AfterValidator(_verify_http_host)] = Field(
+        "127.0.0.1", description="Listen address (loopback by default).")
     port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
 
 
@@ -426,60 +553,338 @@ class Config(StrictModel):
     curve: CurveConfig = Field(default_factory=CurveConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
+    @model_validator(mode="after")
+    def _verify_daemon_wiring(self) -> Config:
+        verify_unique_source_ids(self)
+        verify_distinct_listen_addresses(self)
+        return self
+
+
+def verify_unique_source_ids(cfg: Config) -> None:
+    """Verdicts, status and metrics name a source by its id: two sources with one id cannot be told apart.
+
+    Several folder sources left at the default id `folder` are the usual way to get here.
+    """
+    seen: dict[str, int] = {}
+    for index, source in enumerate(cfg.sources):
+        if source.id in seen:
+            msg = (f"sources.{index}.id: {source.id!r} is already the id of sources.{seen[source.id]}; "
+                   "give each source its own id")
+            raise ValueError(msg)
+        seen[source.id] = index
+
+
+def verify_distinct_listen_addresses(cfg: Config) -> None:
+    """No two sockets the daemon binds may ask for the same address.
+
+    The second bind would fail at start-up with "address in use", which looks like a
+    condition that clears (exit 1, systemd retries for ever) but never does. Ports `*` / 0
+    (any free port) never clash; `*` or 0.0.0.0 clashes with every host on the same port.
+    """
+    wanted: list[tuple[str, str]] = [(f"publish.bind.{i}", e) for i, e in enumerate(cfg.publish.bind)]
+    wanted.append(("control.bind", cfg.control.bind))
+    wanted += [(f"sources.{i}.trigger_endpoint", s.trigger_endpoint) for i, s in enumerate(cfg.sources)
+               if getattr(s, "mode", None) == "triggered"]
+    if cfg.metrics.enabled and cfg.metrics.port:
+        wanted.append(("metrics", f"tcp://{cfg.metrics.host}:{cfg.metrics.port}"))
+    taken: list[tuple[str, str, str]] = []  # (key, transport, address)
+    for key, endpoint in wanted:
+        transport, _, address = endpoint.partition("://")
+        for other_key, other_transport, other_address in taken:
+            if transport == other_transport and _same_address(transport, address, other_address):
+                msg = f"{key} {endpoint!r} asks for the address {other_key} binds already"
+                raise ValueError(msg)
+        taken.append((key, transport, address))
+
+
+def _same_address(transport: str, address: str, other: str) -> bool:
+    if transport != "tcp":
+        return address == other
+    host, _, port = address.rpartition(":")
+    other_host, _, other_port = other.rpartition(":")
+    if port in ("*", "0") or port != other_port:
+        return False
+    wildcard = {"*", "0.0.0.0", "[::]", "::"}  # noqa: S104 - names of the wildcard address, not a bind
+    return host == other_host or host in wildcard or other_host in wildcard
+
 
 def parse_object(raw: Any, *, yaml_text: str | None = None, origin: str = "<config>") -> Config:
-    """Validate an already-parsed mapping; `yaml_text` lets errors point at a line."""
+    """Validate an already-parsed mapping; `yaml_text` lets errors point at a line.
+
+    This is the one gate every config goes through (a file, `inspectd run`'s flags, a
+    reload), so `validate-config` and a start-up refuse exactly the same configs.
+    """
+    return _validated(raw, lambda: compose_yaml(yaml_text), origin)
+
+
+def _validated(raw: Any, root: Callable[[], yaml.Node | None], origin: str) -> Config:
+    """`parse_object`; `root` gives the YAML node tree for line numbers, only when a message needs one."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         msg = f"{origin}: the top level must be a mapping of keys, got {type(raw).__name__}"
         raise ConfigError(msg)
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, yaml_text, origin)) from exc
+        raise ConfigError(_describe(exc, root(), origin)) from exc
+    _verify_engine_known(cfg, root, origin)
+    return cfg
 
 
 def parse(text: str, *, origin: str = "<config>") -> Config:
     """Parse and validate YAML text."""
-    return parse_object(parse_yaml(text, origin=origin), yaml_text=text, origin=origin)
+    raw, root = _load_yaml(text, origin=origin, kind="YAML")
+    return _validated(raw, lambda: root, origin)
 
 
 def load(path: str | Path | None) -> Config:
-    """Load a config file; `None` gives the built-in defaults."""
+    """Load a config file; `None` gives the built-in defaults.
+
+    `inspectd validate-config` and `inspectd run` both call this: what it accepts, a
+    start-up accepts as far as the file can tell.
+    """
     if path is None:
         return Config()
     return parse(read_text(path, "config file"), origin=str(path))
 
 
+def _verify_engine_known(cfg: Config, root: Callable[[], yaml.Node | None], origin: str) -> None:
+    """`segment.engine` names an engine of this installation (imported here: config stays light otherwise)."""
+    from inspectd.engines.registry import ENGINES, PLUGIN_IMPORT_ERRORS
+
+    name = cfg.segment.engine
+    if name in ENGINES:
+        return
+    where = _yaml_line(root(), ("segment", "engine"))
+    at = f" (line {where})" if where else ""
+    why = f" (its plugin could not be imported: {PLUGIN_IMPORT_ERRORS[name]})" if name in PLUGIN_IMPORT_ERRORS else ""
+    msg = f"{origin}{at}: segment.engine = {name!r}: not an engine of this installation{why}; available: " + (
+        ", ".join(ENGINES) or "(none)")
+    raise ConfigError(msg)
+
+
+# ---- reading settings files safely ----------------------------------------------------
+
+MAX_SETTINGS_BYTES = 256 << 10
+"""Largest settings file read (config, register map, node map): 25 times the shipped,
+fully commented config.yaml. It bounds the time to read one (about a second for 256 KiB of
+the tiniest tokens) and, since aliases may not expand a document beyond it either, the
+memory of what is built."""
+
+MAX_NESTING = 32
+"""Deepest nesting of mappings and sequences; the deepest real key is 5 levels down, and the
+YAML composer recurses once per level."""
+
+
+# Events come from libyaml where PyYAML was built with it (its pure-Python scanner takes
+# about 3 s for 256 KiB of tiny tokens, four times libyaml's); the nodes are composed here, in Python, so
+# that the limits below apply either way.
+try:
+    from yaml.cyaml import CParser as _LibyamlParser
+except ImportError:  # PyYAML built without libyaml
+    _LibyamlParser = None
+_EVENT_SOURCE = (_LibyamlParser,) if _LibyamlParser is not None else (
+    yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser)
+
+
+class _SettingsLoader(yaml.composer.Composer, *_EVENT_SOURCE, yaml.constructor.SafeConstructor,
+                      yaml.resolver.Resolver):
+    """PyYAML's safe loader with the limits a settings file needs.
+
+    * Aliases: the document with every alias written out in full must stay within
+      MAX_SETTINGS_BYTES, so a "billion laughs" file of a few hundred bytes (anchors
+      referring to anchors, in sequences, mappings or merge keys) is refused while it is
+      read, before anything is expanded. An alias inside its own anchor (a cycle) is refused.
+    * Depth: at most MAX_NESTING levels.
+    * Keys: a key twice in one mapping is refused with both lines. YAML requires unique keys
+      and PyYAML would silently keep the last, so a second `rules:` lower down would win
+      unseen. Merge keys (`<<: *defaults`) still override as YAML defines.
+    * A scalar Python cannot build (an int of 5000 digits, the date 2026-13-45) is an error
+      at its line instead of a ValueError.
+    """
+
+    def __init__(self, stream: str) -> None:
+        if _LibyamlParser is not None:
+            _LibyamlParser.__init__(self, stream)
+        else:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+        yaml.composer.Composer.__init__(self)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._depth = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> its size with aliases written out
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            if id(node) not in self._expanded:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the alias *{event.anchor} is inside its own anchor", event.start_mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_NESTING:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_NESTING} levels deep", self.peek_event().start_mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        size = self._expanded_size(node)
+        if size > MAX_SETTINGS_BYTES:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand it beyond {MAX_SETTINGS_BYTES // 1024} KiB", node.start_mark)
+        self._expanded[id(node)] = size
+        return node
+
+    def _expanded_size(self, node: yaml.Node) -> int:
+        if isinstance(node, yaml.ScalarNode):
+            return max(1, len(node.value))
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
+        return 2 + sum(self._expanded[id(child)] for child in children)
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        node = super().compose_mapping_node(anchor)
+        first_seen: dict[tuple[str, str], yaml.Node] = {}
+        for key, _value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            earlier = first_seen.setdefault((key.tag, key.value), key)
+            if earlier is not key:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_short(key.value)} (first at line {earlier.start_mark.line + 1})",
+                    key.start_mark)
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:  # noqa: FBT001, FBT002 - PyYAML's signature
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            shown = _short(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read {shown}: {exc}", node.start_mark) from exc
+
+
 def read_text(path: str | Path, what: str) -> str:
-    """A settings file's text (config, register map, node map), or ConfigError naming it."""
+    """A settings file's text (config, register map, node map), or ConfigError naming it.
+
+    At most MAX_SETTINGS_BYTES are read (a config pointed at a log file or /dev/zero is
+    refused, not read to the end), and the bytes must be UTF-8 text.
+    """
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            raw = file.read(MAX_SETTINGS_BYTES + 1)
     except OSError as exc:
         msg = f"{path}: cannot read {what}: {exc.strerror or exc}"
         raise ConfigError(msg) from exc
+    if len(raw) > MAX_SETTINGS_BYTES:
+        msg = f"{path}: the {what} is larger than {MAX_SETTINGS_BYTES // 1024} KiB; is it the right file?"
+        raise ConfigError(msg)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        msg = (f"{path} (line {line}): the {what} is not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+               "is it a binary file?")
+        raise ConfigError(msg) from None
 
 
 def parse_yaml(text: str, *, origin: str, kind: str = "YAML") -> Any:
-    """YAML (of which JSON is a subset) to Python objects, or ConfigError naming the origin."""
+    """YAML (of which JSON is a subset) to Python objects with `_SettingsLoader`'s limits, or ConfigError.
+
+    Every error is one line naming the origin and the line, whatever the input.
+
+    Example:
+        >>> parse_yaml("a: &x [1, 2]\\nb: *x\\n", origin="m.yaml")
+        {'a': [1, 2], 'b': [1, 2]}
+        >>> parse_yaml("a: 1\\na: 2\\n", origin="m.yaml")
+        Traceback (most recent call last):
+        ...
+        inspectd.errors.ConfigError: m.yaml (line 2, column 1): not valid YAML: duplicate key 'a' (first at line 1)
+    """
+    return _load_yaml(text, origin=origin, kind=kind)[0]
+
+
+def _load_yaml(text: str, *, origin: str, kind: str) -> tuple[Any, yaml.Node | None]:
+    """`parse_yaml`, also giving the node tree (kept for line numbers: a second parse costs as much)."""
+    if len(text) > MAX_SETTINGS_BYTES:
+        msg = f"{origin}: larger than {MAX_SETTINGS_BYTES // 1024} KiB; is it the right file?"
+        raise ConfigError(msg)
+    control = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if control:
+        line = text.count("\n", 0, control.start()) + 1
+        msg = (f"{origin} (line {line}): not {kind} text: it holds the control character "
+               f"U+{ord(control.group()):04X}; is it a binary file?")
+        raise ConfigError(msg)
+    loader = _SettingsLoader(text)
     try:
-        return yaml.safe_load(text)
+        root = loader.get_single_node()
+        return (None if root is None else loader.construct_document(root)), root
     except yaml.YAMLError as exc:
-        msg = f"{origin}: not valid {kind}: {exc}"
+        msg = f"{origin}{_yaml_error_position(exc)}: not valid {kind}: {_yaml_error_text(exc)}"
         raise ConfigError(msg) from exc
+    finally:
+        loader.dispose()
 
 
-def _describe(exc: ValidationError, yaml_text: str | None, origin: str) -> str:
+def compose_yaml(text: str | None) -> yaml.Node | None:
+    """The node tree of `text` (for line numbers in messages), read with the same limits; None if it cannot be."""
+    if not text:
+        return None
+    loader = _SettingsLoader(text)
+    try:
+        return loader.get_single_node()
+    except (yaml.YAMLError, ValueError):
+        return None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error_position(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+
+def _yaml_error_text(exc: yaml.YAMLError) -> str:
+    """PyYAML's message without its source excerpt and caret: one line."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        text = exc.problem or exc.context or "invalid"
+        if exc.problem and exc.context:
+            context_line = f" at line {exc.context_mark.line + 1}" if exc.context_mark is not None else ""
+            text += f" ({exc.context}{context_line})"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr of a value, cut to `limit` characters: a message must stay one readable line."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit - 5]}...{shown[-2:]}"
+
+
+MAX_ERRORS_SHOWN = 10
+
+
+def _describe(exc: ValidationError, root: yaml.Node | None, origin: str) -> str:
+    """One line per error (the first MAX_ERRORS_SHOWN): origin, YAML line, key path, value, reason."""
     lines = []
-    root = _compose(yaml_text)
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_ERRORS_SHOWN]:
         loc = _without_union_tags(err["loc"])
-        key_path = ".".join(str(part) for part in loc) or "<top>"
+        reason = " ".join(str(err["msg"]).removeprefix("Value error, ").split())
+        key_path = ".".join(str(part) if str(part).isprintable() else repr(part) for part in loc)
+        if not key_path:  # a check across sections names the key itself: "sources.1.id: ..."
+            named = re.match(r"([A-Za-z_]\w*(?:\.\w+)*)[ :]", reason)
+            loc = tuple(int(p) if p.isdigit() else p for p in named.group(1).split(".")) if named else ()
         where = _yaml_line(root, loc)
         at = f" (line {where})" if where else ""
-        shown = "" if err["type"] == "missing" else f" = {err.get('input')!r}"
-        lines.append(f"{origin}{at}: {key_path}{shown}: {err['msg']}")
+        shown = "" if err["type"] == "missing" or not key_path else f" = {_short(err.get('input'))}"
+        lines.append(f"{origin}{at}: {key_path + shown + ': ' if key_path else ''}{reason}")
+    if len(errors) > MAX_ERRORS_SHOWN:
+        lines.append(f"{origin}: ... and {len(errors) - MAX_ERRORS_SHOWN} more")
     return "\n".join(lines)
 
 
@@ -487,15 +892,6 @@ def _without_union_tags(loc: tuple) -> tuple:
     """pydantic puts the discriminator value into the path (sources.0.folder.path); drop it."""
     tags = {"folder", "opencv", "aravis"}
     return tuple(part for i, part in enumerate(loc) if not (part in tags and i > 0 and isinstance(loc[i - 1], int)))
-
-
-def _compose(yaml_text: str | None) -> yaml.Node | None:
-    if not yaml_text:
-        return None
-    try:
-        return yaml.compose(yaml_text)
-    except yaml.YAMLError:
-        return None
 
 
 def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:

@@ -181,10 +181,11 @@ class ControlServer:
 
 
 def replay_handler(journal: Journal, *, batch: int = REPLAY_BATCH) -> Handler:
-    """The `replay` handler: `{"from": N, "to": M}` -> `{"messages": [...], "last_seq": L}`.
+    """The `replay` handler: `{"from": N, "to": M}` -> `{"messages": [...], "last_seq": L, "epoch": E}`.
 
     At most `batch` messages per answer (ask again from the last seq + 1); `last_seq` is the
-    journal's newest seq, so a client knows whether more exist. Pruned seqs are absent.
+    journal's newest seq, so a client knows whether more exist; `epoch` the journal's stream,
+    so a client that follows another one knows the journal changed. Pruned seqs are absent.
 
     Example:
         >>> import tempfile, os
@@ -203,7 +204,8 @@ def replay_handler(journal: Journal, *, batch: int = REPLAY_BATCH) -> Handler:
             msg = f"replay 'to' ({to_seq}) is before 'from' ({from_seq})"
             raise ControlError(msg)
         last_seq = journal.last_seq()
-        return {"messages": journal.range(from_seq, to_seq, limit=batch), "last_seq": last_seq}
+        return {"messages": journal.range(from_seq, to_seq, limit=batch), "last_seq": last_seq,
+                "epoch": journal.epoch}
 
     return replay
 

@@ -3,8 +3,11 @@
 Per-item failures are ERROR / NO_INSPECTION *verdicts* (every part gets exactly one), so the
 source events that already end in a verdict are not sent again here. Every other source
 event of WARNING or ERROR severity is (camera lost, folder gone, inotify overflow, a file
-that could not be moved), and so are the daemon's own troubles: the journal refusing writes,
-a pipeline thread restarting, a stall. One kind from one source goes out at most once per
+that could not be moved), and so are the daemon's own troubles: the journal refusing writes
+(`journal_write_failed`: input is paused until it takes them again), a journal deleted under
+the daemon and rebuilt (`journal_restored`), a new journal epoch where verdicts were
+journaled before (`journal_new_epoch`: consumers start a new stream), a pipeline thread
+restarting, a stall. One kind from one source goes out at most once per
 `repeat_after_s`, so a flapping camera cannot flood a PLC bridge; the next message says
 how many were held back.
 

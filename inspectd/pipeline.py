@@ -14,9 +14,15 @@ Why this shape:
 * A frame out of the engine's distribution (`Assessment.out_of_distribution`) is reported on
   `error.<station>` when it starts a run of such frames from its source (`OutOfDistributionRuns`),
   whatever its verdict: ERROR under `trust.ood.action: error`, PASS/FAIL under `warn`.
-* A journal that refuses writes (disk full, another process holding its lock) holds the
-  verdict back and retries with back-off, reporting on `error.<station>`: a verdict is
-  never published unjournaled and never dropped. Input waits behind it meanwhile. A
+* A journal that refuses writes (disk full, read-only, an I/O error, another process holding
+  its lock, the file replaced) holds the verdict back and retries with back-off (0.1 s,
+  doubling to 5 s), reporting on `error.<station>`: a verdict is never published unjournaled
+  and never dropped. Input stops at the first failure: the acquire threads take nothing from
+  the sources, so a folder's files wait in the inbox (its reader blocks on its own bounded
+  buffer) and a free-running camera's buffer drops its oldest frames, counted in `drops`.
+  Nothing keeps accumulating either way: at most `queue_size + 2 * workers` items are ever
+  between the sources and the journal (`max_held`), failing journal or slow one. The first
+  write that succeeds publishes the held verdicts in order and input resumes by itself. A
   shutdown in that state leaves the item's file in the inbox for the next start (a camera
   frame has no file: it is logged as lost).
 """
@@ -27,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,6 +58,18 @@ _POLL_S = 0.2  # how often blocked threads look at the stop flag
 _JOURNAL_RETRY_FIRST_S = 0.1
 _JOURNAL_RETRY_MAX_S = 5.0
 NO_INSPECTION = "NO_INSPECTION"
+
+# A pipeline thread whose loop raises is restarted: a bug that fires on one odd frame must not
+# end its stage. The pause before a restart doubles with each recent crash (0.5 s, 1 s, 2 s ...
+# up to 30 s), so a bug that fires on every frame cannot spin. THREAD_CRASH_LIMIT crashes
+# (of any pipeline thread) within THREAD_CRASH_WINDOW_S mean the daemon cannot work as it is:
+# it stops and exits non-zero, and systemd's Restart=on-failure starts it afresh (new
+# threads, engine and sockets); its StartLimitBurst (5 starts in 10 minutes) then marks the
+# unit failed for an operator instead of restarting a hopeless daemon forever.
+THREAD_RESTART_FIRST_S = 0.5
+THREAD_RESTART_MAX_S = 30.0
+THREAD_CRASH_LIMIT = 5
+THREAD_CRASH_WINDOW_S = 600.0
 
 
 def file_dedupe_key(path: str, sha256: str, field_index: int | None = None) -> str:
@@ -104,9 +122,12 @@ class Pipeline:
         queue_size: int = 4,
         on_published: Callable[[dict[str, Any]], None] | None = None,
         report_error: Callable[..., object] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         """`report_error(kind, text, source=None, throttle=True)`: daemon-level trouble for
-        `error.<station>` (`ErrorReporter.report`)."""
+        `error.<station>` (`ErrorReporter.report`). `on_fatal(text)`: pipeline threads crashed
+        more than `THREAD_CRASH_LIMIT` allows; the owner stops the daemon (called once, from
+        the failing thread, so it must only ask for the stop)."""
         self.station = station
         self.analyzer = analyzer
         self.journal = journal
@@ -122,6 +143,15 @@ class Pipeline:
         self._publish_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._in_flight = 0
+        # Items between the sources and the journal: analysed results wait in `_done` while the
+        # journal refuses writes, so this bounds memory (a few MB each for large frames).
+        self.max_held = queue_size + 2 * workers
+        self.journal_failure: str | None = None  # why the journal refuses writes; None while it takes them
+        self.journal_failing_since: float | None = None  # monotonic
+        self.journal_attempts = 0  # commits tried: moves while retrying, so the watchdog sees the loop alive
+        metrics.items_held.set_function(lambda: self._in_flight)
+        metrics.journal_writable.set(1)
+        metrics.input_paused.set(0)
         self.progress = 0  # items fully handled (journaled, published, acked)
         self.last_progress_monotonic = time.monotonic()
         self.counts: Counter[str] = Counter()
@@ -129,6 +159,9 @@ class Pipeline:
         self._on_published = on_published
         self._report_error = report_error
         self._ood_runs = OutOfDistributionRuns()  # only the publish thread touches it
+        self._on_fatal = on_fatal
+        self._crash_times: deque[float] = deque()  # monotonic, within THREAD_CRASH_WINDOW_S
+        self.fatal_error: str | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -163,6 +196,18 @@ class Pipeline:
         with self._lock:
             return self._in_flight > 0 or not self._work.empty()
 
+    def input_paused(self) -> bool:
+        """Whether the sources are left alone: the journal refuses writes, or `max_held` items are
+        already between the sources and the journal."""
+        return self.journal_failure is not None or self._in_flight >= self.max_held
+
+    def journal_state(self) -> dict[str, Any]:
+        """For `status`: whether verdicts can be journaled, and what waits meanwhile."""
+        since = self.journal_failing_since
+        return {"writable": self.journal_failure is None, "error": self.journal_failure,
+                "failing_for_s": None if since is None else round(time.monotonic() - since, 3),
+                "input_paused": self.journal_failure is not None, "held": self._in_flight, "max_held": self.max_held}
+
     def queue_depths(self) -> dict[str, int]:
         return {"analyse": self._work.qsize(), "publish": self._done.qsize(), "in_flight": self._in_flight}
 
@@ -175,20 +220,55 @@ class Pipeline:
         return thread
 
     def _guarded(self, target: Callable[..., None], name: str, *args: Any) -> None:
-        # A bug in a loop must not silently end that stage: log it and keep the loop running.
+        """Run one pipeline thread's loop; restart it with back-off when it raises, and past
+        the crash limit ask for the daemon to stop (see THREAD_CRASH_LIMIT for why)."""
         while not self._stop_workers.is_set():
             try:
                 target(*args)
                 return
             except Exception as exc:  # noqa: BLE001 - last line of defence of a long-running thread
-                logger.exception("pipeline thread %s failed; restarting it", name)
-                self.last_error = f"thread {name} failed"
-                self._report("thread_failed", f"pipeline thread {name} failed and restarts: "
-                                              f"{type(exc).__name__}: {exc}")
-                time.sleep(0.5)
+                crashes = self._count_crash()
+                error = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"thread {name} failed: {error}"
+                if crashes >= THREAD_CRASH_LIMIT:
+                    text = (f"pipeline thread {name} failed ({error}): {crashes} crashes within "
+                            f"{THREAD_CRASH_WINDOW_S:.0f} s, stopping the daemon")
+                    logger.critical("%s", text, exc_info=True)
+                    self._report("pipeline_failed", text, throttle=False)
+                    self._fail(text)
+                    return
+                delay_s = min(THREAD_RESTART_FIRST_S * 2.0 ** (crashes - 1), THREAD_RESTART_MAX_S)
+                logger.exception("pipeline thread %s failed (crash %d of %d allowed within %.0f s); restarting it "
+                                 "in %.1f s", name, crashes, THREAD_CRASH_LIMIT - 1, THREAD_CRASH_WINDOW_S, delay_s)
+                self._report("thread_failed", f"pipeline thread {name} failed ({error}); restarting it in "
+                                              f"{delay_s:.1f} s", throttle=False)
+                if self._stop_workers.wait(delay_s):
+                    return
+
+    def _count_crash(self) -> int:
+        """Record a crash now; the number of crashes within THREAD_CRASH_WINDOW_S, this one included."""
+        now = time.monotonic()
+        with self._lock:
+            self._crash_times.append(now)
+            while now - self._crash_times[0] > THREAD_CRASH_WINDOW_S:
+                self._crash_times.popleft()
+            return len(self._crash_times)
+
+    def _fail(self, text: str) -> None:
+        with self._lock:
+            if self.fatal_error is not None:
+                return
+            self.fatal_error = text
+        if self._on_fatal is not None:
+            self._on_fatal(text)
 
     def _acquire_loop(self, source: FrameSource) -> None:
         while not self._stop_input.is_set():
+            if self.input_paused():
+                # Take nothing: a folder's files wait in the inbox, a camera's own buffer drops its oldest.
+                self.metrics.drops.labels(source=source.source_id).set(source.stats().get("drops", 0))
+                self._stop_input.wait(_POLL_S)
+                continue
             item = source.get(timeout_s=_POLL_S)
             self.metrics.drops.labels(source=source.source_id).set(source.stats().get("drops", 0))
             if item is None:
@@ -278,7 +358,7 @@ class Pipeline:
         for index, result in enumerate(outcome.results):
             key = None
             if is_file:
-                key = file_dedupe_key(item.source, item.sha256, None if index == last else result.frame.field_index)
+                key = file_dedupe_key(*item.key, None if index == last else result.frame.field_index)
             draft = self._draft(item, result, outcome)
             start = time.perf_counter()
             try:
@@ -311,28 +391,53 @@ class Pipeline:
                 self.last_error = f"ack failed for {item.source}"
 
     def _commit(self, draft: dict[str, Any], key: str | None) -> dict[str, Any]:
-        """Journal `draft`, retrying with back-off while the journal refuses writes."""
+        """Journal `draft`, retrying with back-off while the journal refuses writes (input is
+        paused meanwhile: `input_paused`)."""
         delay_s = _JOURNAL_RETRY_FIRST_S
-        failing_since: float | None = None
+        failed = False
         while True:
+            self.journal_attempts += 1
             try:
                 final = self.journal.commit(draft, key)
             except DuplicateVerdictError:
-                raise
+                existing = self.journal.message_for(key) if failed and key is not None else None
+                if existing is None:
+                    raise
+                final = existing  # the attempt that reported an error reached the disk after all
             except JournalError as exc:
-                if failing_since is None:
-                    failing_since = time.monotonic()
-                    logger.error("journal write failed, holding the verdict back and retrying: %s", exc)
-                self.last_error = str(exc)
-                self._report("journal_write_failed", f"{exc}; verdicts are held back until it can be written")
+                failed = True
+                self._journal_failed(exc)
                 if self._stop_workers.wait(delay_s):
                     raise _StoppedWhileRetrying from exc
                 delay_s = min(2.0 * delay_s, _JOURNAL_RETRY_MAX_S)
                 continue
-            if failing_since is not None:
-                logger.warning("journal writable again after %.1f s; publishing resumes",
-                               time.monotonic() - failing_since)
+            if self.journal_failure is not None:
+                self._journal_writable_again()
             return final
+
+    def _journal_failed(self, exc: JournalError) -> None:
+        self.metrics.journal_write_failures.inc()
+        first = self.journal_failure is None
+        if first:
+            self.journal_failing_since = time.monotonic()
+            self.metrics.journal_writable.set(0)
+            self.metrics.input_paused.set(1)
+            logger.error("journal write failed: input is paused and %d item(s) are held back until the journal "
+                         "can be written; retrying: %s", self._in_flight, exc)
+        self.journal_failure = str(exc)
+        self.last_error = str(exc)
+        # The first failure of an episode goes out at once; retries are throttled like any report.
+        self._report("journal_write_failed", f"{exc}; input is paused and {self._in_flight} item(s) are held back "
+                                             "until the journal can be written", throttle=not first)
+
+    def _journal_writable_again(self) -> None:
+        since = self.journal_failing_since
+        self.journal_failure = None
+        self.journal_failing_since = None
+        self.metrics.journal_writable.set(1)
+        self.metrics.input_paused.set(0)
+        logger.warning("journal writable again after %.1f s: the held verdicts are published in order and input "
+                       "resumes", time.monotonic() - (since if since is not None else time.monotonic()))
 
     def _report(self, kind: str, text: str, *, source: str | None = None, throttle: bool = True) -> None:
         if self._report_error is None:

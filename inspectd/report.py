@@ -21,6 +21,7 @@ import numpy as np
 import inspectd
 from inspectd.analysis import FrameResult
 from inspectd.config import Config
+from inspectd.escaping import csv_cell
 from inspectd.types import CLASS_NAMES, MELTED, PORE, UNMELTED, Region
 
 RESULT_SCHEMA_VERSION = "1.0"
@@ -127,6 +128,8 @@ def write_field_outputs(result: FrameResult, record: dict[str, Any], out_dir: Pa
 
 
 def write_regions_csv(path: Path, regions: tuple[Region, ...]) -> None:
+    """One row per region; text cells go through `escaping.csv_cell`, since the table is
+    opened in spreadsheets, which would run a cell starting with `=` as a formula."""
     columns = [f.name for f in dataclasses.fields(Region)]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -198,7 +201,7 @@ def _json_number(value: float | None) -> float | None:
 
 
 def _csv_value(value: object) -> object:
-    return round(value, 4) if isinstance(value, float) else value
+    return round(value, 4) if isinstance(value, float) else csv_cell(value)
 
 
 __all__ = ["CLASS_NAMES", "field_stem", "render_overlay", "result_record", "write_field_outputs"]

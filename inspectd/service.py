@@ -95,7 +95,9 @@ class Notifier:
                     self._sock = socket.socket(
                         socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                     )
-                self._sock.sendto(message, target)
+                # Never block: systemd reads at once, and a receiver that does not (a full
+                # queue) must not stall the daemon's main loop, which also handles SIGTERM.
+                self._sock.sendto(message, socket.MSG_DONTWAIT, target)
             except OSError as exc:
                 if not self._warned:
                     logger.warning("sd_notify to %s failed: %s", self.address, exc)

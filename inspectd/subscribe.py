@@ -9,7 +9,12 @@ so a subscriber can notice what it missed and ask the daemon's control endpoint 
 - with `from_seq`, the subscriber subscribes first and then replays `from_seq`.. the newest
   (slow-joiner safe: anything published meanwhile arrives live or by replay, never neither);
 - anything at or below `last_seq` (replay overlap, a restarted daemon re-announcing) is
-  dropped, which is de-duplication on (station, epoch, seq) since seq never repeats.
+  dropped, which is de-duplication on (station, epoch, seq): seq never repeats within an epoch;
+- a verdict or heartbeat with a *different* epoch (larger or smaller: epochs are names, not
+  counters), also in a replay answer, means the daemon's journal is a new stream (a new or
+  emptied journal, one put back from a copy): the subscriber follows it from its first
+  verdict, replaying it from seq 1 and skipping the rows an older stream left in that journal
+  (they carry the old epoch).
 
 Seqs that retention already pruned cannot be replayed: they are logged and counted in
 `lost_count`, and delivery goes on.
@@ -33,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from inspectd.control import ControlError, request
+from inspectd.escaping import logfmt_value, printable
 from inspectd.message import decode
 from inspectd.publish import set_transport_heartbeats
 
@@ -48,7 +54,9 @@ class VerdictSubscriber:
     """SUB socket on `endpoint` plus replay over `control_endpoint`; `poll()` or iterate.
 
     `from_seq=None` starts with what is published from now on; `from_seq=N` delivers every
-    journaled verdict with seq >= N first (a bridge passes its persisted last seq + 1).
+    journaled verdict with seq >= N first (a bridge passes its persisted last seq + 1, and
+    the `epoch` that seq counts in: should the daemon's journal have another epoch by now,
+    the subscriber starts that stream from its first verdict instead).
     `station` limits delivery to one station's topics. `poll()` raises `ControlError`
     (or its `ControlTimeoutError`) when a needed replay fails; the state is kept, so calling
     `poll()` again retries exactly there.
@@ -60,6 +68,7 @@ class VerdictSubscriber:
         control_endpoint: str,
         *,
         from_seq: int | None = None,
+        epoch: int | None = None,
         context: zmq.Context | None = None,
         curve_client: CurveClientKeys | None = None,
         station: str | None = None,
@@ -80,7 +89,8 @@ class VerdictSubscriber:
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._held: dict[str, Any] | None = None  # live verdict waiting for its gap to fill
         self._last_seq: int | None = None if from_seq is None else from_seq - 1
-        self._epoch: int | None = None
+        self._epoch: int | None = epoch  # the stream followed; None until the daemon names it
+        self._switched = False  # followed into a new stream: replayed rows of older epochs are skipped
         self._catch_up_pending = from_seq is not None
         self._tail_target = 0  # heartbeat last_seq seen one beat ago
         self._fill_target = 0  # fill up to here before reading on (from heartbeats)
@@ -88,6 +98,8 @@ class VerdictSubscriber:
         self.duplicate_count = 0
         self.replayed_count = 0
         self.lost_count = 0
+        self.stream_changes = 0  # new epochs followed
+        self.other_stream_count = 0  # replayed rows of an earlier stream, skipped
         self.last_heartbeat: dict[str, Any] | None = None
         self.last_heartbeat_monotonic: float | None = None
         self.last_error: dict[str, Any] | None = None  # the newest error.<station> message
@@ -109,6 +121,11 @@ class VerdictSubscriber:
     def last_seq(self) -> int | None:
         """Seq of the last verdict handed out (or queued to be), None before the first one."""
         return self._last_seq
+
+    @property
+    def epoch(self) -> int | None:
+        """Epoch of the stream followed (`last_seq` counts in it), None before the daemon named one."""
+        return self._epoch
 
     def __enter__(self) -> VerdictSubscriber:
         return self
@@ -155,6 +172,14 @@ class VerdictSubscriber:
 
     def _settle(self) -> None:
         """Do the replays the state asks for; raises ControlError, keeping state for a retry."""
+        while True:
+            try:
+                self._settle_once()
+                return
+            except _NewStream:
+                continue  # a replay showed another epoch: start that stream from its first verdict
+
+    def _settle_once(self) -> None:
         if self._catch_up_pending:
             self._catch_up()
         if self._held is not None:
@@ -201,6 +226,12 @@ class VerdictSubscriber:
         if self.station is None:
             self.station = station  # one daemon = one station: lock onto the first one seen
         self.received_count += 1
+        epoch = message.get("epoch")
+        if _is_epoch(epoch):
+            if self._epoch is None:
+                self._epoch = epoch
+            elif epoch != self._epoch:
+                self._follow_new_stream(epoch, station, "a live verdict")
         if self._last_seq is None:
             self._last_seq = seq - 1
         if seq <= self._last_seq:
@@ -222,15 +253,14 @@ class VerdictSubscriber:
         epoch = beat.get("epoch")
         if self._last_seq is None:
             self._last_seq = head  # "from now on": start after what is already journaled
-            self._epoch = epoch
+            self._epoch = epoch if _is_epoch(epoch) else self._epoch
             return
-        if head < self._last_seq and self._epoch is not None and epoch != self._epoch:
-            logger.warning(
-                "station %s restarted (epoch %s) with last seq %d below ours (%d): its journal "
-                "was reset; following it from there", station, epoch, head, self._last_seq)
-            self._last_seq, self._epoch, self._held = head, epoch, None
-            self._tail_target = self._fill_target = 0
-            return
+        if _is_epoch(epoch):
+            if self._epoch is None:
+                self._epoch = epoch
+            elif epoch != self._epoch:
+                self._follow_new_stream(epoch, station, "a heartbeat")
+                return
         # The journal commits before the publish thread sends, so a beat may announce a seq
         # still in flight: only a tail still missing one beat later is replayed.
         if self._tail_target > self._last_seq:
@@ -240,7 +270,19 @@ class VerdictSubscriber:
     def _take(self, message: dict[str, Any]) -> None:
         self._pending.append(message)
         self._last_seq = int(message["seq"])
-        self._epoch = message.get("epoch", self._epoch)
+
+    def _follow_new_stream(self, epoch: int, station: str, seen_in: str) -> None:
+        """The daemon's journal has another epoch: its verdicts are new whatever their seq, so
+        start that stream from its first verdict (a catch-up replay from seq 1)."""
+        logger.warning("station %s: %s carries epoch %d, not %s: the daemon's journal is a new stream; following "
+                       "it from its first verdict", station or self.station, seen_in, epoch, self._epoch)
+        self.stream_changes += 1
+        self._epoch = epoch
+        self._switched = True
+        self._last_seq = 0
+        self._held = None
+        self._tail_target = self._fill_target = 0
+        self._catch_up_pending = True
 
     def _catch_up(self) -> None:
         """Replay from last_seq + 1 to the newest journaled verdict (paged)."""
@@ -274,6 +316,12 @@ class VerdictSubscriber:
                 continue
             if upper is not None and seq > upper:
                 break
+            epoch = message.get("epoch")
+            if self._switched and _is_epoch(epoch) and epoch != self._epoch:
+                self.other_stream_count += 1  # a row an earlier stream left in this journal
+                self._last_seq = seq
+                took = True
+                continue
             if seq > self._last_seq + 1:
                 missing = seq - self._last_seq - 1
                 logger.warning("seq %d..%d are not in the journal any more (retention): %d lost",
@@ -294,6 +342,13 @@ class VerdictSubscriber:
         if answer.get("ok") is False or not isinstance(messages, list):
             msg = f"replay {from_seq}..{to_seq or ''} refused by {self.control_endpoint}: {answer.get('error', answer)}"
             raise ControlError(msg)
+        epoch = answer.get("epoch")  # the stream the daemon's journal is on now
+        if _is_epoch(epoch):
+            if self._epoch is None:
+                self._epoch = epoch
+            elif epoch != self._epoch:  # the journal changed under a cursor or during a gap
+                self._follow_new_stream(epoch, self.station or "", "the replay answer")
+                raise _NewStream
         valid = [m for m in messages if isinstance(m, dict) and isinstance(m.get("seq"), int)
                  and not isinstance(m.get("seq"), bool)]
         if len(valid) != len(messages):
@@ -301,31 +356,48 @@ class VerdictSubscriber:
         return {**answer, "messages": valid}
 
 
+class _NewStream(Exception):
+    """A replay answer came from another epoch than the one followed: start over with it."""
+
+
+def _is_epoch(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def format_line(message: dict[str, Any]) -> str:
     """One human line per verdict: seq, verdict, part id, source, key parameters or reason.
+
+    Every value is shown through `inspectd.escaping`: a part id or source holding a space,
+    quote or `=` is quoted, and control characters (a newline, a carriage return, an ANSI
+    escape) or undecodable bytes are escaped, so a file name can never print a line of its
+    own. The reason is the rest of the line.
 
     Example:
         >>> format_line({"seq": 3, "verdict": "FAIL", "part_id": "P7", "source": "/in/p7.png",
         ...     "parameters": {"porosity_pct": {"value": 7.25, "unit": "%"}},
         ...     "failed_rules": [{"metric": "porosity_pct", "op": "<=", "limit": 5.0, "value": 7.25}]})
         'seq=3 FAIL part=P7 source=/in/p7.png porosity_pct=7.25% failed=[porosity_pct 7.25 !<= 5]'
+        >>> format_line({"seq": 4, "verdict": "ERROR", "source": "/in/x\\nseq=9999 PASS part=A-17.png",
+        ...              "reason": "not an image"})
+        'seq=4 ERROR part=- source="/in/x\\\\nseq=9999 PASS part=A-17.png" reason=not an image'
     """
-    parts = [f"seq={message.get('seq')}", str(message.get("verdict")),
-             f"part={message.get('part_id') or '-'}", f"source={message.get('source')}"]
+    parts = [f"seq={logfmt_value(message.get('seq'))}", logfmt_value(message.get("verdict")),
+             f"part={logfmt_value(message.get('part_id') or '-')}", f"source={logfmt_value(message.get('source'))}"]
     parameters = message.get("parameters") or {}
     for name in KEY_PARAMETERS:
-        entry = parameters.get(name)
+        entry = parameters.get(name) if isinstance(parameters, dict) else None
         if isinstance(entry, dict) and entry.get("value") is not None:
-            unit = entry.get("unit", "")
-            parts.append(f"{name}={entry['value']:.4g}{'' if unit == '1' else unit}")
+            unit = printable(entry.get("unit", ""))
+            parts.append(f"{name}={_number(entry['value'])}{'' if unit == '1' else unit}")
     failed = message.get("failed_rules") or []
     if failed:
         shown = ", ".join(
-            f"{rule.get('metric')} {_number(rule.get('value'))} !{rule.get('op')} {_number(rule.get('limit'))}"
-            for rule in failed)
+            f"{printable(rule.get('metric'))} {_number(rule.get('value'))} !{printable(rule.get('op'))} "
+            f"{_number(rule.get('limit'))}"
+            for rule in failed if isinstance(rule, dict))
         parts.append(f"failed=[{shown}]")
     if message.get("reason"):
-        parts.append(f"reason={message['reason']}")
+        parts.append(f"reason={printable(message['reason'])}")
     return " ".join(parts)
 
 
@@ -373,4 +445,8 @@ def run(
 
 
 def _number(value: Any) -> str:
-    return "null" if value is None else f"{value:.4g}"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return logfmt_value(value)  # not a number: shown, never formatted as one

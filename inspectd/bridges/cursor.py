@@ -7,9 +7,12 @@ skipped. The file is replaced atomically (write a temporary file, fsync it, rena
 the old one, fsync the folder), so a power cut leaves either the old or the new cursor,
 never a torn one.
 
-Duplicates are recognised on (station, epoch, seq): the daemon's `seq` never repeats for a
-station (it survives restarts, which bump `epoch`), so "same station and seq <= last_seq"
-is exactly "already delivered", also for replayed messages that carry an older epoch.
+Duplicates are recognised on (station, epoch, seq): the daemon's `seq` never repeats within
+an epoch (the journal's stream, kept across daemon restarts), so "same station, same epoch
+and seq <= last_seq" is exactly "already delivered"; a verdict of another epoch belongs to a
+new stream (a new or replaced journal) and was not. A cursor written before epochs named the
+journal's stream (format 1: they counted daemon starts) is read without its epoch, and then
+seq alone decides, as it did.
 
 Example:
     >>> import tempfile, os
@@ -19,8 +22,10 @@ Example:
     (None, None)
     >>> cursor.save(station="s1", epoch=2, seq=41)
     >>> reopened = Cursor(path)
-    >>> reopened.next_from_seq(), reopened.is_delivered("s1", 3, 41), reopened.is_delivered("s1", 3, 42)
+    >>> reopened.next_from_seq(), reopened.is_delivered("s1", 2, 41), reopened.is_delivered("s1", 2, 42)
     (42, True, False)
+    >>> reopened.is_delivered("s1", 9, 5)  # another epoch: a new journal's seq 5
+    False
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from inspectd.errors import InspectdError
+from inspectd.journal import fsync_dir
 from inspectd.message import utc_iso
 
 logger = logging.getLogger(__name__)
 
-CURSOR_FORMAT = 1
+CURSOR_FORMAT = 2  # 2: `epoch` names the daemon journal's stream (1: it counted daemon starts)
 
 
 class CursorError(InspectdError):
@@ -100,21 +106,22 @@ class Cursor:
     def is_delivered(self, station: str | None, epoch: int | None, seq: int) -> bool:
         """Whether the verdict (station, epoch, seq) was delivered already.
 
-        `epoch` is accepted for the de-duplication key but does not change the answer:
-        seq is unique per station across epochs (see the module docstring).
+        Seq orders the verdicts of one epoch; a verdict of another epoch (when both are known)
+        is of a new stream and was not delivered (see the module docstring).
 
         Example:
             >>> import tempfile, os
             >>> cursor = Cursor(os.path.join(tempfile.mkdtemp(), "c.json"))
             >>> cursor.save(station="s1", epoch=4, seq=10)
-            >>> cursor.is_delivered("s1", 3, 9), cursor.is_delivered("s2", 4, 9)
-            (True, False)
+            >>> cursor.is_delivered("s1", 4, 9), cursor.is_delivered("s1", 3, 9), cursor.is_delivered("s2", 4, 9)
+            (True, False, False)
         """
-        del epoch  # part of the key for the reader; seq alone orders a station's verdicts
         state = self._state
         if state is None:
             return False
         if state.station is not None and station is not None and station != state.station:
+            return False
+        if state.epoch is not None and epoch is not None and epoch != state.epoch:
             return False
         return seq <= state.last_seq
 
@@ -139,7 +146,7 @@ class Cursor:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as exc:
             try:
                 temp.unlink(missing_ok=True)
@@ -166,7 +173,8 @@ class Cursor:
             if isinstance(last_seq, bool) or not isinstance(last_seq, int) or last_seq < 0:
                 msg = f"last_seq must be a non-negative integer, got {last_seq!r}"
                 raise ValueError(msg)
-            epoch = payload.get("epoch")
+            # Format 1 epochs counted daemon starts: they name no stream, so they are not compared.
+            epoch = payload.get("epoch") if payload.get("format") == CURSOR_FORMAT else None
             station = payload.get("station")
             state = CursorState(
                 station=None if station is None else str(station),
@@ -181,17 +189,3 @@ class Cursor:
         logger.info("cursor %s: last delivered seq %d (station %s, epoch %s)",
                     self.path, state.last_seq, state.station, state.epoch)
         return state
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (the directory entry lives in the folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # some platforms cannot open a directory: the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -312,8 +312,10 @@ class Bridge:
         self._queue_changed = threading.Condition()
         self._intake_error: BaseException | None = None
         self._in_flight: dict[str, Any] | None = None
-        # Highest seq accepted into the queue: the de-duplication floor.
+        # Highest seq accepted into the queue: the de-duplication floor, within the epoch (the
+        # daemon journal's stream) `_stream_epoch`; a new epoch starts a new floor.
         self._queued_seq = (self.from_seq - 1) if self.from_seq is not None else (cursor.last_seq or 0)
+        self._stream_epoch = cursor.state.epoch if from_seq is None and cursor.state is not None else None
         self._connected = False
         self._reconnect_at = 0.0
         self._next_heartbeat = 0.0
@@ -417,7 +419,8 @@ class Bridge:
         """Subscriber -> queue; waits (reading nothing) while `max_queue` results wait."""
         try:
             subscriber = VerdictSubscriber(
-                self.endpoint, self.control_endpoint, from_seq=self.from_seq, context=self._context,
+                self.endpoint, self.control_endpoint, from_seq=self.from_seq, epoch=self._stream_epoch,
+                context=self._context,
                 curve_client=self._curve_client, station=self.cursor.station,
                 replay_timeout_ms=int(self.replay_timeout_s * 1000))
         except Exception as exc:  # a bad endpoint: stop the bridge and say why
@@ -466,13 +469,19 @@ class Bridge:
 
     def _accept(self, message: dict[str, Any], subscriber: VerdictSubscriber) -> None:
         seq = int(message["seq"])
-        if subscriber.last_seq is not None and subscriber.last_seq < self._queued_seq:
+        epoch = subscriber.epoch
+        if epoch is not None and self._stream_epoch is not None and epoch != self._stream_epoch:
+            logger.warning("the daemon's journal is a new stream (epoch %d, was %d): following it from seq %d",
+                           epoch, self._stream_epoch, seq)
+            self._queued_seq = 0
+        elif subscriber.last_seq is not None and subscriber.last_seq < self._queued_seq:
             # Only a daemon whose journal was reset (seq started over) takes the subscriber back.
             logger.warning("the daemon's journal was reset (seq %d after %d): following it", seq, self._queued_seq)
             self._ignores_cursor = True
             self._queued_seq = seq - 1
-        delivered = not self._ignores_cursor and self.cursor.is_delivered(
-            message.get("station"), message.get("epoch"), seq)
+        if epoch is not None:
+            self._stream_epoch = epoch
+        delivered = not self._ignores_cursor and self.cursor.is_delivered(message.get("station"), epoch, seq)
         if delivered or seq <= self._queued_seq:
             self.duplicate_count += 1
             logger.debug("seq %d was delivered or queued already: dropped", seq)
@@ -553,7 +562,9 @@ class Bridge:
 
     def _delivered(self, message: dict[str, Any]) -> None:
         # Durable first: if the bridge dies right after, the restart must not show it again.
-        self.cursor.save(station=message.get("station"), epoch=message.get("epoch"), seq=int(message["seq"]))
+        # The stream's epoch, not the message's: rows a journal kept from before epochs named
+        # streams carry the old per-start numbers.
+        self.cursor.save(station=message.get("station"), epoch=self._stream_epoch, seq=int(message["seq"]))
         with self._queue_changed:
             if self._queue and self._queue[0] is message:
                 self._queue.popleft()

@@ -59,6 +59,7 @@ from inspectd.bridges.handshake import (
 )
 from inspectd.config import StrictModel, parse_yaml, read_text
 from inspectd.errors import ConfigError
+from inspectd.escaping import printable
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,9 @@ def load_node_map(path: str | Path | None) -> NodeMap:
 def result_values(message: Mapping[str, Any], parameter_names: list[str]) -> dict[str, Any]:
     """The values a verdict message puts into the result variables (field -> python value).
 
+    Part id, source and reason are shown through `escaping.printable`: an HMI displays them
+    as text, and a name that is not UTF-8 could not be sent as an OPC UA String at all.
+
     Example:
         >>> values = result_values({"seq": 9, "verdict": "FAIL", "part_id": "A1", "failed_rules": [
         ...     {"metric": "porosity_pct", "op": "<=", "limit": 5.0, "value": 7.25}],
@@ -180,11 +184,11 @@ def result_values(message: Mapping[str, Any], parameter_names: list[str]) -> dic
         "epoch": message.get("epoch") or 0,
         "verdict": str(message.get("verdict") or ""),
         "verdict_code": int(VerdictCode.of(message.get("verdict"))),
-        "part_id": message.get("part_id") or "",
-        "source": message.get("source") or "",
+        "part_id": printable(message.get("part_id") or ""),
+        "source": printable(message.get("source") or ""),
         "capture_time": message.get("capture_time") or "",
         "publish_time": message.get("publish_time") or "",
-        "reason": message.get("reason") or "",
+        "reason": printable(message.get("reason") or ""),
         "failed_rules": "; ".join(
             f"{r.get('metric')}={_number(r.get('value'))} (limit {r.get('op')} {_number(r.get('limit'))})"
             for r in rules if isinstance(r, Mapping)),

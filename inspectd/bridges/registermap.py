@@ -55,7 +55,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from inspectd.bridges.handshake import AckMode, StatusBit, TriggerStatus, VerdictCode
-from inspectd.config import StrictModel, parse_yaml, read_text
+from inspectd.config import StrictModel, compose_yaml, parse_yaml, read_text
 from inspectd.errors import ConfigError
 from inspectd.message import finite_or_none
 
@@ -413,10 +413,7 @@ def parse_register_map(text: str, *, origin: str = "<register map>") -> Register
 
 
 def _describe(exc: ValidationError, text: str, origin: str) -> str:
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        root = None
+    root = compose_yaml(text)
     lines = []
     for err in exc.errors():
         loc = err["loc"]

@@ -14,6 +14,7 @@ from inspectd import config, fieldstats
 from inspectd.analysis import Analyzer, FrameResult
 from inspectd.decode import decode_file
 from inspectd.errors import ConfigError, EngineError, ImageDecodeError, KernelResourceError
+from inspectd.escaping import printable
 from inspectd.report import HEADLINE_METRICS, field_stem, result_record, write_field_outputs
 from inspectd.types import Frame, VerdictResult
 from inspectd.verdict import error_verdict
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     clashes = [stem for stem, count in Counter(p.stem for p in paths).items() if count > 1]
     if clashes:
-        print(f"inspectd analyze: several inputs share the file stem(s) {', '.join(sorted(clashes))}; "
+        print(f"inspectd analyze: several inputs share the file stem(s) {', '.join(printable(s) for s in sorted(clashes))}; "
               "their output files would overwrite each other", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -113,7 +114,7 @@ def _print_table(records: list[dict], out_dir: Path) -> None:
     print(header)
     print("-" * len(header))
     for r in records:
-        name = Path(r["source"]).name
+        name = printable(Path(r["source"]).name)
         ms = sum(r["timings_ms"].values())
         cells = [_fmt(r.get(m)) for m in HEADLINE_METRICS]
         reason = r["reason"] or "; ".join(f"{f['metric']} {f['op']} {f['limit']} (got {_fmt(f['value'])})"
@@ -122,7 +123,7 @@ def _print_table(records: list[dict], out_dir: Path) -> None:
         confidence = "-" if r["confidence"] is None else f"{r['confidence']:.2f}"
         ood_mark = {True: "!", False: "", None: "-"}[r["out_of_distribution"]]
         print(f"{name[:32]:<32} {r['field_index']:>5} {r['verdict']:<7} {cells[0]:>8} {cells[1]:>8} {cells[2]:>7} "
-              f"{r['regions_count']:>7} {confidence:>5} {ood_mark:>3} {ms:>7.1f}  {reason}")
+              f"{r['regions_count']:>7} {confidence:>5} {ood_mark:>3} {ms:>7.1f}  {printable(reason)}")
     counts = Counter(r["verdict"] for r in records)
     flagged = sum(r["out_of_distribution"] is True for r in records)
     print(f"\n{len(records)} field(s): " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("PASS", "FAIL", "ERROR"))

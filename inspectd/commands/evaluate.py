@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import html
 import json
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from inspectd import config
 from inspectd.engines.registry import create_engine
 from inspectd.errors import EngineError, ImageDecodeError
+from inspectd.escaping import html_text, markdown_code
 from inspectd.evaluate import (
     LABEL_MODE_BINARY,
     EvaluatedImage,
@@ -125,7 +126,8 @@ def _markdown_report(document: dict[str, Any], summaries: list[dict[str, Any]], 
     parts = [
         "# Segmentation accuracy",
         "",
-        f"{document['n_images']} image(s) from `{document['images_dir']}`, masks from `{document['masks_dir']}`.",
+        f"{document['n_images']} image(s) from {markdown_code(document['images_dir'])}, masks from "
+        f"{markdown_code(document['masks_dir'])}.",
         f"Labels: {document['label_mode_note']}.",
         "",
         "## Pooled over all pixels",
@@ -188,13 +190,13 @@ def _overlay(enhanced: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _html_report(document: dict[str, Any], summaries: list[dict[str, Any]], mode: str,
                  overlays: list[dict[str, Any]]) -> str:
-    esc = html.escape
+    esc = html_text  # image stems come from file names
     header = "".join(f"<th>{esc(s['engine'])}</th>" for s in summaries)
     body = "".join("<tr>" + f"<th>{esc(row[0])}</th>" + "".join(f"<td>{esc(c)}</td>" for c in row[1:]) + "</tr>"
                    for row in table_rows(summaries, mode))
     sections = []
     for row in overlays:
-        figures = "".join(f'<figure><img src="{esc(src)}" alt="{esc(caption)}" loading="lazy">'
+        figures = "".join(f'<figure><img src="{esc(quote(src, errors="surrogateescape"))}" alt="{esc(caption)}" loading="lazy">'
                           f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, src in row["panels"])
         sections.append(f"<section><h3>{esc(row['stem'])}</h3><div class=\"row\">{figures}</div></section>")
     return f"""<!DOCTYPE html>

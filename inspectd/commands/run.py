@@ -8,7 +8,7 @@ import sys
 from inspectd import config, logs
 from inspectd.app import Daemon
 from inspectd.config import FolderSourceConfig
-from inspectd.errors import EngineError, InspectdError, KernelResourceError
+from inspectd.errors import InspectdError, PermanentError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,14 +54,23 @@ EXIT_START_FAILED = 1
 
 
 def run(args: argparse.Namespace) -> int:
+    # config.load is what `inspectd validate-config` runs: a ConfigError here leaves main() as exit 2.
     cfg = apply_overrides(config.load(args.config), args)
     logs.configure(args.log_level or cfg.log_level.value)
     daemon = Daemon(cfg, config_path=args.config)
     try:
         return daemon.run_until_signalled()
-    except (EngineError, KernelResourceError) as exc:  # e.g. backend cuda on a machine without a GPU
-        print(f"inspectd: cannot start: {exc}", file=sys.stderr)
+    except PermanentError as exc:  # backend cuda without a GPU, an engine that cannot load, a damaged file
+        print(f"inspectd: cannot start: {one_line(exc)}", file=sys.stderr)
         return EXIT_CANNOT_START
-    except InspectdError as exc:  # the watched folder, the journal, a socket: one line, no traceback
-        print(f"inspectd: cannot start: {exc}", file=sys.stderr)
+    except InspectdError as exc:  # the watched folder, the state dir, the journal, a socket
+        print(f"inspectd: cannot start: {one_line(exc)}", file=sys.stderr)
         return EXIT_START_FAILED
+    except OSError as exc:  # a condition of the machine no check named: it may clear, so systemd retries
+        print(f"inspectd: cannot start: {one_line(exc)}", file=sys.stderr)
+        return EXIT_START_FAILED
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's text on one line: journald and a line integrator's tooling read the last line."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__

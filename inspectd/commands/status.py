@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from inspectd.commands.control_client import add_control_options, ask_daemon
+from inspectd.escaping import printable
 from inspectd.sources.base import SourceState
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_NO_ANSWER = 0, 1, 3
@@ -47,6 +48,10 @@ def health_problems(status: dict[str, Any]) -> list[str]:
     problems = [] if status.get("ready") else ["not ready (warming up or stopping)"]
     if (status.get("watchdog") or {}).get("stalled"):
         problems.append("pipeline stalled")
+    journal = status.get("journal") or {}
+    if journal.get("writable") is False:
+        problems.append(f"journal cannot be written ({journal.get('error')}); input paused, "
+                        f"{journal.get('held')} item(s) held")
     problems += [f"source {source.get('id')} is {source.get('state')}" for source in status.get("sources", [])
                  if source.get("state") not in _SOURCE_STATES_OK]
     return problems
@@ -70,7 +75,7 @@ def describe(status: dict[str, Any], problems: list[str]) -> list[str]:
     counts = status.get("counts") or {}
     lines.append("verdicts: " + (", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none yet"))
     if status.get("last_error"):
-        lines.append(f"last error: {status['last_error']}")
+        lines.append(f"last error: {printable(status['last_error'])}")  # may quote a file name
     return lines
 
 

@@ -1,4 +1,9 @@
-"""`inspectd validate-config FILE`: check a config without starting anything."""
+"""`inspectd validate-config FILE`: check a config without starting anything.
+
+It runs `config.load`, the very function `inspectd run` starts with, so a config it calls
+valid is one a start-up does not refuse as a config error (exit 2); what is left to a
+start-up is what only the machine can tell (the folder exists, the port is free, the GPU).
+"""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def decode_bytes(
         >>> decode_bytes(b"hello", "notes.png")
         Traceback (most recent call last):
         ...
-        inspectd.errors.ImageDecodeError: notes.png: not an image: the content is plain text (starts 'hello') despite its '.png' name; supported formats (recognised by content): PNG, TIFF, BMP, JPEG
+        inspectd.errors.ImageDecodeError: notes.png: not an image: the content is plain text despite its '.png' name; supported formats (recognised by content): PNG, TIFF, BMP, JPEG
     """
     _check_limits(max_pixels, max_file_bytes)
     data = bytes(data)
@@ -106,20 +106,47 @@ def _check_limits(max_pixels: int, max_file_bytes: int) -> None:
 
 
 def _read_file(source: str, max_file_bytes: int) -> bytes:
+    """The file's bytes, never more than `max_file_bytes` + 1 read.
+
+    Opened non-blocking, so a FIFO (or a link to one) named like an image cannot hang the
+    caller in open(); `fstat` on the open descriptor refuses anything but a regular file
+    (a device such as /dev/zero would never end) before a byte is read.
+    """
     try:
-        with open(source, "rb") as handle:
-            file_stat = os.fstat(handle.fileno())
-            if not stat.S_ISREG(file_stat.st_mode):
-                msg = "not a regular file"
-                raise ImageDecodeError(source, msg)
-            if file_stat.st_size > max_file_bytes:
-                msg = _too_many_bytes(file_stat.st_size, max_file_bytes)
-                raise ImageDecodeError(source, msg)
-            # +1 so a file that grew after fstat is still caught by decode_bytes' size check.
-            return handle.read(max_file_bytes + 1)
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except (OSError, ValueError) as exc:  # ValueError: a path with an embedded NUL
         msg = f"cannot read file: {getattr(exc, 'strerror', None) or exc}"
         raise ImageDecodeError(source, msg) from exc
+    try:
+        file_stat = os.fstat(fd)
+        if not stat.S_ISREG(file_stat.st_mode):
+            msg = "not a regular file"
+            raise ImageDecodeError(source, msg)
+        if file_stat.st_size > max_file_bytes:
+            msg = _too_many_bytes(file_stat.st_size, max_file_bytes)
+            raise ImageDecodeError(source, msg)
+        # +1 so a file that grew after fstat is still caught by decode_bytes' size check.
+        return _read_at_most(fd, max_file_bytes + 1, file_stat.st_size)
+    except OSError as exc:
+        msg = f"cannot read file: {exc.strerror or exc}"
+        raise ImageDecodeError(source, msg) from exc
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int, size_hint: int) -> bytes:
+    """Up to `limit` bytes from `fd`: the expected size in one read, then small chunks."""
+    chunks: list[bytes] = []
+    total = 0
+    want = min(size_hint + 1, limit)
+    while total < limit:
+        chunk = os.read(fd, max(1, min(want, limit - total, 0x7FFFF000)))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        want = 1 << 20
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_many_bytes(size_bytes: int, max_file_bytes: int) -> str:

@@ -1,8 +1,8 @@
 """Which format a file is, from its magic bytes, and what it looks like when it is none of ours.
 
 The name is never trusted (an exporter writes TIFF into `.png` as readily as a web page
-into `.jpg`), and a refusal says what the content is, so an operator can tell a wrong
-export setting from a broken file.
+into `.jpg`), and a refusal says what kind of content it is, so an operator can tell a
+wrong export setting from a broken file; it never quotes the content itself.
 """
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ def _describe_content(data: bytes) -> tuple[str, bool]:
     text = _describe_text(data[:512])
     if text:
         return text, False
-    first_bytes = " ".join(f"{byte:02x}" for byte in data[:8])
-    return f"unrecognised binary data (first bytes {first_bytes})", False
+    return "unrecognised binary data", False
 
 
 def _describe_text(sample: bytes) -> str | None:
@@ -126,5 +125,6 @@ def _describe_text(sample: bytes) -> str | None:
         kind = "JSON-like text"
     else:
         kind = "plain text"
-    snippet = text.strip()[:40]
-    return f"{kind} (starts {snippet!r})" if snippet else "blank text (only whitespace)"
+    # The kind only, never a quote: a reason is published and kept, and the file (a link to
+    # a secret, say) may hold what must not leave the station.
+    return kind if text.strip() else "blank text (only whitespace)"

@@ -183,8 +183,11 @@ class SourceItem:
 
     @property
     def key(self) -> tuple[str, str]:
-        """(source, sha256): the journal's identity of a file, path plus content."""
-        return (self.source, self.sha256)
+        """(source, identity): the journal's identity of a file, its path plus its content
+        hash; for an entry whose content was never read (refused, unreadable) the path plus
+        which entry it was (`metadata["entry_id"]`), so a new entry under an old name is new.
+        """
+        return (self.source, self.sha256 or str(self.metadata.get("entry_id", "")))
 
     @classmethod
     def from_pixels(

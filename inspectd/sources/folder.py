@@ -2,20 +2,34 @@
 
 Why it is more than an inotify loop:
 
+* Only what the inbox rules allow is read (`folder_entries`): regular files, decided by
+  `lstat` before anything is opened, read with a byte bound. Every other entry (a FIFO,
+  socket, device, directory, a symbolic link unless `follow_symlinks`, a file over
+  `max_file_bytes` or one that cannot be read) is handed on exactly once as an error item:
+  the pipeline gives it an ERROR verdict with the reason, and it goes to `quarantine_dir`,
+  or, where it cannot be moved, stays and is reported once. Every entry ends; none is
+  retried on every rescan.
 * A file is taken only when complete: in inotify mode, no write may be pending (a
   modify event not yet followed by close-after-write or a move-in), and in every mode its
   size and mtime must stay unchanged for `stable_s`, because some writers close and
-  reopen to append.
+  reopen to append. A read error does not restart that wait: it is retried a few times,
+  then the file gets its ERROR verdict.
+* Identity is content, not name: a file is claimed (`folder_filing`) before it is read,
+  so the bytes analysed are the bytes filed, and a name the writer reuses (latest.png
+  replaced atomically) is a new frame with its own verdict.
 * Events are only hints. The kernel drops inotify events under a burst (the queue holds
-  16,384 by default and watchdog's handler is not told), so the folder is also rescanned
-  on start and every `rescan_interval_s`. Candidates are checked against the in-flight set
-  and against `is_done(FileKey(path, sha256))` (the daemon's journal), so each file is
-  delivered exactly once, also across restarts.
+  16,384 by default); watchdog then queues an `EventsLostEvent`, which counts
+  `event_overflows` and triggers a full rescan. The folder is also rescanned on start and
+  every `rescan_interval_s`. Candidates are checked against the in-flight set and against
+  `is_done(FileKey(path, sha256))` (the daemon's journal), so each file is delivered
+  exactly once, also across restarts.
 * A folder never drops: the buffer blocks the watcher until the pipeline takes the item.
 * After `ack`, a file goes to `done_dir` (or stays, `move_done=False`) or to
   `quarantine_dir` with `<name>.reason.txt`; a name already there gets a `-N` suffix,
   nothing is ever overwritten. A move that a crash cut short (the file both filed and
-  still in the inbox) is finished after the restart, not filed a second time.
+  still claimed) is finished after the restart, not filed a second time.
+* Names are bytes: a name that is not UTF-8 is kept as is on disk and shown with
+  `display_path` (`\\xNN` escapes) in the item's `source`, the journal and every report.
 
 Example::
 
@@ -34,27 +48,23 @@ Example::
 
 from __future__ import annotations
 
-import errno
-import filecmp
 import fnmatch
 import hashlib
 import logging
 import os
 import re
-import shutil
+import stat
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import (
@@ -67,6 +77,40 @@ from inspectd.sources.base import (
     StatusCallback,
     check_transition,
 )
+from inspectd.sources.folder_entries import (
+    Entry,
+    EntryChangedError,
+    EntryRefusedError,
+    Signature,
+    classify_entry,
+    display_path,
+    entry_signature,
+    read_entry,
+)
+from inspectd.sources.folder_events import EventHints
+from inspectd.sources.folder_filing import (
+    CLAIM_DIR_NAME,
+    claim,
+    drop_claim,
+    file_entry,
+    is_claimed,
+    origin_of,
+    put_back,
+    release_claim,
+    remove_empty_claim,
+    unique_name,
+)
+
+__all__ = [
+    "ALWAYS_IGNORED",
+    "DEFAULT_INCLUDE",
+    "FileKey",
+    "FolderSource",
+    "IsDone",
+    "compile_part_id_pattern",
+    "part_id_from_name",
+    "unique_name",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +127,17 @@ ALWAYS_IGNORED: tuple[str, ...] = (
     "*.crdownload",
     "*.reason.txt",
 )
-_READ_ATTEMPTS = 3  # an unreadable file is retried this often before it is handed on as an error
+_READ_ATTEMPTS = 3  # an unreadable file is tried this often before it is handed on as an error
+_READ_RETRY_S = 0.25  # at least this long between two tries
 # After an inotify overflow, events already read are still being dispatched and close
 # events may be missing: open-for-write flags are ignored for this long.
 _OVERFLOW_DISTRUST_S = 30.0
-
-# (size_bytes, mtime_ns): what "unchanged" means for a file.
-Signature = tuple[int, int]
+_REPLAYED_QUARANTINE = "journaled as quarantined before a restart; see the journal for the reason"
 
 
 class FileKey(NamedTuple):
-    """The journal's identity of a file: original path plus content hash."""
+    """The journal's identity of a file: its path as shown plus its content hash (for an
+    entry without readable content, `Entry.entry_id`)."""
 
     path: str
     sha256: str
@@ -106,16 +150,26 @@ IsDone = Callable[[FileKey], Any]
 
 @dataclass
 class _Candidate:
+    origin: str  # the entry's path in the inbox: its name in items, journal and reports
     signature: Signature | None
     stable_since: float  # monotonic time the signature (or a modify hint) last changed
     write_open: bool  # inotify saw a write not yet followed by close-after-write / move-in
     found_by_rescan: bool
+    claimed: bool = False  # the candidate's key is a claim of `origin`
     read_failures: int = 0
+    retry_at: float = 0.0
     warned_open: bool = False
 
 
-def _signature(st: os.stat_result) -> Signature:
-    return (st.st_size, st.st_mtime_ns)
+@dataclass(frozen=True)
+class _Taken:
+    """What is filed after a verdict: the entry where it is held now, and who it is."""
+
+    origin: str
+    held: str
+    claimed: bool
+    signature: Signature
+    content: bytes | None = None  # a followed link: these bytes are filed instead of the link
 
 
 def part_id_from_name(name: str, pattern: re.Pattern[str] | None) -> str | None:
@@ -157,58 +211,6 @@ def _matches_any(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
 
 
-class _OverflowListener(logging.Filter):
-    """Hears watchdog's "Inotify queue overflowed" log line: the only sign it gives.
-
-    On an overflow, close events may be lost too, so every folder source forgets which
-    files it believed open for writing (they then need only `stable_s`) and rescans at once.
-    """
-
-    LOGGER_NAME = "watchdog.observers.inotify_c"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sources: weakref.WeakSet[FolderSource] = weakref.WeakSet()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "overflow" in str(record.msg).lower():
-            for source in list(self.sources):
-                source._on_events_lost()
-        return True
-
-    def attach(self, source: FolderSource) -> None:
-        watchdog_logger = logging.getLogger(self.LOGGER_NAME)
-        if self not in watchdog_logger.filters:
-            watchdog_logger.addFilter(self)
-        self.sources.add(source)
-
-
-_OVERFLOW_LISTENER = _OverflowListener()
-
-
-class _EventHints(FileSystemEventHandler):
-    """Forwards watchdog events to the source as hints; never does work on the observer thread."""
-
-    def __init__(self, source: FolderSource) -> None:
-        self._source = source
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._source._hint(os.fsdecode(event.src_path), "created")
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._source._hint(os.fsdecode(event.src_path), "modified")
-
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self._source._hint(os.fsdecode(event.src_path), "closed")
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and event.dest_path:
-            self._source._hint(os.fsdecode(event.dest_path), "moved_in")
-
-
 class FolderSource(FrameSource):
     """Watches `path` and delivers each complete matching file exactly once (see module doc)."""
 
@@ -231,6 +233,7 @@ class FolderSource(FrameSource):
         max_open_wait_s: float = 30.0,
         rescan_interval_s: float = 10.0,
         part_id_pattern: str | None = None,
+        follow_symlinks: bool = False,
         max_file_bytes: int = 1 << 31,
         is_done: IsDone | None = None,
         buffer_size: int = 8,
@@ -250,6 +253,7 @@ class FolderSource(FrameSource):
         self.stable_s = stable_s
         self.max_open_wait_s = max_open_wait_s
         self.rescan_interval_s = rescan_interval_s
+        self.follow_symlinks = follow_symlinks
         self.max_file_bytes = max_file_bytes
         self.create_dirs = create_dirs
         self._part_id_regex = compile_part_id_pattern(part_id_pattern)
@@ -257,6 +261,7 @@ class FolderSource(FrameSource):
         for name, value in (
             ("poll_interval_s", poll_interval_s),
             ("rescan_interval_s", rescan_interval_s),
+            ("max_file_bytes", max_file_bytes),
         ):
             if value <= 0:
                 msg = f"source.{name} must be > 0, got {value}"
@@ -268,9 +273,16 @@ class FolderSource(FrameSource):
             raise ConfigError(msg)
 
         self._lock = threading.Lock()
-        self._pending: dict[str, _Candidate] = {}
-        self._in_flight: dict[str, SourceItem] = {}
-        self._settled: dict[str, Signature] = {}  # done but left in place (move_done=False)
+        # filing and giving claims back at a stop touch the same claimed entries from two threads
+        self._filing_lock = threading.Lock()
+        self._pending: dict[str, _Candidate] = {}  # keyed by where the entry is now
+        # (st_dev, st_ino) of each claimed entry not yet filed -> its claim: the inbox name
+        # of a hard-link claim, or a claim left by a crash, is the same file, never a new one
+        self._taken_ids: dict[tuple[int, ...], str] = {}
+        self._in_flight: dict[str, SourceItem] = {}  # keyed by where the entry is held
+        # entries finished with but left where they are (move_done=False, or they could not
+        # be moved): not taken again while their signature is unchanged
+        self._settled: dict[str, Signature] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._paused = False
@@ -289,17 +301,16 @@ class FolderSource(FrameSource):
 
         Raises `SourceConnectionError` (state ERROR) when the folder is missing or unreadable.
         """
-        self._set_state(SourceState.INITIALISING, path=str(self.watch_dir))
+        self._set_state(SourceState.INITIALISING, path=display_path(str(self.watch_dir)))
         try:
             if self.create_dirs:
                 self.watch_dir.mkdir(parents=True, exist_ok=True)
             if not self.watch_dir.is_dir():
-                msg = f"watched folder {self.watch_dir} does not exist or is not a directory"
+                msg = f"watched folder {display_path(str(self.watch_dir))} does not exist or is not a directory"
                 raise SourceConnectionError(msg)
             self._stopping.clear()
             self._paused = False
             self._reopen_buffer()
-            _OVERFLOW_LISTENER.attach(self)
             self._start_observer()
             self._rescan(initial=True)
         except (OSError, SourceConnectionError) as exc:
@@ -308,7 +319,7 @@ class FolderSource(FrameSource):
             self._set_state(SourceState.ERROR, reason=str(exc))
             if isinstance(exc, SourceConnectionError):
                 raise
-            msg = f"cannot watch folder {self.watch_dir}: {exc}"
+            msg = f"cannot watch folder {display_path(str(self.watch_dir))}: {exc.strerror or exc}"
             raise SourceConnectionError(msg) from exc
         self._set_state(SourceState.RUNNING, observer=self._observer_kind)
         self._worker = threading.Thread(
@@ -317,7 +328,10 @@ class FolderSource(FrameSource):
         self._worker.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop watching and delivering; queued items stay takeable and ack still works."""
+        """Stop watching and delivering; queued items stay takeable and ack still works.
+
+        Files taken but not yet filed go back to their names in the inbox (`_release_claims`).
+        """
         if self.state in (SourceState.NOT_STARTED, SourceState.ENDED):
             self._set_state(SourceState.ENDED)
             return
@@ -333,10 +347,43 @@ class FolderSource(FrameSource):
                 )
             self._worker = None
         self._stop_observer(timeout_s=max(0.0, deadline - time.monotonic()))
-        _OVERFLOW_LISTENER.sources.discard(self)
+        self._release_claims()
         with self._lock:
             self._pending.clear()
         self._set_state(SourceState.ENDED)
+
+    def _release_claims(self) -> None:
+        """At a stop, every claimed entry not yet filed goes back to its inbox name, so an
+        unfinished file is where it was dropped; the next start takes it again and the
+        journal says whether it still needs a verdict. One whose name the writer has used
+        again meanwhile stays claimed and the next start finishes it from there, as after a
+        crash. An ack that comes later files the entry from its name."""
+        with self._lock:
+            held = [path for path, candidate in self._pending.items() if candidate.claimed]
+            held += [path for path, item in self._in_flight.items() if item.metadata.get("claimed")]
+            self._taken_ids.clear()
+        for path in held:
+            with self._filing_lock:
+                if os.path.lexists(path):
+                    self._give_back(path)
+
+    def _give_back(self, held: str) -> str:
+        """A claimed entry back under its inbox name: the claim is dropped when the name
+        still holds the entry (a hard-link claim), the entry put back when the name is free;
+        returns where the entry is now."""
+        origin = origin_of(held)
+        if self._same_entry(origin, held):
+            drop_claim(held)
+            return origin
+        return put_back(held) or held
+
+    @staticmethod
+    def _same_entry(first: str, second: str) -> bool:
+        try:
+            a, b = os.lstat(first), os.lstat(second)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
     def pause(self) -> None:
         """Stop watching and delivering (events are lost; `resume` rescans)."""
@@ -363,6 +410,7 @@ class FolderSource(FrameSource):
         with self._lock:
             counters["pending"] = len(self._pending)
             counters["in_flight"] = len(self._in_flight)
+            counters["left_in_place"] = len(self._settled)
         counters["observer"] = self._observer_kind
         return counters
 
@@ -371,36 +419,163 @@ class FolderSource(FrameSource):
     def ack(self, item: SourceItem, outcome: ItemOutcome, reason: str | None = None) -> Path | None:
         """File the item away once journaled: done_dir (or left in place) or quarantine_dir.
 
-        Returns the file's new path, or None when it stayed (or vanished). Never raises for
-        file-system trouble: that becomes a `move_failed` status update.
+        What is filed is the entry the item was read from (its claim), never whatever holds
+        its name now. Returns the entry's new path, or None when it stayed (or vanished).
+        Never raises for file-system trouble: that becomes one `move_failed` status update,
+        and the entry is left alone from then on.
         """
         if item.path is None:
             msg = f"{item.source}: not a folder item (no path)"
             raise ValueError(msg)
-        key = str(item.path)
-        signature = item.metadata.get("signature")
+        metadata = item.metadata
+        held = str(metadata.get("held_at") or item.path)
+        taken = _Taken(
+            origin=str(item.path),
+            held=held,
+            claimed=bool(metadata.get("claimed")),
+            signature=tuple(metadata.get("signature") or ()),
+            content=item.payload if metadata.get("followed") else None,
+        )
         with self._lock:
-            self._in_flight.pop(key, None)
-            if outcome is ItemOutcome.OK and not self.move_done and signature is not None:
-                self._settled[key] = tuple(signature)  # type: ignore[assignment]
+            self._in_flight.pop(held, None)
         if outcome is ItemOutcome.OK:
-            if not self.move_done:
-                return None
-            self._count("done")
-            return self._move_away(item.path, self.done_dir, None)
+            if self.move_done:
+                self._count("done")
+            return self._finish(taken, outcome, None)
         self._count("quarantined")
         text = reason or item.error or "quarantined (no reason given)"
-        destination = self._move_away(item.path, self.quarantine_dir, text)
+        destination = self._finish(taken, outcome, text)
         if destination is not None:
             self._emit(
-                "file_quarantined", Severity.WARNING, path=key, to=str(destination), reason=text
+                "file_quarantined",
+                Severity.WARNING,
+                path=item.source,
+                to=display_path(str(destination)),
+                reason=text,
             )
         return destination
+
+    def _finish(self, taken: _Taken, outcome: ItemOutcome, reason: str | None) -> Path | None:
+        """File an entry that has its verdict (now, or journaled before a restart): the
+        claimed inode goes to done/ or quarantine/, and the inbox name goes too while it
+        still holds that inode (`move_done=False` and OK: the claim is dropped, the file
+        stays)."""
+        try:
+            if outcome is ItemOutcome.OK and not self.move_done:
+                if taken.claimed:
+                    drop_claim(taken.held)
+                self._settle(taken.origin, taken.signature)
+                return None
+            if outcome is ItemOutcome.OK:
+                destination = self._file(taken, self.done_dir, None)
+            else:
+                destination = self._file(taken, self.quarantine_dir, reason)
+            if destination is not None and taken.claimed:
+                self._remove_original(taken)
+            return destination
+        finally:
+            with self._lock:
+                if taken.signature and self._taken_ids.get(taken.signature[:2]) == taken.held:
+                    del self._taken_ids[taken.signature[:2]]
+
+    def _file(self, taken: _Taken, folder: Path, reason: str | None) -> Path | None:
+        """Move the held entry under `folder` (keeping its sub-folder), never overwriting."""
+        with self._filing_lock:
+            if taken.claimed and not os.path.lexists(taken.held):
+                # given back to its name at a stop: file it from there if it is still the same
+                taken = _Taken(taken.origin, taken.origin, False, taken.signature, taken.content)
+            return self._file_locked(taken, folder, reason)
+
+    def _file_locked(self, taken: _Taken, folder: Path, reason: str | None) -> Path | None:
+        shown = display_path(taken.origin)
+        if not taken.claimed and taken.signature:
+            try:
+                now = self._signature(taken.held, taken.origin)
+            except FileNotFoundError:
+                self._emit("file_vanished", Severity.WARNING, path=shown)
+                return None
+            except OSError:
+                now = taken.signature
+            if now[:2] != taken.signature[:2]:
+                # Another entry took the name meanwhile: a new frame, found by the next look.
+                self._emit("file_replaced", Severity.WARNING, path=shown)
+                return None
+        try:
+            relative = Path(taken.origin).relative_to(self.watch_dir)
+        except ValueError:
+            relative = Path(os.path.basename(taken.origin))
+        target_dir = folder / relative.parent
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            destination = file_entry(Path(taken.held), target_dir, reason, content=taken.content)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(taken.held):
+                self._emit("file_vanished", Severity.WARNING, path=shown)
+                return None
+            self._could_not_file(taken, folder, exc)
+            return None
+        if taken.claimed:
+            release_claim(taken.held)
+        logger.debug("source %s: %s -> %s", self.source_id, shown, display_path(str(destination)))
+        return destination
+
+    def _could_not_file(self, taken: _Taken, folder: Path, exc: OSError) -> None:
+        """Report once and leave the entry alone: back under its name when it was claimed
+        (so it is visible where it was dropped), remembered so no rescan takes it again."""
+        where = self._give_back(taken.held) if taken.claimed else taken.held
+        if taken.signature:
+            self._settle(where, taken.signature)
+        self._count("errors")
+        self._emit(
+            "move_failed",
+            Severity.ERROR,
+            path=display_path(taken.origin),
+            to=display_path(str(folder)),
+            error=exc.strerror or type(exc).__name__,
+            left_at=display_path(where),
+        )
+
+    def _remove_original(self, taken: _Taken) -> None:
+        """The claim was a hard link, so the inbox name may still hold the filed inode:
+        remove the name only then. It is checked, moved aside by rename (atomic: whatever
+        holds the name is what moves) and checked again, so a frame the writer renamed over
+        the name in between is never lost: it gets its name back, or, if the name is taken
+        yet again, stays claimed as a candidate of its own."""
+        try:
+            st = os.lstat(taken.origin)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != taken.signature[:2]:
+            return  # the writer's next frame: it has (or gets) a candidate of its own
+        try:
+            moved, _ = claim(taken.origin, move=True)
+        except OSError:
+            return
+        if self._same_entry_as(moved, taken.signature):
+            drop_claim(moved)
+            return
+        if put_back(moved) is None:
+            with self._lock:
+                self._pending[moved] = _Candidate(
+                    taken.origin, None, time.monotonic(), False, False, claimed=True
+                )
+
+    @staticmethod
+    def _same_entry_as(path: str, signature: Signature) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == signature[:2]
+
+    def _settle(self, path: str, signature: Signature) -> None:
+        with self._lock:
+            self._settled[path] = signature
 
     # ---- observer -----------------------------------------------------------------------
 
     def _start_observer(self) -> None:
-        handler = _EventHints(self)
+        handler = EventHints(self._hint, self._on_events_lost)
         if not self.polling:
             observer: BaseObserver = Observer()
             try:
@@ -410,14 +585,22 @@ class FolderSource(FrameSource):
                 self._emit(
                     "observer_fallback",
                     Severity.WARNING,
-                    reason=f"inotify unavailable ({exc}); polling every {self.poll_interval_s} s",
+                    reason=f"inotify unavailable ({exc.strerror or exc}); polling every "
+                    f"{self.poll_interval_s} s",
                 )
                 self._safe_stop(observer)
             else:
                 self._observer, self._observer_kind = observer, "inotify"
                 return
-        observer = PollingObserver(timeout=self.poll_interval_s)
-        observer.schedule(handler, str(self.watch_dir), recursive=self.recursive)
+        # lstat below the root: the poller must not walk into a linked directory (a link to
+        # / in a recursive inbox would have it stat the whole file system every poll).
+        root = str(self.watch_dir)
+        observer = PollingObserverVFS(
+            stat=lambda path: os.stat(path) if path == root else os.lstat(path),
+            listdir=os.scandir,
+            polling_interval=self.poll_interval_s,
+        )
+        observer.schedule(handler, root, recursive=self.recursive)
         observer.start()
         self._observer, self._observer_kind = observer, "polling"
 
@@ -435,26 +618,29 @@ class FolderSource(FrameSource):
         except Exception:
             logger.exception("watchdog observer did not stop cleanly")
 
-    def _hint(self, path_str: str, event: str) -> None:
+    def _hint(self, path_str: str, event: str, is_directory: bool = False) -> None:
         """Record a watchdog event for `path_str` (observer thread: keep it cheap)."""
+        if is_directory and self.recursive:
+            return  # a sub-folder to watch, not an entry
         if not self._accepts(Path(path_str)):
             return
         now = time.monotonic()
         inotify = self._observer_kind == "inotify"
-        # A file created empty is most likely still open in its writer (open(O_CREAT) comes
-        # before the first write); a moved-in file has its bytes already.
+        # A regular file created empty is most likely still open in its writer (open(O_CREAT)
+        # comes before the first write); a moved-in file has its bytes already.
         created_empty = False
         if inotify and event == "created":
             try:
-                created_empty = os.stat(path_str).st_size == 0
+                st = os.lstat(path_str)
             except OSError:
                 return
+            created_empty = stat.S_ISREG(st.st_mode) and st.st_size == 0
         with self._lock:
             if path_str in self._in_flight:
                 return
             candidate = self._pending.get(path_str)
             if candidate is None:
-                candidate = _Candidate(None, now, False, found_by_rescan=False)
+                candidate = _Candidate(path_str, None, now, False, found_by_rescan=False)
                 self._pending[path_str] = candidate
             candidate.found_by_rescan = False  # an event did announce it
             if event in ("created", "modified", "moved_in"):
@@ -480,11 +666,13 @@ class FolderSource(FrameSource):
     # ---- filtering and scanning ---------------------------------------------------------
 
     def _accepts(self, path: Path) -> bool:
-        """True for a file name we take, in a folder we watch (never done/ or quarantine/)."""
+        """True for an entry name we take, in a folder we watch (never done/ or quarantine/)."""
         name = path.name
         if _matches_any(name, ALWAYS_IGNORED) or not _matches_any(name, self.include):
             return False
         if self.exclude and _matches_any(name, self.exclude):
+            return False
+        if path in (self.done_dir, self.quarantine_dir):
             return False
         parent = path.parent
         if parent == self.watch_dir:
@@ -498,30 +686,48 @@ class FolderSource(FrameSource):
                 return False
         return True
 
-    def _walk(self, folder: Path) -> Iterator[tuple[str, os.stat_result]]:
+    def _walk(self, folder: Path) -> Iterator[str]:
+        """Every entry to consider: accepted names (of any type) and claimed entries."""
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    sub = Path(entry.path)
-                    if (
-                        self.recursive
-                        and not entry.name.startswith(".")
-                        and sub not in (self.done_dir, self.quarantine_dir)
-                    ):
-                        yield from self._walk(sub)
-                    continue
-                if not entry.is_file():
-                    continue
-                if not self._accepts(Path(entry.path)):
-                    continue
                 try:
-                    yield entry.path, entry.stat()
-                except FileNotFoundError:
-                    continue
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                sub = Path(entry.path)
+                if is_dir and entry.name == CLAIM_DIR_NAME:
+                    yield from self._walk_claims(entry.path)
+                elif is_dir and self.recursive:
+                    if entry.name.startswith(".") or sub in (self.done_dir, self.quarantine_dir):
+                        continue
+                    try:
+                        yield from self._walk(sub)
+                    except OSError as exc:  # a sub-folder removed or locked meanwhile
+                        logger.debug("source %s: cannot list %s: %s", self.source_id, sub, exc)
+                elif self._accepts(sub):
+                    yield entry.path
+
+    @staticmethod
+    def _walk_claims(root: str) -> Iterator[str]:
+        """Claimed entries: taken before a stop or crash, not yet filed."""
+        try:
+            with os.scandir(root) as tokens:
+                token_dirs = [t.path for t in tokens if t.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        for token_dir in token_dirs:
+            try:
+                with os.scandir(token_dir) as claimed:
+                    paths = [entry.path for entry in claimed]
+            except OSError:
+                continue
+            if not paths:
+                remove_empty_claim(token_dir)
+            yield from paths
 
     def _rescan(self, initial: bool = False) -> None:
-        """Add every matching file not pending, in flight or settled; raises OSError if the
-        folder itself is unreachable (unmounted share, deleted directory).
+        """Add every entry not pending, in flight or settled; raises OSError if the folder
+        itself is unreachable (unmounted share, deleted directory).
 
         Files a later (not the initial) rescan finds and no event announces before delivery
         are counted as `found_without_event`: the measure of events the kernel dropped.
@@ -529,25 +735,64 @@ class FolderSource(FrameSource):
         now = time.monotonic()
         found = 0
         seen: set[str] = set()
-        for path_str, st in self._walk(self.watch_dir):
+        for path_str in self._walk(self.watch_dir):
             seen.add(path_str)
-            signature = _signature(st)
+            with self._lock:
+                if path_str in self._pending or path_str in self._in_flight:
+                    continue
+            claimed = is_claimed(path_str)
+            origin = origin_of(path_str) if claimed else path_str
+            try:
+                signature = self._signature(path_str, origin)
+            except OSError:
+                continue
             with self._lock:
                 if path_str in self._pending or path_str in self._in_flight:
                     continue
                 if self._settled.get(path_str) == signature:
                     continue
+                if self._taken_ids.get(signature[:2], path_str) != path_str:
+                    continue  # the inbox name of a file claimed and in flight
                 self._pending[path_str] = _Candidate(
-                    signature, now, False, found_by_rescan=not initial
+                    origin,
+                    signature,
+                    now,
+                    False,
+                    found_by_rescan=not initial and not claimed,
+                    claimed=claimed,
                 )
             found += 1
         with self._lock:
-            # forget settled files that are gone, so the set does not grow forever
+            # forget settled entries that are gone, so the map does not grow forever
             self._settled = {p: s for p, s in self._settled.items() if p in seen}
         self._count("rescans")
         if found:
             self._count("rescan_found", found)
-            logger.debug("source %s: rescan found %d new files", self.source_id, found)
+            logger.debug("source %s: rescan found %d new entries", self.source_id, found)
+
+    def _really_inside(self, path_str: str) -> bool:
+        """True when the entry's folder is the inbox or a real sub-folder of it, not a
+        directory reached through a symbolic link (whose files are not the inbox's)."""
+        parent = os.path.dirname(path_str)
+        if parent == str(self.watch_dir):
+            return True
+        relative = os.path.relpath(parent, self.watch_dir)
+        return os.path.realpath(parent) == os.path.join(os.path.realpath(self.watch_dir), relative)
+
+    def _signature(self, path_str: str, origin: str) -> Signature:
+        return entry_signature(
+            path_str, origin_dir=os.path.dirname(origin), follow_symlinks=self.follow_symlinks
+        )
+
+    def _classify(self, path_str: str, origin: str) -> Entry:
+        return classify_entry(
+            path_str,
+            inbox=str(self.watch_dir),
+            origin_dir=os.path.dirname(origin),
+            follow_symlinks=self.follow_symlinks,
+            forbidden=(str(self.done_dir), str(self.quarantine_dir)),
+            private_names=(CLAIM_DIR_NAME,),
+        )
 
     # ---- worker -------------------------------------------------------------------------
 
@@ -596,7 +841,8 @@ class FolderSource(FrameSource):
         self._count("reconnects")
         self._stop_observer(timeout_s=2.0)
         if self.state is not SourceState.RECONNECTING:
-            self._set_state(SourceState.RECONNECTING, reason=f"{type(exc).__name__}: {exc}")
+            reason = getattr(exc, "strerror", None) or str(exc)
+            self._set_state(SourceState.RECONNECTING, reason=f"{type(exc).__name__}: {reason}")
 
     def _reconnect(self) -> None:
         """Folder vanished or the observer died: retry watching it, at most every few seconds."""
@@ -622,20 +868,21 @@ class FolderSource(FrameSource):
         self._set_state(SourceState.RUNNING, observer=self._observer_kind)
 
     def _ready_candidates(self) -> list[tuple[str, Signature, float]]:
-        """Stat every pending file; return those unchanged for `stable_s`, oldest first, as
-        (path, signature, stable_since) so `_take` can tell whether a hint came meanwhile."""
+        """Look at every pending entry (`lstat`, never open); return those unchanged for
+        `stable_s`, oldest first, as (path, signature, stable_since) so `_take` can tell
+        whether a hint came meanwhile."""
         now = time.monotonic()
         with self._lock:
             snapshot = list(self._pending.items())
             trust_open_flags = now >= self._distrust_open_until
         ready: list[tuple[str, Signature, float]] = []
         for path_str, candidate in snapshot:
+            if now < candidate.retry_at:
+                continue
             try:
-                signature = _signature(os.stat(path_str))
+                signature = self._signature(path_str, candidate.origin)
             except FileNotFoundError:
-                with self._lock:
-                    if self._pending.get(path_str) is candidate:
-                        del self._pending[path_str]
+                self._forget(path_str, candidate)
                 continue
             except OSError:
                 continue  # transient (stale NFS handle ...): look again next tick
@@ -647,7 +894,7 @@ class FolderSource(FrameSource):
                     candidate.stable_since = now
                     continue
                 if self._settled.get(path_str) == signature:
-                    del self._pending[path_str]  # a hint for a file done and left in place
+                    del self._pending[path_str]  # a hint for an entry settled where it is
                     continue
                 waited_s = now - candidate.stable_since
                 if waited_s < self.stable_s:
@@ -660,79 +907,197 @@ class FolderSource(FrameSource):
                 stable_since = candidate.stable_since
             if warn:
                 self._emit(
-                    "no_close_event", Severity.WARNING, path=path_str, waited_s=round(waited_s, 1)
+                    "no_close_event",
+                    Severity.WARNING,
+                    path=display_path(candidate.origin),
+                    waited_s=round(waited_s, 1),
                 )
             ready.append((path_str, signature, stable_since))
-        ready.sort(key=lambda entry: (entry[1][1], entry[0]))
+        ready.sort(key=lambda entry: (entry[1][3], entry[0]))
         return ready
 
     def _take(self, path_str: str, signature: Signature, stable_since: float) -> None:
-        """Read a stable file once, hash it, consult the journal, and deliver it."""
-        path = Path(path_str)
-        error: str | None = None
-        payload: bytes | None = None
+        """Decide by `lstat`, claim, read once with a bound, consult the journal, deliver.
+
+        Every way out either delivers one item, leaves the entry pending for a later look
+        (still being written, or a read to try again), or forgets an entry that is gone.
+        """
+        with self._lock:
+            candidate = self._pending.get(path_str)
+        if candidate is None:
+            return
+        if not candidate.claimed and not self._really_inside(path_str):
+            self._forget(path_str, candidate)  # reached through a linked directory
+            return
         try:
-            with open(path_str, "rb") as handle:
-                st = os.fstat(handle.fileno())
-                if _signature(st) != signature:
-                    self._back_to_pending(path_str, _signature(st))
-                    return
-                if st.st_size > self.max_file_bytes:
-                    error = (
-                        f"file is {st.st_size} bytes, more than max_file_bytes "
-                        f"({self.max_file_bytes})"
-                    )
-                else:
-                    payload = handle.read()
-                    after = os.fstat(handle.fileno())
-                    if _signature(after) != signature or len(payload) != signature[0]:
-                        self._back_to_pending(path_str, _signature(after))
-                        return
+            entry = self._classify(path_str, candidate.origin)
         except FileNotFoundError:
-            with self._lock:
-                self._pending.pop(path_str, None)
+            self._forget(path_str, candidate)
             return
         except OSError as exc:
-            with self._lock:
-                candidate = self._pending.get(path_str)
-                failures = 0 if candidate is None else candidate.read_failures + 1
-                if candidate is not None:
-                    candidate.read_failures = failures
-                    candidate.stable_since = time.monotonic()
-            self._count("read_retries")
-            if failures < _READ_ATTEMPTS:
-                return
-            error = f"cannot read file: {exc.strerror or exc}"
-
-        # Unreadable files have no content hash: their journal key is (path, "").
-        sha256 = hashlib.sha256(payload).hexdigest() if payload is not None else ""
-        if not self._not_yet_done(path, FileKey(path_str, sha256), signature):
+            self._read_failed(path_str, candidate, None, exc, (signature, stable_since))
             return
+        if entry.signature[:4] != signature[:4]:  # the entry itself changed since the last look
+            self._back_to_pending(path_str, candidate)
+            return
+        with self._lock:
+            holder = self._taken_ids.get(entry.signature[:2])
+            if holder is None and candidate.claimed:  # a claim found by a rescan
+                holder = self._taken_ids[entry.signature[:2]] = path_str
+        if holder is not None and holder != path_str:
+            # The same file is claimed already: this is its inbox name, or a second claim
+            # (a crash came between two claims of it). Nothing new to take.
+            if candidate.claimed:
+                drop_claim(path_str)
+            self._forget(path_str, candidate)
+            return
+        taking = (signature, stable_since)
+        if entry.refusal is not None:
+            self._hand_on(path_str, candidate, entry, None, entry.refusal, taking)
+            return
+        if not candidate.claimed:
+            claimed = self._claim(path_str, candidate, entry)
+            if claimed is None:
+                return  # gone, or what was claimed needs its own look
+            path_str, entry = claimed
+        try:
+            payload = read_entry(entry, str(self.watch_dir), max_bytes=self.max_file_bytes)
+        except EntryRefusedError as exc:
+            self._hand_on(path_str, candidate, entry, None, str(exc), taking)
+        except EntryChangedError:
+            self._back_to_pending(path_str, candidate)
+        except FileNotFoundError:
+            if entry.target is None:
+                self._forget(path_str, candidate)
+            else:
+                self._back_to_pending(path_str, candidate)  # the link's target went away
+        except OSError as exc:
+            self._read_failed(path_str, candidate, entry, exc, taking)
+        else:
+            self._hand_on(path_str, candidate, entry, payload, None, taking)
 
+    def _claim(
+        self, path_str: str, candidate: _Candidate, entry: Entry
+    ) -> tuple[str, Entry] | None:
+        """Claim a stable entry before it is read; (claimed path, entry there), or the
+        entry itself when the folder cannot hold a claim (it is then read in place and
+        filed only while its name still holds it), or None when there is nothing to read."""
+        try:
+            claimed, _ = claim(path_str)
+        except FileNotFoundError:
+            self._forget(path_str, candidate)
+            return None
+        except OSError as exc:
+            logger.debug(
+                "source %s: cannot claim %s (%s); reading it in place",
+                self.source_id,
+                display_path(path_str),
+                exc.strerror,
+            )
+            return path_str, entry
+        with self._lock:
+            if self._pending.get(path_str) is candidate:
+                del self._pending[path_str]
+            candidate.claimed = True
+            self._pending[claimed] = candidate
+        try:
+            held = self._classify(claimed, candidate.origin)
+        except OSError:
+            return None  # looked at again next tick
+        with self._lock:
+            self._taken_ids[held.signature[:2]] = claimed
+        if held.signature[:2] != entry.signature[:2] or held.refusal is not None:
+            # The writer replaced the file between the last look and the claim: what was
+            # claimed is a new entry and must prove itself stable like any other.
+            self._back_to_pending(claimed, candidate)
+            return None
+        return claimed, held
+
+    def _read_failed(
+        self,
+        path_str: str,
+        candidate: _Candidate,
+        entry: Entry | None,
+        exc: OSError,
+        taking: tuple[Signature, float],
+    ) -> None:
+        """Try again a little later, without restarting the stability wait; after a few
+        tries the entry is handed on with the error, so it ends with one ERROR verdict."""
+        self._count("read_retries")
+        with self._lock:
+            candidate.read_failures += 1
+            failures = candidate.read_failures
+            candidate.retry_at = time.monotonic() + max(_READ_RETRY_S, self.stable_s)
+        if failures < _READ_ATTEMPTS:
+            return
+        if entry is None:
+            try:
+                entry = Entry(path_str, os.lstat(path_str))
+            except OSError:
+                return
+        reason = f"cannot read file: {exc.strerror or type(exc).__name__}"
+        self._hand_on(path_str, candidate, entry, None, reason, taking)
+
+    def _hand_on(
+        self,
+        path_str: str,
+        candidate: _Candidate,
+        entry: Entry,
+        payload: bytes | None,
+        error: str | None,
+        taking: tuple[Signature, float],
+    ) -> None:
+        """Deliver one item for the entry held at `path_str`: its bytes, or its error.
+
+        `taking` is (signature, stable_since) as the stability check saw them, so a write
+        hint that came meanwhile is noticed.
+        """
+        signature, stable_since = taking
+        origin = candidate.origin
+        shown = display_path(origin)
+        sha256 = hashlib.sha256(payload).hexdigest() if payload is not None else ""
+        entry_id = "" if payload is not None else entry.entry_id
+        followed = entry.target is not None and payload is not None
+        taken = _Taken(origin, path_str, candidate.claimed, signature, payload if followed else None)
+        if not self._not_yet_done(taken, FileKey(shown, sha256 or entry_id)):
+            return
         if error is not None:
             self._count("errors")
-            self._emit("file_unreadable", Severity.ERROR, path=path_str, reason=error)
+            self._count("refused")
+            self._emit("file_unreadable", Severity.ERROR, path=shown, reason=error)
+        try:
+            relative = display_path(Path(origin).relative_to(self.watch_dir).as_posix())
+        except ValueError:
+            relative = display_path(os.path.basename(origin))
+        content_st = entry.target_st if followed and entry.target_st is not None else entry.st
+        metadata: dict[str, Any] = {
+            "size_bytes": len(payload) if payload is not None else entry.st.st_size,
+            "signature": signature,
+            "relative_path": relative,
+            "held_at": path_str,
+            "claimed": candidate.claimed,
+            "followed": followed,
+        }
+        if entry_id:
+            metadata["entry_id"] = entry_id
         item = SourceItem(
             source_id=self.source_id,
             kind="file",
-            source=path_str,
-            capture_time=datetime.fromtimestamp(signature[1] / 1e9, tz=timezone.utc),
+            source=shown,
+            capture_time=datetime.fromtimestamp(content_st.st_mtime_ns / 1e9, tz=timezone.utc),
             sha256=sha256,
-            part_id=part_id_from_name(path.name, self._part_id_regex),
+            part_id=part_id_from_name(display_path(os.path.basename(origin)), self._part_id_regex),
             payload=payload,
-            path=path,
+            path=Path(origin),
             error=error,
-            metadata={
-                "size_bytes": signature[0],
-                "signature": signature,
-                "relative_path": path.relative_to(self.watch_dir).as_posix(),
-            },
+            metadata=metadata,
         )
         with self._lock:
-            candidate = self._pending.get(path_str)
-            if candidate is None:
+            if self._pending.get(path_str) is not candidate:
                 return  # vanished meanwhile
-            if candidate.stable_since != stable_since or candidate.signature != signature:
+            if not candidate.claimed and (
+                candidate.stable_since != stable_since or candidate.signature != signature
+            ):
                 return  # a write hint arrived while we read: wait for it to settle
             del self._pending[path_str]
             self._in_flight[path_str] = item
@@ -742,19 +1107,33 @@ class FolderSource(FrameSource):
         while not self._stopping.is_set():
             if self._publish(item, timeout_s=0.25):
                 return
-        # stopping before the pipeline took it: the file stays; the next start finds it
+        # stopping before the pipeline took it: the entry goes back to its name for the
+        # next start
         with self._lock:
             self._in_flight.pop(path_str, None)
+            self._untake_locked(path_str)
+        if candidate.claimed:
+            with self._filing_lock:
+                self._give_back(path_str)
 
-    def _back_to_pending(self, path_str: str, signature: Signature) -> None:
+    def _back_to_pending(self, path_str: str, candidate: _Candidate) -> None:
+        """Look again: the entry changed, so its stability wait starts over."""
         with self._lock:
-            candidate = self._pending.get(path_str)
-            if candidate is not None:
-                candidate.signature = signature
-                candidate.stable_since = time.monotonic()
+            candidate.signature = None
+            candidate.stable_since = time.monotonic()
 
-    def _not_yet_done(self, path: Path, key: FileKey, signature: Signature) -> bool:
-        """Ask the journal; if the file was processed before, finish its move and say False."""
+    def _forget(self, path_str: str, candidate: _Candidate) -> None:
+        with self._lock:
+            if self._pending.get(path_str) is candidate:
+                del self._pending[path_str]
+            self._untake_locked(path_str)
+
+    def _untake_locked(self, path_str: str) -> None:
+        for key in [key for key, held in self._taken_ids.items() if held == path_str]:
+            del self._taken_ids[key]
+
+    def _not_yet_done(self, taken: _Taken, key: FileKey) -> bool:
+        """Ask the journal; if the entry was processed before, finish its filing and say False."""
         if self._is_done is None:
             return True
         try:
@@ -762,151 +1141,18 @@ class FolderSource(FrameSource):
         except Exception as exc:  # journal trouble: do not risk a duplicate, retry later
             self._count("errors")
             self._emit("journal_lookup_failed", Severity.ERROR, path=key.path, error=str(exc))
-            self._back_to_pending(key.path, signature)
+            with self._lock:
+                candidate = self._pending.get(taken.held)
+                if candidate is not None:
+                    candidate.retry_at = time.monotonic() + max(1.0, self.stable_s)
             return False
         if not outcome:
             return True
         with self._lock:
-            self._pending.pop(key.path, None)
+            self._pending.pop(taken.held, None)
         self._count("already_done")
         if outcome == ItemOutcome.QUARANTINED:
-            self._move_away(
-                path,
-                self.quarantine_dir,
-                "journaled as quarantined before a restart; see the journal for the reason",
-            )
-        elif self.move_done:
-            self._move_away(path, self.done_dir, None)
+            self._finish(taken, ItemOutcome.QUARANTINED, _REPLAYED_QUARANTINE)
         else:
-            with self._lock:
-                self._settled[key.path] = signature
-        return False
-
-    # ---- moving files away --------------------------------------------------------------
-
-    def _move_away(self, path: Path, folder: Path, reason: str | None) -> Path | None:
-        """Move `path` under `folder` (keeping its sub-folder), never overwriting anything."""
-        try:
-            relative = path.relative_to(self.watch_dir)
-        except ValueError:
-            relative = Path(path.name)
-        target_dir = folder / relative.parent
-        try:
-            target_dir.mkdir(parents=True, exist_ok=True)
-            destination = _move_unique(path, target_dir, reason)
-        except FileNotFoundError as exc:
-            if not path.exists():
-                self._emit("file_vanished", Severity.WARNING, path=str(path))
-                return None
-            self._count("errors")
-            self._emit(
-                "move_failed", Severity.ERROR, path=str(path), to=str(folder), error=str(exc)
-            )
-            return None
-        except OSError as exc:
-            self._count("errors")
-            self._emit(
-                "move_failed", Severity.ERROR, path=str(path), to=str(folder), error=str(exc)
-            )
-            return None
-        logger.debug("source %s: %s -> %s", self.source_id, path, destination)
-        return destination
-
-
-def unique_name(name: str, index: int) -> str:
-    """`name` with a `-index` suffix before the extension (index 0: unchanged).
-
-    >>> unique_name("P-17.png", 0), unique_name("P-17.png", 2), unique_name("P-17", 1)
-    ('P-17.png', 'P-17-2.png', 'P-17-1')
-    """
-    if index == 0:
-        return name
-    stem, dot, extension = name.rpartition(".")
-    if not dot or not stem:
-        return f"{name}-{index}"
-    return f"{stem}-{index}.{extension}"
-
-
-def _move_unique(source: Path, folder: Path, reason: str | None = None) -> Path:
-    """Move `source` into `folder` under its name or the first free `-N` variant, with
-    `<name>.reason.txt` beside it when a reason is given.
-
-    A hard link claims the name atomically (fails if taken), the reason is written, then
-    the original is unlinked; across file systems, or where hard links are refused, a
-    finished copy claims the name the same way. A move cut short (power loss or kill -9
-    before the unlink) is finished on the next try, keeping its reason, not repeated under
-    a `-N` name.
-    """
-    by_copy = os.stat(source).st_dev != os.stat(folder).st_dev
-    try:
-        return _move_by_link(source, folder, reason, by_copy)
-    except OSError as exc:
-        if by_copy or exc.errno not in _NO_HARD_LINK:
-            raise
-        return _move_by_link(source, folder, reason, by_copy=True)
-
-
-_NO_HARD_LINK = (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP)
-_REASON_SUFFIX = ".reason.txt"
-
-
-def _move_by_link(source: Path, folder: Path, reason: str | None, by_copy: bool) -> Path:
-    origin = _copy_beside(source, folder) if by_copy else source
-    try:
-        for index in range(100_000):
-            destination = folder / unique_name(source.name, index)
-            if _is_earlier_move_of(source, destination, by_copy):
-                break
-            if reason is not None and _reason_path(destination).exists():
-                continue  # an orphan reason keeps its name free
-            try:
-                os.link(origin, destination, follow_symlinks=False)
-            except FileExistsError:
-                continue
-            break
-        else:
-            msg = f"no free name for {source.name} in {folder}"
-            raise FileExistsError(errno.EEXIST, msg)
-    finally:
-        if by_copy:
-            origin.unlink(missing_ok=True)
-    if reason is not None:
-        try:
-            with open(_reason_path(destination), "x", encoding="utf-8") as handle:
-                handle.write(reason.rstrip("\n") + "\n")
-        except FileExistsError:
-            pass  # written before the move was cut short: the original reason stays
-    os.unlink(source)
-    return destination
-
-
-def _reason_path(destination: Path) -> Path:
-    return destination.with_name(destination.name + _REASON_SUFFIX)
-
-
-def _copy_beside(source: Path, folder: Path) -> Path:
-    """A hidden full copy of `source` in `folder` (times kept), ready to be linked into place."""
-    copy = folder / f".{source.name}.inspectd-copy"
-    with open(source, "rb") as reader, open(copy, "wb") as writer:
-        shutil.copyfileobj(reader, writer, length=1 << 20)
-        writer.flush()
-        os.fsync(writer.fileno())
-    shutil.copystat(source, copy)
-    return copy
-
-
-def _is_earlier_move_of(source: Path, destination: Path, by_copy: bool) -> bool:
-    """True when `destination` is what an interrupted move of `source` left behind.
-
-    A hard-linked move leaves the very same file; a copied one leaves a file with the
-    source's size, modification time and bytes. A later file of the same name is neither.
-    """
-    try:
-        if not by_copy:
-            return os.path.samefile(source, destination)
-        here, there = source.stat(), destination.stat()
-        if (here.st_size, here.st_mtime_ns) != (there.st_size, there.st_mtime_ns):
-            return False
-        return filecmp.cmp(source, destination, shallow=False)
-    except OSError:
+            self._finish(taken, ItemOutcome.OK, None)
         return False

@@ -250,3 +250,74 @@ def test_warn_action_keeps_the_verdict_and_writes_the_warning(tmp_path) -> None:
     assert record["verdict"] == "PASS" and record["out_of_distribution"] is True
     assert record["warnings"][0].startswith("warning: out of distribution")
     assert (out / "inverted_mask.png").exists()
+
+
+def _validate_config_process(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "inspectd.cli", "validate-config", str(path)],
+                          capture_output=True, text=True, timeout=300)
+
+
+FOLDER_SOURCE = "sources:\n  - kind: folder\n    path: /srv/inbox\n"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    pytest.param(FOLDER_SOURCE + "    part_id_pattern: '(?P<part>(a+)+)'\n", "sources.0.part_id_pattern",
+                 id="backtracking-pattern"),
+    pytest.param(FOLDER_SOURCE + "    part_id_pattern: '^(?P<part>[A-Z'\n", "not a valid regular expression",
+                 id="invalid-pattern"),
+    pytest.param("control:\n  bind: not-an-endpoint\n", "control.bind", id="control-bind"),
+    pytest.param("publish:\n  bind: ['tcp://host:notaport']\n", "publish.bind.0", id="publish-bind"),
+    pytest.param("publish:\n  heartbeat_interval_s: 1e-6\n", "publish.heartbeat_interval_s", id="heartbeat"),
+    pytest.param("pipeline:\n  shutdown_grace_s: .inf\n", "pipeline.shutdown_grace_s", id="inf-grace"),
+    pytest.param("rules:\n  - {metric: porosity_pct, op: '<=', limit: .nan}\n", "rules.0.limit", id="nan-limit"),
+    pytest.param("station: a\nstation: b\n", "duplicate key 'station'", id="duplicate-key"),
+    pytest.param(FOLDER_SOURCE + "  - kind: folder\n    path: /srv/other\n", "sources.1.id", id="duplicate-id"),
+    pytest.param("segment:\n  engine: nope\n", "segment.engine", id="unknown-engine"),
+])
+def test_validate_config_refuses_in_one_line_with_exit_two(tmp_path, content: str, expected: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(content)
+    proc = _validate_config_process(path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"inspectd: config error: {path}")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    pytest.param(bytes(range(256)) * 64, "not UTF-8 text", id="binary"),
+    pytest.param(b"station: s\x00\n", "control character U+0000", id="nul"),
+    pytest.param(b"a: " + b"[" * 10_000 + b"]" * 10_000 + b"\n", "nest", id="deep-flow"),
+    pytest.param(b"a: " + b"[" * 500 + b"]" * 500 + b"\n", "nested more than 32 levels", id="deep-500"),
+    pytest.param(("l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))).encode(),
+        "its aliases expand it beyond", id="billion-laughs"),
+    pytest.param(b"#" * (11 << 20), "larger than 256 KiB", id="11-MB"),
+])
+def test_validate_config_on_hostile_files_exits_two_without_a_traceback(tmp_path, content: bytes,
+                                                                       expected: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    proc = _validate_config_process(path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr[-2000:]
+
+
+def test_shipped_config_stays_valid(capsys) -> None:
+    from tests.conftest import REPO_ROOT
+
+    assert cli.main(["validate-config", str(REPO_ROOT / "config.yaml")]) == 0
+    assert capsys.readouterr().out.strip().endswith("config.yaml: valid")
+
+
+def test_an_unexpected_error_is_one_line_with_exit_one(monkeypatch, capsys) -> None:
+    from inspectd.commands import validate_config
+
+    def broken(_path: object) -> None:
+        msg = "boom\nsecond line"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(validate_config.config, "load", broken)
+    assert cli.main(["validate-config", "x.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: boom second line" in err and "Traceback" not in err

@@ -28,13 +28,24 @@ def test_save_survives_reopening_and_leaves_no_temporary_files(tmp_path):
     assert json.loads(path.read_text())["last_seq"] == 5
 
 
-def test_duplicates_are_recognised_on_station_and_seq_across_epochs(tmp_path):
+def test_duplicates_are_recognised_on_station_epoch_and_seq(tmp_path):
     cursor = Cursor(tmp_path / "c.json")
     cursor.save(station="s1", epoch=3, seq=10)
     assert cursor.is_delivered("s1", 3, 10)
-    assert cursor.is_delivered("s1", 1, 4)  # replayed from an older epoch
-    assert not cursor.is_delivered("s1", 4, 11)  # after a daemon restart, seq goes on
+    assert cursor.is_delivered("s1", 3, 4)
+    assert not cursor.is_delivered("s1", 3, 11)  # after a daemon restart, seq goes on in the epoch
+    assert not cursor.is_delivered("s1", 1, 4)  # another epoch: a new journal's seq 4
+    assert not cursor.is_delivered("s1", 7, 4)  # larger or smaller, any other epoch is a new stream
+    assert cursor.is_delivered("s1", None, 4)  # a message without an epoch: seq alone decides
     assert not cursor.is_delivered("other", 3, 5)
+
+
+def test_a_cursor_from_before_epochs_named_streams_is_read_without_its_epoch(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"format": 1, "station": "s1", "epoch": 4, "last_seq": 10, "updated_utc": ""}))
+    cursor = Cursor(path)
+    assert (cursor.last_seq, cursor.state.epoch) == (10, None)
+    assert cursor.is_delivered("s1", 3767274634948115, 10)  # format 1 epochs counted starts: seq decides
 
 
 def test_an_interrupted_write_leaves_the_previous_cursor(tmp_path):

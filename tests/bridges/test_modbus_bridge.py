@@ -124,7 +124,7 @@ def test_daemon_restart_gap_is_filled_by_replay(daemon, plc_server, bridges, tmp
             assert wait_for(lambda: len(plc.results) >= 8), bridge.stats()
         finally:
             restarted.close()
-    assert {m["epoch"] for m in before} == {1} and {m["epoch"] for m in live} == {2}
+    assert {m["epoch"] for m in before} == {m["epoch"] for m in live}  # a restart keeps the journal's stream
     assert plc.seqs() == seqs(before + lost + live) == list(range(1, 9))
 
 

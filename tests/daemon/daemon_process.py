@@ -17,10 +17,12 @@ from tests.daemon.conftest import free_tcp_endpoint
 
 
 class DaemonProcess:
-    """Starts `python -m inspectd.cli run` with a config written to `work_dir`."""
+    """Starts `python -m inspectd.cli run` with a config written to `work_dir` (`module`: another
+    entry point with the same command line, e.g. one that injects a fault first)."""
 
     def __init__(self, work_dir: Path, *, inbox: Path | None = None, extra: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, module: str = "inspectd.cli") -> None:
+        self.module = module
         self.work_dir = work_dir
         self.inbox = inbox or work_dir / "inbox"
         self.inbox.mkdir(parents=True, exist_ok=True)
@@ -45,7 +47,7 @@ class DaemonProcess:
     def start(self, *, wait_ready: bool = True, timeout_s: float = 180.0) -> DaemonProcess:
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "inspectd.cli", "run", "--config", str(self.config_path),
+            [sys.executable, "-m", self.module, "run", "--config", str(self.config_path),
              "--state-dir", str(self.state_dir), "--publish", self.publish, "--control", self.control],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
         )

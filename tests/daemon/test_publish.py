@@ -80,7 +80,7 @@ def test_heartbeat_carries_last_seq_and_epoch(zmq_context, journal):
                    epoch=journal.epoch, last_seq=journal.last_seq) as publisher:
         sock = subscriber(zmq_context, publisher.endpoints[0], b"heartbeat.")
         first = wait_until_subscribed(sock)
-        assert (first["station"], first["epoch"], first["last_seq"]) == (STATION, 1, 0)
+        assert (first["station"], first["epoch"], first["last_seq"]) == (STATION, journal.epoch, 0)
         for i in range(3):
             journal.commit(make_draft(i), None)  # committed, not even published
         assert wait_for(lambda: recv_messages(sock, 1, kind="heartbeat")[0]["last_seq"] == 3)

@@ -16,7 +16,8 @@ import pytest
 from inspectd.control import ControlServer, ControlTimeoutError, replay_handler
 from inspectd.message import build_error_message, validate
 from inspectd.subscribe import VerdictSubscriber, format_line, run
-from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint, wait_for
+from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint, make_draft, wait_for
+from tests.daemon.daemon_process import DaemonProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,8 +229,7 @@ def test_kill_9_mid_batch_restart_and_the_subscriber_fills_its_gap(tmp_path, zmq
                 child.stdout.close()
     assert last_seq >= 50  # at least 30 before the kill, 20 after the restart
     assert seqs(delivered) == list(range(1, last_seq + 1))  # every seq exactly once, in order
-    epochs = [m["epoch"] for m in delivered]
-    assert epochs == sorted(epochs) and set(epochs) == {1, 2}
+    assert len({m["epoch"] for m in delivered}) == 1  # a restart goes on with the journal's stream
 
 
 def test_run_prints_one_line_per_verdict(mini_daemon, zmq_context):
@@ -281,3 +281,85 @@ def test_daemon_errors_are_kept_and_logged_with_their_kind_and_source(mini_daemo
     assert subscriber.last_error is not None and subscriber.last_error["kind"] == "camera_lost"
     validate(subscriber.last_error, kind="error")
     assert "daemon test-station reports camera_lost from line-cam: no frame in 5.0 s" in caplog.text
+
+
+# ---- untrusted names on the printed line -------------------------------------------------
+
+_FORGED_TAIL = "seq=9999 PASS part=A-17"
+_HOSTILE_SOURCES = {
+    "newline": f"/in/x\n{_FORGED_TAIL}.png",
+    "carriage_return": f"/in/x\r{_FORGED_TAIL}.png",
+    "ansi_escape": f"/in/x\x1b[2K\x1b[1G{_FORGED_TAIL}.png",
+    "paragraph_separator": f"/in/x\u2029{_FORGED_TAIL}.png",
+    "not_utf8": b"/in/x\xff\n.png".decode("utf-8", "surrogateescape"),
+}
+
+
+@pytest.mark.parametrize("source", _HOSTILE_SOURCES.values(), ids=_HOSTILE_SOURCES.keys())
+def test_format_line_shows_a_hostile_source_escaped_inside_its_field(source):
+    line = format_line({"seq": 4, "verdict": "ERROR", "part_id": None, "source": source,
+                        "reason": f"not an image: {source}"})
+    assert line.isprintable()  # nothing that ends the line, moves the cursor or is not text
+    assert line.startswith('seq=4 ERROR part=- source="/in/x') or line.startswith("seq=4 ERROR part=- source=/in/x")
+    assert line.split()[:2] == ["seq=4", "ERROR"]
+
+
+def test_format_line_quotes_forged_fields_and_never_formats_text_as_a_number():
+    line = format_line({"seq": "4 PASS", "verdict": "ERROR\nseq=5 PASS", "part_id": "A-17 PASS",
+                        "source": "cam0", "parameters": {"porosity_pct": {"value": "7 PASS", "unit": "%\n"}},
+                        "failed_rules": [{"metric": "p\r", "op": "<=", "limit": "x", "value": 1}]})
+    assert line == ('seq="4 PASS" "ERROR\\nseq=5 PASS" part="A-17 PASS" source=cam0 porosity_pct="7 PASS"%\\n '
+                    'failed=[p\\r 1 !<= x]')
+
+
+def _hostile_verdicts(mini_daemon: MiniDaemon) -> list[dict]:
+    """Journal and publish one ERROR verdict per hostile source that is valid Unicode (the
+    message encoding decides how a name that is not UTF-8 travels; `format_line` is tested
+    with one above)."""
+    sent = []
+    names = [source for kind, source in _HOSTILE_SOURCES.items() if kind != "not_utf8"]
+    for index, source in enumerate(names):
+        draft = make_draft(index, verdict="ERROR", failed_rules=[], reason=f"cannot decode {source}",
+                           source=source, metrics={}, assessment=None)
+        message = mini_daemon.journal.commit(draft, f"hostile-{index}")
+        mini_daemon.publisher.publish_verdict(message)
+        sent.append(message)
+    return sent
+
+
+def test_run_prints_one_printable_line_per_verdict_whatever_the_file_name(mini_daemon, zmq_context):
+    sent = _hostile_verdicts(mini_daemon)
+    lines: list[str] = []
+    printed = run(mini_daemon.publish_endpoint, mini_daemon.control_endpoint, 1, out=lines.append,
+                  context=zmq_context, max_messages=len(sent))
+    assert printed == len(sent) == len(lines)
+    for message, line in zip(sent, lines, strict=True):
+        assert line.isprintable()
+        assert "\n" not in line and "\r" not in line
+        assert line.split()[:2] == [f"seq={message['seq']}", "ERROR"]
+
+
+@pytest.mark.slow
+def test_a_file_name_cannot_print_a_forged_pass_line(tmp_path):
+    """A real daemon and a real `inspectd subscribe`: files whose names carry a newline or a
+    carriage return and cursor movement, then a fake verdict, get their ERROR verdicts; the
+    subscriber prints one line each and nothing that reads as a PASS, and the daemon's log
+    stays one record per line."""
+    daemon = DaemonProcess(tmp_path).start()
+    names = [f"x\n{_FORGED_TAIL}.png", f"y\r\x1b[1A{_FORGED_TAIL}.png"]
+    try:
+        for name in names:
+            (daemon.inbox / name).write_bytes(b"not an image at all")
+        daemon.wait_processed(len(names))
+        printed = subprocess.run(
+            [sys.executable, "-m", "inspectd.cli", "subscribe", "--endpoint", daemon.publish, "--control",
+             daemon.control, "--from-seq", "1", "--count", str(len(names))],
+            capture_output=True, text=True, timeout=300, check=True)
+    finally:
+        assert daemon.terminate() == 0
+    lines = printed.stdout.splitlines()
+    assert len(lines) == len(names), printed.stdout
+    assert [line.split()[:2] for line in lines] == [["seq=1", "ERROR"], ["seq=2", "ERROR"]]
+    assert all(line.isprintable() and not line.startswith("seq=9999") for line in lines)
+    log_lines = daemon.log_path.read_text(encoding="utf-8").splitlines()
+    assert log_lines and all(line.startswith("ts=") and line.isprintable() for line in log_lines)
