@@ -764,25 +764,23 @@ def lock_path(journal_path: Path) -> Path:
 def hold_exclusive_lock(journal_path: Path) -> int:
     """Lock the journal against every `Journal` (a running daemon); returns the descriptor to
     `os.close` when done. Raises `JournalInUseError` when one has it open."""
-    path = lock_path(journal_path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        msg = f"journal {journal_path} is open in another process (a running daemon?): stop it first"
-        raise JournalInUseError(msg) from exc
-    return fd
+    return _hold_lock(journal_path, fcntl.LOCK_EX,
+                      f"journal {journal_path} is open in another process (a running daemon?): stop it first")
 
 
 def _hold_shared_lock(journal_path: Path) -> int:
+    return _hold_lock(journal_path, fcntl.LOCK_SH,
+                      f"journal {journal_path} is being recovered (`inspectd journal recover`); start again after it")
+
+
+def _hold_lock(journal_path: Path, operation: int, busy: str) -> int:
+    """Take the lock file beside the journal without waiting; `busy` says who holds it."""
     fd = os.open(lock_path(journal_path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
     except BlockingIOError as exc:
         os.close(fd)
-        msg = f"journal {journal_path} is being recovered (`inspectd journal recover`); start again after it"
-        raise JournalInUseError(msg) from exc
+        raise JournalInUseError(busy) from exc
     return fd
 
 

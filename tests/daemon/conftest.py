@@ -6,7 +6,9 @@ publish), so subscriber tests run against the real thing without the analysis pi
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -178,3 +180,29 @@ def send_trigger(context: zmq.Context, endpoint: str, message: object) -> dict:
         return client.recv_json()
     finally:
         client.close()
+
+
+def drop_files(files: list[Path], inbox: Path, prefix: str = "") -> list[Path]:
+    """Copy like a careful writer: write a hidden temp file, then rename into place."""
+    dropped = []
+    for index, file in enumerate(files):
+        target = inbox / f"{prefix}{index:04d}_{file.name}"
+        temp = inbox / f".{target.name}.part"
+        temp.write_bytes(file.read_bytes())
+        temp.rename(target)
+        dropped.append(target)
+    return dropped
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, options: str = "size=16m") -> Iterator[Path]:
+    """A tmpfs on `mount_point` (an existing empty folder) for the test: another file system,
+    or a disk that can really be filled. Skips with mount's reason where it cannot be mounted."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -20,7 +20,7 @@ from inspectd import synth
 from inspectd.control import request
 from inspectd.message import decode, validate
 from inspectd.subscribe import VerdictSubscriber
-from tests.daemon.conftest import free_tcp_endpoint
+from tests.daemon.conftest import drop_files, free_tcp_endpoint
 from tests.daemon.daemon_process import DaemonProcess
 
 
@@ -28,18 +28,6 @@ from tests.daemon.daemon_process import DaemonProcess
 def micrographs(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("micrographs")
     return synth.write_dataset(folder, 6, 192, 256, seed=11, masks_dir=folder / "masks")
-
-
-def _drop(files: list[Path], inbox: Path, prefix: str = "") -> list[Path]:
-    """Copy like a careful writer: write a hidden temp file, then rename into place."""
-    dropped = []
-    for index, file in enumerate(files):
-        target = inbox / f"{prefix}{index:04d}_{file.name}"
-        temp = inbox / f".{target.name}.part"
-        temp.write_bytes(file.read_bytes())
-        temp.rename(target)
-        dropped.append(target)
-    return dropped
 
 
 def _subscriber(endpoint: str) -> zmq.Socket:
@@ -73,7 +61,7 @@ def test_files_dropped_give_one_schema_valid_verdict_each_in_order(tmp_path, mic
     try:
         sub = _subscriber(daemon.publish)
         time.sleep(0.5)  # PUB slow joiner: connect before the first verdict
-        dropped = _drop(micrographs, daemon.inbox)
+        dropped = drop_files(micrographs, daemon.inbox)
         messages = _receive(sub, len(dropped))
         status = daemon.wait_processed(len(dropped))
     finally:
@@ -124,7 +112,7 @@ def test_bad_files_become_error_verdicts_in_quarantine_and_the_daemon_goes_on(tm
 def test_kill_nine_mid_batch_then_restart_gives_exactly_one_verdict_per_file(tmp_path, micrographs) -> None:
     files = micrographs * 4  # 24 files
     daemon = DaemonProcess(tmp_path).start()
-    dropped = _drop(files, daemon.inbox)
+    dropped = drop_files(files, daemon.inbox)
     deadline = time.monotonic() + 120
     while daemon.status()["last_seq"] < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -172,7 +160,7 @@ def test_journal_locked_by_another_process_holds_verdicts_back_reports_it_and_lo
         sub.connect(daemon.publish)
         time.sleep(0.5)  # PUB slow joiner
         blocker.execute("BEGIN EXCLUSIVE")
-        dropped = _drop(micrographs[:3], daemon.inbox)
+        dropped = drop_files(micrographs[:3], daemon.inbox)
         held_back = _receive_topics(sub, b"error.e2e", 1)
         assert held_back, f"no error message while the journal was locked:\n{daemon.log_text()}"
         assert daemon.proc.poll() is None
@@ -201,7 +189,7 @@ def test_sigterm_while_the_journal_is_locked_exits_zero_and_the_file_waits_for_t
     blocker = sqlite3.connect(daemon.state_dir / "journal.sqlite3", isolation_level=None)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
-        (dropped,) = _drop(micrographs[:1], daemon.inbox)
+        (dropped,) = drop_files(micrographs[:1], daemon.inbox)
         deadline = time.monotonic() + 120
         while "journal write failed" not in daemon.log_text() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -290,7 +278,7 @@ def test_notify_socket_gets_ready_and_watchdog_and_sigterm_exits_zero(tmp_path, 
     listener.settimeout(0.5)
     daemon = DaemonProcess(tmp_path, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "1000000"})
     daemon.start()
-    _drop(micrographs[:2], daemon.inbox)
+    drop_files(micrographs[:2], daemon.inbox)
     daemon.wait_processed(2)
     lines: list[str] = []
     deadline = time.monotonic() + 10
@@ -316,7 +304,7 @@ def test_control_status_reload_and_metrics(tmp_path, micrographs) -> None:
 
     daemon = DaemonProcess(tmp_path).start()
     try:
-        _drop(micrographs[:1], daemon.inbox)
+        drop_files(micrographs[:1], daemon.inbox)
         status = daemon.wait_processed(1)
         assert status["ready"] is True and status["station"] == "e2e"
         assert status["sources"][0]["kind"] == "folder" and status["sources"][0]["state"] == "RUNNING"
@@ -333,7 +321,7 @@ def test_control_status_reload_and_metrics(tmp_path, micrographs) -> None:
         daemon.config_path.write_text(daemon.config_path.read_text().replace("limit: 50.0", "limit: -1.0"))
         reloaded = _cli("reload", "--control", daemon.control)
         assert reloaded.returncode == 0 and reloaded.stdout.strip() == "porosity_pct <= -1.0", reloaded
-        _drop(micrographs[1:2], daemon.inbox, prefix="after-")
+        drop_files(micrographs[1:2], daemon.inbox, prefix="after-")
         daemon.wait_processed(2)
         replayed = request(daemon.control, {"cmd": "replay", "from": 1})["messages"]
         assert [m["seq"] for m in replayed] == [1, 2]
@@ -364,7 +352,7 @@ def test_stalled_subscriber_does_not_stall_the_pipeline(tmp_path, micrographs) -
     stalled.setsockopt(zmq.SUBSCRIBE, b"")
     stalled.connect(daemon.publish)
     try:
-        dropped = _drop(micrographs * 2, daemon.inbox)
+        dropped = drop_files(micrographs * 2, daemon.inbox)
         daemon.wait_processed(len(dropped))  # never reads a message, the pipeline still finishes
     finally:
         stalled.close(linger=0)

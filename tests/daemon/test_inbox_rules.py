@@ -42,6 +42,7 @@ from inspectd.sources.folder_entries import (
     read_entry,
 )
 from inspectd.sources.folder_filing import CLAIM_DIR_NAME, claim
+from tests.daemon.conftest import mounted_tmpfs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAFETY_DEADLINE_S = 60.0
@@ -103,14 +104,10 @@ def other_fs(tmp_path: Path) -> Iterator[Path]:
     if not IS_ROOT or shutil.which("mount") is None:
         pytest.skip("needs /dev/shm on another file system, or root to mount a tmpfs")
     mount_point = Path(tempfile.mkdtemp(prefix="inspectd-tmpfs-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-                             capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace').strip()}")
     try:
-        yield mount_point
+        with mounted_tmpfs(mount_point):
+            yield mount_point
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
         mount_point.rmdir()
 
 

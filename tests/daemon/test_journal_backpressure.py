@@ -38,7 +38,7 @@ from inspectd.metrics import DaemonMetrics
 from inspectd.pipeline import Pipeline
 from inspectd.publish import Publisher
 from inspectd.sources.base import FrameSource, SourceItem, SourceState
-from tests.daemon.conftest import wait_for
+from tests.daemon.conftest import drop_files, mounted_tmpfs, wait_for
 from tests.daemon.daemon_process import DaemonProcess
 
 pytestmark = pytest.mark.slow  # each test runs a daemon through a failure and its recovery (10-40 s)
@@ -51,17 +51,6 @@ FOLDER_BUFFER = 8  # the folder source's default read-ahead (FolderSourceConfig.
 def micrographs(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("micrographs")
     return synth.write_dataset(folder, 6, 192, 256, seed=21, masks_dir=folder / "masks")
-
-
-def _drop(files: list[Path], inbox: Path, prefix: str) -> list[Path]:
-    dropped = []
-    for index, file in enumerate(files):
-        target = inbox / f"{prefix}{index:04d}_{file.name}"
-        temp = inbox / f".{target.name}.part"
-        temp.write_bytes(file.read_bytes())
-        temp.rename(target)
-        dropped.append(target)
-    return dropped
 
 
 class Listener:
@@ -163,14 +152,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("a full disk is simulated with a tmpfs this test mounts, which needs root")
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0755", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(mount_point, "size=16m,mode=0755"):
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_pauses_input_reports_unhealthy_at_once_and_resumes_with_nothing_lost(
@@ -184,13 +167,13 @@ def test_a_full_disk_pauses_input_reports_unhealthy_at_once_and_resumes_with_not
     filler = None
     try:
         time.sleep(0.5)  # PUB slow joiner
-        first = _drop(micrographs[:2], daemon.inbox, "a-")
+        first = drop_files(micrographs[:2], daemon.inbox, "a-")
         assert listener.wait(lambda: len(listener.verdicts) == 2), daemon.log_text()
         port = daemon.status()["metrics_port"]
         max_held = daemon.status()["journal"]["max_held"]
 
         filler = _fill_up(small_tmpfs)
-        held = _drop(micrographs * 5, daemon.inbox, "b-")  # 30 files while the disk is full
+        held = drop_files(micrographs * 5, daemon.inbox, "b-")  # 30 files while the disk is full
         assert listener.wait(lambda: any(m["kind"] == "journal_write_failed" for m in listener.errors)), \
             daemon.log_text()
         failure = next(m for m in listener.errors if m["kind"] == "journal_write_failed")
@@ -247,12 +230,12 @@ def test_the_journal_deleted_while_the_daemon_runs_is_rebuilt_and_nothing_is_los
     listener = Listener(daemon.publish)
     try:
         time.sleep(0.5)
-        _drop(micrographs[:3], daemon.inbox, "a-")
+        drop_files(micrographs[:3], daemon.inbox, "a-")
         assert listener.wait(lambda: len(listener.verdicts) == 3), daemon.log_text()
         epoch = listener.verdicts[0]["epoch"]
         for leftover in daemon.state_dir.glob("journal.sqlite3*"):
             leftover.unlink()  # a clean-up script gone wrong
-        _drop(micrographs[3:6], daemon.inbox, "b-")
+        drop_files(micrographs[3:6], daemon.inbox, "b-")
         assert listener.wait(lambda: len(listener.verdicts) == 6), daemon.log_text()
         assert listener.wait(lambda: any(m["kind"] == "journal_restored" for m in listener.errors))
         daemon.wait_processed(6)
@@ -282,11 +265,11 @@ def test_a_journal_replaced_while_the_daemon_runs_holds_input_until_the_original
     aside = daemon.state_dir / "moved-away.sqlite3"
     try:
         time.sleep(0.5)
-        _drop(micrographs[:2], daemon.inbox, "a-")
+        drop_files(micrographs[:2], daemon.inbox, "a-")
         assert listener.wait(lambda: len(listener.verdicts) == 2), daemon.log_text()
         os.rename(journal, aside)
         journal.write_text("not the journal")
-        waiting = _drop(micrographs[2:5], daemon.inbox, "b-")
+        waiting = drop_files(micrographs[2:5], daemon.inbox, "b-")
         assert listener.wait(lambda: any("replaced by another file" in m["error"] for m in listener.errors
                                          if m["kind"] == "journal_write_failed")), daemon.log_text()
         unhealthy = _cli("status", "--control", daemon.control)

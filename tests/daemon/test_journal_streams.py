@@ -24,7 +24,7 @@ from inspectd.control import request
 from inspectd.journal import Journal, history_path
 from inspectd.message import decode, validate
 from inspectd.subscribe import VerdictSubscriber
-from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint, make_draft, wait_for
+from tests.daemon.conftest import MiniDaemon, drop_files, free_tcp_endpoint, make_draft, wait_for
 from tests.daemon.daemon_process import DaemonProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,17 +133,6 @@ def micrographs(tmp_path_factory) -> list[Path]:
     return synth.write_dataset(folder, 4, 192, 256, seed=31, masks_dir=folder / "masks")
 
 
-def _drop(files: list[Path], inbox: Path, prefix: str) -> list[Path]:
-    dropped = []
-    for index, file in enumerate(files):
-        target = inbox / f"{prefix}{index:04d}_{file.name}"
-        temp = inbox / f".{target.name}.part"
-        temp.write_bytes(file.read_bytes())
-        temp.rename(target)
-        dropped.append(target)
-    return dropped
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "inspectd.cli", *args], capture_output=True, text=True,
                           timeout=300, cwd=REPO_ROOT)
@@ -174,7 +163,7 @@ def test_a_journal_emptied_while_stopped_starts_a_new_stream_loudly_and_a_live_s
     daemon = DaemonProcess(tmp_path).start()
     with VerdictSubscriber(daemon.publish, daemon.control, from_seq=1) as subscriber:
         try:
-            _drop(micrographs + micrographs[:1], daemon.inbox, "a-")
+            drop_files(micrographs + micrographs[:1], daemon.inbox, "a-")
             before = _collect(subscriber, 5, timeout_s=120)
             assert [m["seq"] for m in before] == [1, 2, 3, 4, 5]
         finally:
@@ -190,7 +179,7 @@ def test_a_journal_emptied_while_stopped_starts_a_new_stream_loudly_and_a_live_s
         restarted.state_dir, restarted.publish, restarted.control = daemon.state_dir, daemon.publish, daemon.control
         restarted.start()
         try:
-            _drop(micrographs[:3], daemon.inbox, "b-")
+            drop_files(micrographs[:3], daemon.inbox, "b-")
             after = _collect(subscriber, 3, timeout_s=120)
             status = restarted.status()
             seen_errors = []
@@ -250,7 +239,7 @@ def test_a_damaged_journal_stops_start_up_with_exit_2_until_recovered(tmp_path, 
             replayed += answer["messages"]
             from_seq = answer["messages"][-1]["seq"] + 1
         assert 0 < len(replayed) < 700 and all(m["epoch"] == epoch for m in replayed)
-        _drop(micrographs[:1], daemon.inbox, "new-")
+        drop_files(micrographs[:1], daemon.inbox, "new-")
         status = daemon.wait_processed(701)
         assert (status["epoch"], status["last_seq"]) == (epoch, 701)  # the stream goes on, seq never repeats
         assert _cli("status", "--control", daemon.control).returncode == 0
