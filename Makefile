@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages: the GigE Vision camera simulator + Aravis introspection data (camera tests),
-# the headers PyGObject builds against, and systemd-analyze (unit tests).
-APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd
+# the headers PyGObject builds against, systemd-analyze (unit tests), and chromium (the web UI's
+# browser tests drive it through Playwright).
+APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd chromium
 
 .PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources gpu-wheels clean
 
@@ -13,9 +14,9 @@ system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
-	  echo "note: missing apt packages ($$missing) and no root: camera tests will be skipped"; exit 0; fi; \
+	  echo "note: missing apt packages ($$missing) and no root: camera and browser tests will be skipped"; exit 0; fi; \
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
-	  || echo "note: apt-get install failed: camera tests will be skipped"
+	  || echo "note: apt-get install failed: camera and browser tests will be skipped"
 
 $(STAMP): pyproject.toml
 	$(MAKE) --no-print-directory system-deps

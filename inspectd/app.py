@@ -83,10 +83,13 @@ class Daemon:
         self.watchdog: StallWatchdog | None = None
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
+        self.web: Any = None  # inspectd.web.server.WebServer when http.listen is set
+        self.alarms: Any = None  # inspectd.web.alarms.AlarmMonitor: control-chart alarms on alarm.<station>
         self._last_prune = 0.0
         self._last_source_event: str | None = None
         self._new_stream_warning: str | None = None
         self.fatal_error: str | None = None
+        self._swap_lock = threading.Lock()  # one model swap at a time (`swap_model`)
 
     # ---- start / stop -------------------------------------------------------------------
 
@@ -119,12 +122,15 @@ class Daemon:
                                     counted=lambda kind: self.metrics.daemon_errors.labels(kind=kind).inc())
         self.journal.report = self.errors.report
         self._announce_stream(state_dir)
+        self._start_alarm_monitor(state_dir)
         if cfg.metrics.enabled:
             try:
                 self._metrics_server, self.metrics_port = self.metrics.serve(cfg.metrics.host, cfg.metrics.port)
             except OSError as exc:  # port taken (the previous instance still closing), host not up yet
                 msg = f"metrics: cannot listen on {cfg.metrics.host}:{cfg.metrics.port}: {exc.strerror or exc}"
                 raise StartupError(msg) from exc
+        if cfg.http.listen is not None:
+            self._start_web_ui(state_dir)
 
         self.notifier.status("warming up: loading engine, compiling kernels")
         self.analyzer = Analyzer(cfg)
@@ -136,7 +142,8 @@ class Daemon:
         self.pipeline = Pipeline(station=cfg.station, analyzer=self.analyzer, journal=self.journal,
                                  publisher=self.publisher, sources=self.sources, metrics=self.metrics,
                                  workers=cfg.pipeline.workers, queue_size=cfg.pipeline.queue_size,
-                                 report_error=self.errors.report, on_fatal=self._on_pipeline_failed)
+                                 report_error=self.errors.report, on_fatal=self._on_pipeline_failed,
+                                 observers=self.web.context.verdict_observers if self.web is not None else ())
         for source in self.sources:
             source.start()
         self.pipeline.start()
@@ -156,6 +163,25 @@ class Daemon:
         logger.info("inspectd %s ready: station %s, publishing on %s, control on %s", inspectd.__version__,
                     cfg.station, ", ".join(self.publisher.endpoints), self.control.endpoint)
 
+    def _start_web_ui(self, state_dir: Path) -> None:
+        # Before the engine loads: /healthz answers "starting" while the kernels compile.
+        from inspectd.web.auth import AccessGuard, read_token
+        from inspectd.web.context import WebContext
+        from inspectd.web.server import WebServer
+
+        host, port = config_module.parse_http_listen(self.cfg.http.listen)
+        token = read_token(self.cfg.http.token, self.cfg.http.token_file)
+        self.web = WebServer(WebContext(self.cfg, state_dir, AccessGuard(token), daemon=self), host, port)
+        self.web.start()
+
+    def _start_alarm_monitor(self, state_dir: Path) -> None:
+        # Its own thread, reading the journal read-only: it can delay an alarm, never a verdict.
+        # Idle until the Trends page saves settings (<state dir>/ui/spc.json).
+        from inspectd.web.alarms import AlarmMonitor
+
+        self.alarms = AlarmMonitor(state_dir, station=self.cfg.station, publish=self.publisher.publish_alarm)
+        self.alarms.start()
+
     def _build_source(self, source_cfg: Any) -> FrameSource:
         settings = source_cfg.model_dump(exclude={"kind", "id"})
         if isinstance(source_cfg, FolderSourceConfig):
@@ -171,6 +197,9 @@ class Daemon:
         """Stop in reverse order; True when every frame in flight was finished."""
         self.notifier.stopping()
         drained = True
+        if self.web is not None:  # first: no new requests while the pipeline drains
+            self.web.stop()
+            self.web = None
         if self.watchdog is not None:
             self.watchdog.stop()
         if self.pipeline is not None:
@@ -178,6 +207,9 @@ class Daemon:
         else:
             for source in self.sources:
                 source.stop()
+        if self.alarms is not None:  # before the publisher it publishes through
+            self.alarms.stop()
+            self.alarms = None
         if self.publisher is not None:
             self.publisher.close()
         if self.control is not None:
@@ -219,6 +251,10 @@ class Daemon:
     # ---- control handlers ---------------------------------------------------------------
 
     def _status(self, _request: dict[str, Any]) -> dict[str, Any]:
+        return self.status_facts()
+
+    def status_facts(self) -> dict[str, Any]:
+        """What `inspectd status` shows (the control socket's answer); the web UI shows the same."""
         pipeline = self.pipeline
         engine = self.analyzer.engine if self.analyzer else None
         return {
@@ -244,6 +280,7 @@ class Daemon:
                                                             "seconds_since_progress":
                                                                 round(self.watchdog.seconds_since_progress(), 3)},
             "metrics_port": self.metrics_port,
+            "http": None if self.web is None else self.web.url,
         }
 
     def _reload(self, _request: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +296,42 @@ class Daemon:
         logger.info("rules reloaded: %s", ", ".join(f"{r.metric} {r.op.value} {r.limit}" for r in fresh.rules))
         self.notifier.ready(self._status_line())
         return {"ok": True, "rules": [rule.model_dump(mode="json") for rule in fresh.rules]}
+
+    def swap_model(self, model_path: str | Path) -> dict[str, Any]:
+        """Inspect with the U-Net ONNX file `model_path` from the next frame on, without a restart.
+
+        Why in this order: the new `Analyzer` is built and warmed up on the caller's thread
+        (the web UI's, never a pipeline thread) while the line goes on with the old one; only
+        then does the pipeline take it, in one assignment (`Pipeline.replace_analyzer`). No
+        frame waits for a model load, frames in flight finish on the old model and their
+        verdicts carry its hash, the next frame's verdict carries the new one. A file that
+        does not load or warm up raises (EngineError, ConfigError) and changes nothing. The
+        swap lasts until the daemon restarts: the config's `segment.unet.model` keeps it.
+
+        Returns `{"previous": {...}, "engine": {...}}`, each with name, backend, model_hash.
+        """
+        path = Path(model_path)
+        with self._swap_lock:
+            if self.pipeline is None or self.analyzer is None or not self.ready:
+                msg = "the daemon is not running: the model can only be swapped in a running daemon"
+                raise InspectdError(msg)
+            if not path.is_file():
+                msg = f"model {path} does not exist"
+                raise ConfigError(msg)
+            unet = self.cfg.segment.unet.model_copy(update={"model": path.resolve(), "engine_plan": None})
+            segment = self.cfg.segment.model_copy(update={"engine": "unet", "unet": unet})
+            candidate = Analyzer(self.cfg.model_copy(update={"segment": segment}))
+            candidate.warm_up()
+            self.cfg.segment = segment
+            candidate.cfg = self.cfg  # a rules reload (`_reload`) reaches it as it reached the old one
+            previous = self.pipeline.replace_analyzer(candidate)
+            self.analyzer = candidate
+        before, after = previous.engine, candidate.engine
+        logger.info("model swapped: %s %s -> %s %s (%s); the next frame uses it", before.name,
+                    (before.model_hash or "-")[:12], after.name, (after.model_hash or "-")[:12], path)
+        return {"previous": {"name": before.name, "backend": before.backend, "model_hash": before.model_hash},
+                "engine": {"name": after.name, "backend": after.backend, "model_hash": after.model_hash,
+                           "model": str(path.resolve())}}
 
     # ---- helpers ------------------------------------------------------------------------
 

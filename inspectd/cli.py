@@ -21,7 +21,7 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
 # Order shown in --help; each module defines `add_parser(subparsers)` and `run(args) -> int`.
 COMMAND_MODULES = (
-    "analyze", "run", "status", "reload", "subscribe", "bridge", "journal", "synth", "demo", "validate_config",
+    "analyze", "run", "ui", "status", "reload", "subscribe", "bridge", "journal", "synth", "demo", "validate_config",
     "train", "export", "quantize", "evaluate", "build_engine", "bench",
 )
 

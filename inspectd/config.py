@@ -533,6 +533,79 @@ class MetricsConfig(StrictModel):
     port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
 
 
+def parse_http_listen(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 as `[::1]:8080`) -> (host, port); the one spelling of `--http` and `http.listen`.
+
+    >>> parse_http_listen("127.0.0.1:8080"), parse_http_listen("[::1]:0")
+    (('127.0.0.1', 8080), ('::1', 0))
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        msg = f"{text!r} is not HOST:PORT (for example 127.0.0.1:8080; IPv6 as [::1]:8080)"
+        raise ValueError(msg)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return _verify_http_host(host), int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, `localhost`).
+
+    >>> is_loopback_host("127.0.0.1"), is_loopback_host("localhost"), is_loopback_host("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an interface or host name: it may be reachable from the network
+        return False
+
+
+def _verify_http_listen(text: str) -> str:
+    parse_http_listen(text)
+    return text
+
+
+HttpListen = Annotated[str, AfterValidator(_verify_http_listen)]
+
+
+class HttpConfig(StrictModel):
+    """The station web UI (`inspectd run --http`, `inspectd ui`)."""
+
+    listen: HttpListen | None = Field(None, description="HOST:PORT of the web UI (null = no web UI). Any "
+                                      "address other than loopback needs a token.")
+    token: str | None = Field(None, min_length=16, max_length=256, pattern=r"^[!-~]+$",
+                              description="Access token (at least 16 printable characters): every request but "
+                                          "/healthz then needs it (header or login cookie).")
+    token_file: Path | None = Field(None, description="File holding the access token (first line), instead of "
+                                    "`token`: keeps the secret out of the config file.")
+    overlay_cache_mb: int = Field(256, ge=1, le=1_000_000, description="Disk space for the UI's overlay images "
+                                  "under the state dir; the oldest are removed beyond it.")
+    live_frames: int = Field(50, ge=1, le=10_000, description="Latest frames per source the Live page keeps.")
+    shift_starts: list[Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]] = Field(
+        default_factory=lambda: ["06:00", "14:00", "22:00"], min_length=1, max_length=24,
+        description="Local start times (HH:MM) of the shifts: the Live page counts verdicts since the latest one.")
+
+    @model_validator(mode="after")
+    def _verify_token_for_network(self) -> HttpConfig:
+        if self.token is not None and self.token_file is not None:
+            msg = "set http.token or http.token_file, not both"
+            raise ValueError(msg)
+        if self.listen is not None:
+            verify_http_token_for(self.listen, self.token is not None or self.token_file is not None)
+        return self
+
+
+def verify_http_token_for(listen: str, has_token: bool) -> None:
+    """A web UI reachable from the network must not be open to anyone on it."""
+    host, _ = parse_http_listen(listen)
+    if not has_token and not is_loopback_host(host):
+        msg = (f"the web UI would listen on {listen}, which other machines can reach, without a token: "
+               f"set http.token or http.token_file (or listen on 127.0.0.1)")
+        raise ValueError(msg)
+
+
 class Config(StrictModel):
     station: str = Field("station-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                          description="Station name, used in message topics and reports.")
@@ -552,6 +625,7 @@ class Config(StrictModel):
     journal: JournalConfig = Field(default_factory=JournalConfig)
     curve: CurveConfig = Field(default_factory=CurveConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
     @model_validator(mode="after")
     def _verify_daemon_wiring(self) -> Config:
@@ -587,6 +661,11 @@ def verify_distinct_listen_addresses(cfg: Config) -> None:
                if getattr(s, "mode", None) == "triggered"]
     if cfg.metrics.enabled and cfg.metrics.port:
         wanted.append(("metrics", f"tcp://{cfg.metrics.host}:{cfg.metrics.port}"))
+    if cfg.http.listen is not None:
+        http_host, http_port = parse_http_listen(cfg.http.listen)
+        if http_port:
+            bracketed = f"[{http_host}]" if ":" in http_host else http_host
+            wanted.append(("http.listen", f"tcp://{bracketed}:{http_port}"))
     taken: list[tuple[str, str, str]] = []  # (key, transport, address)
     for key, endpoint in wanted:
         transport, _, address = endpoint.partition("://")

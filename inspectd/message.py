@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 # 1.1 added `confidence` and `out_of_distribution` (1.0 messages, in old journals, lack them).
 SCHEMA_VERSION = "1.1"
-TOPIC_KINDS = ("verdict", "heartbeat", "error")
+TOPIC_KINDS = ("verdict", "heartbeat", "error", "alarm")
 VERDICT_RESULTS = ("PASS", "FAIL", "ERROR", "NO_INSPECTION")
 SOURCE_KINDS = ("file", "camera")
 # Every field of a finished verdict message, in the order it is written.
@@ -242,8 +242,42 @@ def build_error_message(*, station: str, epoch: int | None, error: str, source: 
             "error": str(error) or "unknown error", "source": source, "time": utc_iso(time)}
 
 
+def build_alarm_message(*, station: str, epoch: int | None, rule: str, rule_name: str, metric: str,
+                        direction: str | None, seqs: Iterable[int], values: Iterable[float],
+                        capture_times: Iterable[str], part_ids: Iterable[str | None], limits: Mapping[str, Any],
+                        time: datetime | str | None = None) -> dict[str, Any]:
+    """A break of a control-chart rule (`inspectd.spc`) for the `alarm.<station>` topic, sent once per break.
+
+    `seqs`, `values`, `capture_times` and `part_ids` are the frames that make up the break
+    when it was first seen, oldest first; `limits` the chart's centre, sigma, ucl, lcl and
+    the baseline they came from. A PLC bridge or MES acts on `rule` and `metric`; `window`
+    says which frames to pull from the journal (replay by seq).
+
+    Example:
+        >>> m = build_alarm_message(station="s1", epoch=3, rule="N3", rule_name="6 points in a row steadily rising",
+        ...     metric="porosity_pct", direction="rising", seqs=[7, 8], values=[1.0, 1.5],
+        ...     capture_times=["2024-05-01T10:00:00Z", "2024-05-01T10:00:01Z"], part_ids=["P1", "P1"],
+        ...     limits={"centre": 1.0, "sigma": 0.1, "ucl": 1.3, "lcl": 0.7}, time="2024-05-01T10:00:02Z")
+        >>> m["window"]["first_seq"], m["window"]["points"], m["unit"], m["part_ids"]
+        (7, 2, '%', ['P1'])
+    """
+    seq_list, times = [int(seq) for seq in seqs], [str(moment) for moment in capture_times]
+    if not seq_list or len(times) != len(seq_list):
+        msg = "an alarm needs the seqs of its frames and one capture time per seq"
+        raise ValueError(msg)
+    distinct_parts = list(dict.fromkeys(str(part) for part in part_ids if part is not None))
+    return {"schema_version": SCHEMA_VERSION, "station": station, "epoch": epoch, "kind": "spc_rule_break",
+            "rule": rule, "rule_name": rule_name, "metric": metric, "unit": unit_for(metric), "direction": direction,
+            "window": {"first_seq": seq_list[0], "last_seq": seq_list[-1], "points": len(seq_list),
+                       "first_capture_time": times[0], "last_capture_time": times[-1]},
+            "seqs": seq_list, "values": [finite_or_none(value) for value in values], "part_ids": distinct_parts,
+            "limits": {key: finite_or_none(value) if key in ("centre", "sigma", "ucl", "lcl") else value
+                       for key, value in limits.items()},
+            "time": utc_iso(time)}
+
+
 def topic(kind: str, station: str) -> bytes:
-    """The ZeroMQ topic frame: `verdict.<station>`, `heartbeat.<station>` or `error.<station>`.
+    """The ZeroMQ topic frame: `verdict.<station>`, `heartbeat.<station>`, `error.<station>` or `alarm.<station>`.
 
     Subscribing to `b"verdict."` gets every station (ZeroMQ filters by prefix, so
     `b"verdict.s1"` would also match station `s10`: compare the whole topic when it matters).
@@ -283,7 +317,7 @@ def decode(payload: bytes | str) -> Any:
 
 @lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
-    """The shipped JSON Schema (draft 2020-12) of verdicts; `$defs` also hold heartbeat and error.
+    """The shipped JSON Schema (draft 2020-12) of verdicts; `$defs` also hold heartbeat, error and alarm.
 
     Example:
         >>> load_schema()["properties"]["schema_version"]["const"] == SCHEMA_VERSION

@@ -34,7 +34,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +58,8 @@ _POLL_S = 0.2  # how often blocked threads look at the stop flag
 _JOURNAL_RETRY_FIRST_S = 0.1
 _JOURNAL_RETRY_MAX_S = 5.0
 NO_INSPECTION = "NO_INSPECTION"
+# Told of every verdict after it is published: (final message, FrameResult); see Pipeline.add_observer.
+VerdictObserver = Callable[[dict[str, Any], FrameResult], None]
 
 # A pipeline thread whose loop raises is restarted: a bug that fires on one odd frame must not
 # end its stage. The pause before a restart doubles with each recent crash (0.5 s, 1 s, 2 s ...
@@ -104,6 +106,9 @@ class _Outcome:
     results: list[FrameResult]
     timings_ms: dict[str, float]
     no_inspection: str | None = None
+    # The analyzer that made `results` (None: nothing was analysed): its engine's name and
+    # model hash go into the verdicts, even when the model was swapped meanwhile.
+    analyzer: Analyzer | None = None
 
 
 class Pipeline:
@@ -121,13 +126,15 @@ class Pipeline:
         workers: int = 1,
         queue_size: int = 4,
         on_published: Callable[[dict[str, Any]], None] | None = None,
+        observers: Iterable[VerdictObserver] = (),
         report_error: Callable[..., object] | None = None,
         on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         """`report_error(kind, text, source=None, throttle=True)`: daemon-level trouble for
         `error.<station>` (`ErrorReporter.report`). `on_fatal(text)`: pipeline threads crashed
         more than `THREAD_CRASH_LIMIT` allows; the owner stops the daemon (called once, from
-        the failing thread, so it must only ask for the stop)."""
+        the failing thread, so it must only ask for the stop). `observers` (and `on_published`,
+        which gets the message alone): see `add_observer`."""
         self.station = station
         self.analyzer = analyzer
         self.journal = journal
@@ -157,6 +164,7 @@ class Pipeline:
         self.counts: Counter[str] = Counter()
         self.last_error: str | None = None
         self._on_published = on_published
+        self._observers: list[VerdictObserver] = list(observers)
         self._report_error = report_error
         self._ood_runs = OutOfDistributionRuns()  # only the publish thread touches it
         self._on_fatal = on_fatal
@@ -210,6 +218,39 @@ class Pipeline:
 
     def queue_depths(self) -> dict[str, int]:
         return {"analyse": self._work.qsize(), "publish": self._done.qsize(), "in_flight": self._in_flight}
+
+    def replace_analyzer(self, analyzer: Analyzer) -> Analyzer:
+        """Use `analyzer` (loaded and warmed up by the caller) from the next item on; returns the old one.
+
+        Why this is safe without stopping anything: a worker reads `self.analyzer` once per
+        item, so an item already being analysed finishes on the analyzer it started with, and
+        its verdicts carry that analyzer's engine and model hash (`_Outcome.analyzer`).
+        """
+        with self._lock:
+            previous, self.analyzer = self.analyzer, analyzer
+        return previous
+
+    def add_observer(self, observer: VerdictObserver) -> None:
+        """Call `observer(final_message, frame_result)` for every verdict once it is journaled and published.
+
+        It runs on the publish thread, so it must return at once (hand the work to a thread of
+        its own, as the web UI's live feed does); an exception from it is logged and the
+        pipeline goes on: a viewer of verdicts can never hold back or lose one.
+        """
+        self._observers.append(observer)
+
+    def _notify_observers(self, final: dict[str, Any], result: FrameResult) -> None:
+        if self._on_published is not None:
+            try:
+                self._on_published(final)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop publishing
+                logger.exception("on_published failed for seq %s; publishing goes on", final.get("seq"))
+        for observer in self._observers:
+            try:
+                observer(final, result)
+            except Exception:  # noqa: BLE001 - an observer's bug must not stop publishing
+                logger.exception("verdict observer %r failed for seq %s; publishing goes on", observer,
+                                 final.get("seq"))
 
     # ---- threads ------------------------------------------------------------------------
 
@@ -307,6 +348,7 @@ class Pipeline:
             failed = Frame(pixels=None, source=item.source, sha256=item.sha256, part_id=item.part_id)  # type: ignore[arg-type]
             result = FrameResult(failed, error_verdict(item.error))
             return _Outcome(work, [result], timings_ms, no_inspection=item.error if no_inspection else None)
+        analyzer = self.analyzer  # one analyzer per item, even if the model is swapped meanwhile
         start = time.perf_counter()
         try:
             frames = self._frames_of(item)
@@ -318,11 +360,11 @@ class Pipeline:
         self.metrics.stage_latency.labels(stage="decode").observe(timings_ms["decode"] / 1000.0)
         results = []
         for frame in frames:
-            result = self.analyzer.analyze(frame)
+            result = analyzer.analyze(frame)
             for stage, ms in result.verdict.timings_ms.items():
                 self.metrics.stage_latency.labels(stage=stage).observe(ms / 1000.0)
             results.append(result)
-        return _Outcome(work, results, timings_ms)
+        return _Outcome(work, results, timings_ms, analyzer=analyzer)
 
     def _frames_of(self, item: SourceItem) -> list[Frame]:
         cfg = self.analyzer.cfg.input
@@ -376,12 +418,12 @@ class Pipeline:
             if self._ood_runs.observe(item.source_id, result.assessment):
                 self._report(OUT_OF_DISTRIBUTION,
                              f"a run of frames out of distribution starts at {result.frame.source} (seq {final['seq']}, "
-                             f"verdict {final['verdict']}): " + self.analyzer.assessor.describe(result.assessment),
+                             f"verdict {final['verdict']}): "
+                             + (outcome.analyzer or self.analyzer).assessor.describe(result.assessment),
                              source=item.source_id, throttle=False)
             if final["verdict"] in (VerdictResult.ERROR.value, NO_INSPECTION):
                 errors.append(final["reason"])
-            if self._on_published is not None:
-                self._on_published(final)
+            self._notify_observers(final, result)
         if is_file:
             outcome_kind = ItemOutcome.QUARANTINED if errors else ItemOutcome.OK
             try:
@@ -450,7 +492,7 @@ class Pipeline:
     def _draft(self, item: SourceItem, result: FrameResult, outcome: _Outcome) -> dict[str, Any]:
         frame, verdict = result.frame, result.verdict
         pixels = frame.pixels
-        engine = self.analyzer.engine
+        engine = (outcome.analyzer or self.analyzer).engine
         verdict_value: Verdict | str = verdict
         if outcome.no_inspection is not None:
             verdict_value = NO_INSPECTION

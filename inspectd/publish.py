@@ -1,4 +1,4 @@
-"""ZeroMQ PUB of verdicts, heartbeats and daemon errors: `[topic, json]` multipart messages.
+"""ZeroMQ PUB of verdicts, heartbeats, daemon errors and alarms: `[topic, json]` multipart messages.
 
 A ZeroMQ socket is not thread-safe, and the pipeline must never wait for a subscriber: so one
 private I/O thread owns the PUB socket, and `publish_verdict` / `publish_error` only put the
@@ -141,6 +141,7 @@ class Publisher:
         self._verdict_topic = topic("verdict", station)
         self._error_topic = topic("error", station)
         self._heartbeat_topic = topic("heartbeat", station)
+        self._alarm_topic = topic("alarm", station)
 
         socket = self._context.socket(zmq.PUB)
         try:
@@ -185,6 +186,10 @@ class Publisher:
     def publish_error(self, message_dict: Mapping[str, Any]) -> None:
         """Queue a daemon-level error (see `message.build_error_message`) on `error.<station>`."""
         self._enqueue(self._error_topic, encode(message_dict))
+
+    def publish_alarm(self, message_dict: Mapping[str, Any]) -> None:
+        """Queue a control-chart alarm (see `message.build_alarm_message`) on `alarm.<station>`."""
+        self._enqueue(self._alarm_topic, encode(message_dict))
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued message was handed to ZeroMQ; False on timeout.

@@ -34,6 +34,22 @@ _probe_lock = threading.Lock()
 _probe_result: tuple[bool, str] | None = None
 
 
+def _restore_numpy_names_numba_cuda_uses() -> None:
+    """Give NumPy back ``row_stack`` (an alias of ``vstack``) where it was removed.
+
+    numba-cuda 0.30.4 registers ``np.row_stack`` while it loads its typing registries, at
+    the first kernel compile; NumPy 2.5 dropped that alias (deprecated since 2.0), so on
+    such a machine every CUDA kernel failed to compile and ``cuda_usable()`` reported the
+    GPU unusable. Setting the alias back (the same function, under its old name) is all
+    numba-cuda needs; it is done here because every CUDA path imports this module first.
+    """
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+
+
+_restore_numpy_names_numba_cuda_uses()
+
+
 def is_simulator() -> bool:
     """True when numba runs CUDA kernels in its CPU simulator (``NUMBA_ENABLE_CUDASIM=1``).
 

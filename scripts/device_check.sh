@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 6 in one run on a GPU machine: the CUDA tests on the real GPU, the
-# kernels' doctests, and bench/gpu_kernels.py's table.
+# The GPU checks in one run on a GPU machine: bench/gpu_kernels.py's table, the CUDA tests on
+# the real GPU, the whole station on the GPU beside the CPU (bench/throughput.py), and the
+# kernels' doctests.
 #
 # Usage: bash scripts/device_check.sh [OUTDIR]      (OUTDIR: default ./gpu-check-results, created)
 #
@@ -16,10 +17,10 @@
 #   bash scripts/device_check.sh OUTDIR               # on the GPU machine
 #
 # Files in OUTDIR: summary.txt (one line a step, its exit code and seconds), machine.txt,
-# wheels.log, gpu_tests.log, doctests.log, gpu_kernels.txt, gpu_kernels.json and
-# sanitizer.log. Put the table, the device and the date in bench/RESULTS.md. The steps'
-# limits add up to about 10 minutes; the whole run should take about 5 on an H200 (most of
-# it numba compiling the kernels). If the run is stopped early, the steps already done keep
+# wheels.log, gpu_kernels.txt, gpu_kernels.json, gpu_tests.log, throughput.log,
+# throughput.json, throughput.md, doctests.log and sanitizer.log. Put the tables, the device
+# and the date in bench/RESULTS.md. The steps' limits add up to about 13 minutes; the whole
+# run should take about 7 on an H200 (most of it numba compiling the kernels). If the run is stopped early, the steps already done keep
 # their files; the most wanted figures come first.
 #
 # To check this script on a CPU machine (numba's simulator, meaningless numbers):
@@ -92,6 +93,14 @@ step gpu_tests 200 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
   tests/kernels/test_gpu_clahe.py tests/kernels/test_gpu_threshold.py tests/kernels/test_gpu_guided.py \
   tests/kernels/test_backend_selection.py tests/kernels/test_kernels_validation.py \
   tests/unet/test_engine_device.py tests/unet/test_tensorrt.py
+# The station end to end: both engines on every backend this machine has (cuda: the CUDA
+# kernels; ONNX Runtime's CUDA provider where it is installed), the seed-style peer beside them.
+if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then
+  step throughput 200 "$PYTHON" bench/throughput.py --frames 60 --size 2560x1920 --engines classical,unet \
+    --backends all --workers 1,2 --unet-scales 1.0 --peer-frames 5 --skimage-frames 0 --accuracy-frames 0 \
+    --cache-dir /tmp/inspectd-bench \
+    --json "$RESULTS/throughput.json" --results-md "$RESULTS/throughput.md"
+fi
 step doctests 60 "$PYTHON" -m pytest -q -p no:cacheprovider --doctest-modules \
   kernels/gpu_clahe.py kernels/gpu_threshold.py kernels/gpu_guided.py kernels/gpu_tiles.py
 if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then

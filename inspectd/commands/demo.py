@@ -3,7 +3,8 @@
 What `make demo` runs on a fresh machine: it starts `inspectd run` on `demo/inbox`, runs
 `inspectd subscribe` beside it (its lines are the verdicts as they arrive), drops generated
 micrographs into the inbox (good ones, one porous, one truncated on purpose), waits for
-every verdict and stops both with SIGTERM. No camera, no model download, no config file of
+every verdict and stops both with SIGTERM. The daemon serves its web UI meanwhile, so the
+frames it showed stay for `inspectd ui --state-dir demo/state` afterwards. No camera, no model download, no config file of
 the user's: it writes its own, with the bundled U-Net as the engine.
 """
 
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     with log_path.open("wb") as log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "inspectd.cli", "run", "--config", "config.yaml", "--state-dir", "state",
-             "--publish", publish, "--control", control], cwd=root, stdout=log, stderr=subprocess.STDOUT)
+             "--publish", publish, "--control", control, "--http", "127.0.0.1:0"],  # the UI keeps its frames
+            cwd=root, stdout=log, stderr=subprocess.STDOUT)
         subscriber = None
         try:
             if not _wait_ready(daemon, control, args.timeout):
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{status['processed']} file(s) inspected: {counts}. The daemon stopped with exit code {daemon.returncode}.")
     print(f"Inspected files: {root}/state/done/; refused ones with their reason: {root}/state/quarantine/")
     print(f"Overlays and region tables: .venv/bin/inspectd analyze {root}/samples/*.png --engine unet --out {root}/results")
+    print(f"In the web UI (Live, Trends, Analyse, Review): .venv/bin/inspectd ui --state-dir {root}/state, "
+          f"then open http://127.0.0.1:8080/")
     return 0 if daemon.returncode == 0 else 1
 
 

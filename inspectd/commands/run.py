@@ -25,6 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="control REQ/REP endpoint (default tcp://127.0.0.1:5557)")
     parser.add_argument("--state-dir", default=None, metavar="DIR", help="journal, done/ and quarantine/ (default "
                         "inspectd-state)")
+    parser.add_argument("--http", default=None, metavar="HOST:PORT",
+                        help="serve the web UI here (config http.listen; an address other than loopback needs "
+                             "http.token or http.token_file)")
     return parser
 
 
@@ -43,6 +46,8 @@ def apply_overrides(cfg: config.Config, args: argparse.Namespace) -> config.Conf
         raw["control"]["bind"] = args.control
     if args.state_dir:
         raw["state_dir"] = args.state_dir
+    if getattr(args, "http", None):
+        raw["http"]["listen"] = args.http
     return config.parse_object(raw, origin="command line")
 
 

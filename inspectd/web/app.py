@@ -1,0 +1,137 @@
+"""The web UI's ASGI application: core routes here, one router module per page area.
+
+`create_app(context)` is all a server or a test needs: tests drive it in-process
+(`starlette.testclient.TestClient`) and through a real browser against `server.WebServer`.
+
+Core routes (the interface integrators use; keep them as they are):
+- `GET /healthz` -> 200 `{"status": "ok" | "starting" | "stalled", ...}`, never needs the token.
+- `GET /api/verdicts?since=SEQ&limit=N` -> JSON list of verdict messages (the wire JSON).
+- `GET/POST /login`, `POST /logout` (only meaningful with a token).
+- `/static/...` the pages' files; `GET /` -> the Live page.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from inspectd.web import analyse, live, review, trends
+from inspectd.web.auth import SESSION_COOKIE, AccessMiddleware
+from inspectd.web.context import WebContext
+from inspectd.web.journal_reader import MAX_ROWS, JournalUnreadableError
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = resources.files("inspectd.web") / "static"
+PAGE_AREAS = (live, trends, analyse, review)
+
+
+def create_app(context: WebContext) -> Starlette:
+    routes: list[BaseRoute] = [
+        Route("/", lambda _request: RedirectResponse("/live", status_code=307)),
+        Route("/healthz", _healthz(context)),
+        Route("/api/verdicts", _verdicts(context)),
+        Route("/login", _login_page, methods=["GET"]),
+        Route("/login", _login(context), methods=["POST"]),
+        Route("/logout", _logout, methods=["POST"]),
+    ]
+    for area in PAGE_AREAS:
+        routes += area.routes(context)
+    routes.append(Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"))
+    app = Starlette(routes=routes, middleware=[Middleware(AccessMiddleware, guard=context.guard)],
+                    exception_handlers={Exception: _internal_error})
+    app.state.context = context
+    return app
+
+
+def static_page(name: str) -> Route:
+    """`GET /<name>` -> `static/<name>.html` (the page fetches its data from the API)."""
+    page = STATIC_DIR / f"{name}.html"
+    return Route(f"/{name}", lambda _request: FileResponse(str(page), media_type="text/html"))
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; a bad value is a 400, not a crash."""
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"{name} must be an integer, got {text[:40]!r}"
+        raise BadRequest(msg) from None
+    if not low <= value <= high:
+        msg = f"{name} must be between {low} and {high}, got {value}"
+        raise BadRequest(msg)
+    return value
+
+
+class BadRequest(Exception):
+    """A request the API refuses with 400 and this message."""
+
+
+def _healthz(context: WebContext) -> Any:
+    async def handler(_request: Request) -> Response:
+        if context.daemon is None:
+            return JSONResponse({"status": "ok", "mode": "offline", "station": context.station})
+        daemon = context.daemon
+        status = "ok" if daemon.ready else "starting"
+        if daemon.ready and daemon.watchdog is not None and daemon.watchdog.stalled:
+            status = "stalled"
+        return JSONResponse({"status": status, "mode": "daemon", "station": context.station})
+    return handler
+
+
+def _verdicts(context: WebContext) -> Any:
+    async def handler(request: Request) -> Response:
+        try:
+            since = query_int(request, "since", 0, 0, 2**63 - 1)
+            limit = query_int(request, "limit", 100, 1, MAX_ROWS)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        try:
+            messages = await run_in_threadpool(context.journal.since, since, limit)
+        except JournalUnreadableError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        return JSONResponse(messages)
+    return handler
+
+
+async def _login_page(_request: Request) -> Response:
+    return FileResponse(str(STATIC_DIR / "login.html"), media_type="text/html")
+
+
+def _login(context: WebContext) -> Any:
+    async def handler(request: Request) -> Response:
+        form = await request.form(max_files=0, max_fields=4)
+        token = form.get("token")
+        if not context.guard.required:
+            return RedirectResponse("/live", status_code=303)
+        if not isinstance(token, str) or not context.guard.token_matches(token):
+            return RedirectResponse("/login?failed=1", status_code=303)
+        response = RedirectResponse("/live", status_code=303)
+        response.set_cookie(SESSION_COOKIE, context.guard.session_value(), httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+    return handler
+
+
+async def _logout(_request: Request) -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # A failing handler fails its request only: logged with the path, answered 500 in one line.
+    logger.exception("web UI: %s %s failed", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}"}, status_code=500)
