@@ -121,6 +121,16 @@ def decode_mask_png(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         msg = "the mask is not a PNG file"
         raise LabelError(msg)
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        msg = "the mask PNG cannot be decoded (truncated or damaged)"
+        raise LabelError(msg)
+    # The size its header declares, checked before decoding: a few compressed kilobytes can
+    # declare gigabytes of pixels, and a mask has the size of its image anyway.
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if (height, width) != tuple(shape[:2]):
+        msg = (f"the mask is {width}x{height} px but the image is {shape[1]}x{shape[0]} px; "
+               "a mask has the size of its image")
+        raise LabelError(msg)
     raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         msg = "the mask PNG cannot be decoded (truncated or damaged)"

@@ -354,7 +354,7 @@ class Pipeline:
             frames = self._frames_of(item)
         except ImageDecodeError as exc:
             failed = Frame(pixels=None, source=item.source, sha256=item.sha256, part_id=item.part_id)  # type: ignore[arg-type]
-            return _Outcome(work, [FrameResult(failed, error_verdict(exc.reason))], timings_ms)
+            return _Outcome(work, [FrameResult(failed, error_verdict(exc.reason))], timings_ms, analyzer=analyzer)
         finally:
             timings_ms["decode"] = _ms(time.perf_counter() - start)
         self.metrics.stage_latency.labels(stage="decode").observe(timings_ms["decode"] / 1000.0)

@@ -72,7 +72,7 @@ DEFAULT_UNET_SCALES = "1.0,0.5"
 FRAME_SEED = 77_000
 CLASSICAL_MIN_FPS = 10.0
 UNET_MIN_RATIO_TO_SEED = 5.0
-# Issue 4's accuracy targets, which a U-Net scale must hold for its speed to count.
+# The accuracy targets a U-Net scale must hold for its speed to count.
 UNET_MIN_IOU_UNMELTED = 0.90
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -350,7 +350,7 @@ def add_ratios_and_targets(document: dict[str, Any]) -> None:
 
 
 def unet_accuracy_holds(iou: dict[str, float | None], classical_iou: dict[str, float | None]) -> bool | None:
-    """Issue 4's targets on the benchmark's held-out frames; None when either side was not measured.
+    """The accuracy targets on the benchmark's held-out frames; None when either side was not measured.
 
     >>> unet_accuracy_holds({"melted": .9, "unmelted": .92, "pore": .8}, {"melted": .8, "unmelted": .4, "pore": .7})
     True

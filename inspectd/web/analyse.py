@@ -82,6 +82,7 @@ MAX_WAITING = 4  # uploads waiting for the analysis lock; more are refused
 KEPT_ANALYSES = 100
 SHOWN_REGIONS = 200  # region rows in the answer; the downloads hold all of them
 MAX_TEXT_FIELD_BYTES = 64
+MAX_TEXT_FIELDS = 8  # form fields besides the files (the page sends one, `engine`)
 DRAIN_LIMIT_BYTES = 64 << 20  # read (and drop) this much of a refused upload so a browser sees the answer
 ID_PATTERN = re.compile(r"^[0-9a-f]{8,64}$")
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -133,7 +134,7 @@ class AnalyseArea:
         self.context = context
         self.analyses_dir = context.ui_dir / "analyses"
         self.spool_dir = context.ui_dir / "uploads"
-        self._analyzers: dict[str, Analyzer] = {}
+        self._analyzers: dict[str, tuple[str, Analyzer]] = {}  # engine -> (segment settings, analyzer)
         self._analysis_lock = threading.Lock()
         self._waiting_lock = threading.Lock()
         self._waiting = 0
@@ -315,17 +316,21 @@ class AnalyseArea:
 
     def _analyzer(self, engine: str) -> Analyzer:
         """The engine's analyzer, loaded and warmed up on first use and kept (called under the lock)."""
-        analyzer = self._analyzers.get(engine)
-        if analyzer is None:
-            cfg = self.config.model_copy(deep=True)
-            cfg.segment.engine = engine
-            try:
-                analyzer = Analyzer(cfg)
-                analyzer.warm_up()
-            except (EngineError, KernelResourceError, ConfigError) as exc:
-                msg = f"the {engine} engine cannot start: {_one_line(exc)}"
-                raise UploadRefused(503, msg) from exc
-            self._analyzers[engine] = analyzer
+        # Keyed by the station's segment settings too: after a model swap (`Daemon.swap_model`
+        # changes the config shared with the server) uploads use the model the line runs now.
+        settings = self.config.segment.model_dump_json()
+        cached = self._analyzers.get(engine)
+        if cached is not None and cached[0] == settings:
+            return cached[1]
+        cfg = self.config.model_copy(deep=True)
+        cfg.segment.engine = engine
+        try:
+            analyzer = Analyzer(cfg)
+            analyzer.warm_up()
+        except (EngineError, KernelResourceError, ConfigError) as exc:
+            msg = f"the {engine} engine cannot start: {_one_line(exc)}"
+            raise UploadRefused(503, msg) from exc
+        self._analyzers[engine] = (settings, analyzer)
         return analyzer
 
     def _decode(self, upload: UploadedFile) -> list[Frame]:
@@ -394,6 +399,7 @@ class _MultipartReader:
         self._header_value = b""
         self._disposition = b""
         self._stems: set[str] = set()
+        self._text_parts = 0
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_part_begin": self._begin, "on_part_data": self._data, "on_part_end": self._end,
@@ -430,6 +436,10 @@ class _MultipartReader:
         _, options = parse_options_header(self._disposition)
         self._part.name = options.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" not in options:
+            self._text_parts += 1
+            if self._text_parts > MAX_TEXT_FIELDS:
+                msg = f"at most {MAX_TEXT_FIELDS} form fields besides the files per upload"
+                raise UploadRefused(400, msg)
             return
         if self._part.name != "file":
             msg = f"files go in the multipart field 'file', not {printable(self._part.name[:40])!r}"

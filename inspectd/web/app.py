@@ -35,7 +35,9 @@ STATIC_DIR = resources.files("inspectd.web") / "static"
 PAGE_AREAS = (live, trends, analyse, review)
 
 
-def create_app(context: WebContext) -> Starlette:
+def create_app(context: WebContext, *, loopback_hosts_only: bool = False) -> Starlette:
+    """`loopback_hosts_only`: without a token, refuse requests whose Host is not a loopback name
+    (`auth.AccessMiddleware`); the server sets it, an in-process test client need not."""
     routes: list[BaseRoute] = [
         Route("/", lambda _request: RedirectResponse("/live", status_code=307)),
         Route("/healthz", _healthz(context)),
@@ -47,7 +49,8 @@ def create_app(context: WebContext) -> Starlette:
     for area in PAGE_AREAS:
         routes += area.routes(context)
     routes.append(Mount("/static", app=StaticFiles(directory=str(STATIC_DIR)), name="static"))
-    app = Starlette(routes=routes, middleware=[Middleware(AccessMiddleware, guard=context.guard)],
+    app = Starlette(routes=routes, middleware=[Middleware(AccessMiddleware, guard=context.guard,
+                                                           loopback_hosts_only=loopback_hosts_only)],
                     exception_handlers={Exception: _internal_error})
     app.state.context = context
     return app

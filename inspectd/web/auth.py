@@ -32,6 +32,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from inspectd.config import is_loopback_host
 from inspectd.errors import ConfigError
 
 SESSION_COOKIE = "inspectd_session"
@@ -76,7 +77,9 @@ class AccessGuard:
         return hmac.new(self._token.encode(), b"inspectd-ui-session-v1", hashlib.sha256).hexdigest()
 
     def session_valid(self, candidate: str | None) -> bool:
-        return bool(self._token) and bool(candidate) and hmac.compare_digest(candidate, self.session_value())
+        # Compared as bytes: a cookie may hold any byte (latin-1), and str comparison refuses non-ASCII.
+        return bool(self._token) and bool(candidate) and hmac.compare_digest(
+            candidate.encode(), self.session_value().encode())
 
     def request_allowed(self, headers: Headers, cookies: dict[str, str]) -> bool:
         if not self.required:
@@ -105,18 +108,43 @@ def cross_site_reason(method: str, headers: Headers, scheme: str) -> str | None:
     return None
 
 
-class AccessMiddleware:
-    """ASGI middleware: cross-site check first, then the token (401 for the API, login page for pages)."""
+def names_loopback(host_header: str) -> bool:
+    """Whether a Host header names this machine by a loopback name (localhost, 127.0.0.0/8, [::1]).
 
-    def __init__(self, app: ASGIApp, guard: AccessGuard) -> None:
+    >>> names_loopback("127.0.0.1:8080"), names_loopback("[::1]:8080"), names_loopback("rebound.example:8080")
+    (True, True, False)
+    """
+    try:
+        host = urlsplit(f"//{host_header}").hostname
+    except ValueError:
+        return False
+    return host is not None and is_loopback_host(host)
+
+
+class AccessMiddleware:
+    """ASGI middleware: host and cross-site checks first, then the token (401 for the API, login page for pages).
+
+    `loopback_hosts_only` (a server on a loopback address without a token): a request whose
+    Host header is not a loopback name is refused, so a web page on a host name made to
+    resolve to 127.0.0.1 (DNS rebinding), which is same-origin with itself, cannot use the UI.
+    """
+
+    def __init__(self, app: ASGIApp, guard: AccessGuard, loopback_hosts_only: bool = False) -> None:
         self.app = app
         self.guard = guard
+        self.loopback_hosts_only = loopback_hosts_only and not guard.required
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        if self.loopback_hosts_only and host and not names_loopback(host):
+            refused = {"error": f"host {host[:100]!r} refused: without a token this UI answers only to "
+                                "127.0.0.1, localhost or [::1]"}
+            await JSONResponse(refused, status_code=403)(scope, receive, send)
+            return
         reason = cross_site_reason(scope["method"], headers, scope.get("scheme", "http"))
         if reason is not None:
             await JSONResponse({"error": reason}, status_code=403)(scope, receive, send)

@@ -184,7 +184,8 @@ class FineTuner:
     def close(self) -> None:
         """Stop a running job (the server is going away): its child process is terminated."""
         self._cancelled.set()
-        process = self._process
+        with self._lock:
+            process = self._process
         if process is not None and process.poll() is None:
             process.terminate()
         if self._thread is not None:
@@ -292,6 +293,8 @@ class FineTuner:
                                    env=env)
         with self._lock:
             self._process = process
+        if self._cancelled.is_set():  # a cancel or close that came while the child started saw no process
+            process.terminate()
         assert process.stdout is not None
         pending = b""
         while chunk := process.stdout.read1(4096):

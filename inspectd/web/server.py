@@ -61,7 +61,9 @@ class WebServer:
     def start(self) -> None:
         self._socket = _bind(self.host, self.port)
         self.port = self._socket.getsockname()[1]
-        config = uvicorn.Config(create_app(self.context), log_level="warning", access_log=False, lifespan="off",
+        # Without a token the server is on loopback (HttpConfig): only loopback Host names are served.
+        app = create_app(self.context, loopback_hosts_only=not self.context.guard.required)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=STOP_TIMEOUT_S, limit_concurrency=64,
                                 timeout_keep_alive=5)
         self._server = uvicorn.Server(config)

@@ -7,6 +7,7 @@ fp32 model to another ONNX file (the bundled int8 twin: other weights, another s
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -130,3 +131,36 @@ def test_after_a_swap_the_config_names_the_model_and_rule_reloads_still_apply(tm
     finally:
         daemon.stop()
         daemon.context.term()
+
+
+def test_a_frame_that_failed_to_decode_before_the_swap_carries_the_model_it_was_taken_with(tmp_path, micrographs):
+    old_hash, new_hash = file_sha256(FP32), file_sha256(INT8)
+    daemon = unet_daemon(tmp_path)
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_the_first(message, _result):  # keeps the publish thread at the first verdict
+        if message["seq"] == 1:
+            entered.set()
+            release.wait()
+
+    try:
+        daemon.pipeline.add_observer(hold_the_first)
+        inbox = Path(daemon.cfg.sources[0].path)
+        drop_files(micrographs[:1], inbox, prefix="a")
+        assert entered.wait(300)  # a hang guard only
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(micrographs[0].read_bytes()[:200])  # a truncated PNG: its decode fails
+        drop_files([broken], inbox, prefix="b")
+        deadline = time.monotonic() + 300  # a hang guard only
+        while daemon.pipeline.queue_depths()["publish"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        swapped = daemon.swap_model(INT8)  # the broken file was taken (and refused) before this
+        release.set()
+        messages = wait_for_verdicts(daemon, 2)
+    finally:
+        release.set()
+        daemon.stop()
+        daemon.context.term()
+    assert swapped["engine"]["model_hash"] == new_hash
+    assert [m["verdict"] for m in messages][1] == "ERROR"
+    assert [m["engine"]["model_hash"] for m in messages] == [old_hash, old_hash]

@@ -165,6 +165,24 @@ def test_the_chosen_engine_analyses_the_upload(tmp_path, frames_dir, engine):
     assert record["verdict"] in ("PASS", "FAIL") and record["metrics"]["melted_fraction_pct"] is not None
 
 
+def test_after_the_station_swaps_its_model_uploads_are_analysed_with_the_new_one(tmp_path, frames_dir):
+    # `Daemon.swap_model` changes the config the server shares with the daemon (segment.unet.model);
+    # an upload analysed after it must use the model the line now runs, not the one cached before.
+    from inspectd.engines.unet import bundled_model_path, file_sha256
+
+    first, second = bundled_model_path("fp32"), bundled_model_path("int8")
+    config = Config.model_validate({"segment": {"engine": "unet", "unet": {"model": str(first)}}})
+    context = make_context(tmp_path / "state", config=config)
+    client = TestClient(create_app(context))
+    frame = frames_dir / "coating_23.png"
+    before = _upload(client, frame, engine="unet").json()["fields"][0]["record"]
+    assert before["engine"]["model_hash"] == file_sha256(first)
+    unet = context.config.segment.unet.model_copy(update={"model": second.resolve(), "engine_plan": None})
+    context.config.segment = context.config.segment.model_copy(update={"unet": unet})
+    after = _upload(client, frame, engine="unet").json()["fields"][0]["record"]
+    assert after["engine"]["model_hash"] == file_sha256(second)
+
+
 def test_an_unknown_engine_is_refused(tmp_path, frames_dir):
     answer = _upload(_client(tmp_path), frames_dir / "coating_23.png", engine="magic")
     assert answer.status_code == 400 and "classical, unet" in answer.json()["error"]
@@ -247,6 +265,15 @@ def test_two_files_of_the_same_name_get_their_own_stems(tmp_path, frames_dir):
 def test_a_request_without_a_micrograph_is_refused(tmp_path, request_kwargs, status, words):
     answer = _client(tmp_path).post("/api/analyze", **request_kwargs)
     assert answer.status_code == status and words in answer.json()["error"]
+
+
+def test_an_upload_of_many_form_fields_is_refused_before_they_pile_up(tmp_path, frames_dir):
+    # Each text field is short, but their number is what a chunked upload could grow without end.
+    fields = [(f"note{n:05d}" + "x" * 2000, (None, "v")) for n in range(2000)]
+    files = [("file", ("coating_21.png", (frames_dir / "coating_21.png").read_bytes(), "image/png")), *fields]
+    answer = _client(tmp_path).post("/api/analyze", files=files)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"at most {analyse.MAX_TEXT_FIELDS} form fields besides the files per upload"
 
 
 def test_only_the_latest_analyses_are_kept(tmp_path, frames_dir, monkeypatch):

@@ -7,6 +7,8 @@ and kept in the real FrameStore, as the Live and Analyse pages keep them.
 from __future__ import annotations
 
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -206,6 +208,29 @@ def test_bad_masks_are_refused_saying_what_is_wrong(tmp_path, analyzer) -> None:
         assert post(key, np.zeros((256, 256), np.uint8)).status_code in (400, 404)
     assert client.get("/api/review/labels").json()["fields"] == []
     assert not (context.ui_dir / "labels").exists() or not any((context.ui_dir / "labels").rglob("*.png"))
+
+
+def _png_declaring(width: int, height: int, colour_type: int, payload: bytes) -> bytes:
+    """A PNG file whose header says width x height (8 bits per channel), with `payload` as its only IDAT."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", payload) + chunk(b"IEND", b"")
+
+
+def test_a_mask_declaring_another_size_is_refused_from_its_header_before_it_is_decoded(tmp_path, analyzer) -> None:
+    # A few kilobytes that would decode to 30000 x 30000 RGBA (3.6 GB): the size in the header
+    # is checked against the frame first, so nothing of that size is ever allocated.
+    context = make_context(tmp_path / "state")
+    keep_frame(context, analyzer, "seq-1", seed=321)
+    client = TestClient(create_app(context))
+    rows = zlib.compress(b"\x00" * 4096)
+    bomb = _png_declaring(30000, 30000, 6, rows)
+    answer = client.post("/api/review/labels/seq-1", content=bomb, headers={"Content-Type": "image/png"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == ("the mask is 30000x30000 px but the image is 256x256 px; a mask has the "
+                                      "size of its image")
+    assert client.get("/api/review/labels").json()["fields"] == []
 
 
 def test_labelled_set_layout_is_what_training_reads_and_every_third_is_held_out(tmp_path, analyzer) -> None:

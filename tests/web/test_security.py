@@ -194,3 +194,55 @@ def test_state_changing_requests_are_not_served_on_the_stream(served_store):
     assert connection.getresponse().status == 403
     connection.close()
     assert Path(served_store.context.ui_dir / "secret.txt").read_text() == "do-not-serve"
+
+
+def _request(base_url: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None
+             ) -> tuple[int, bytes]:
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_a_page_on_another_host_name_cannot_reach_the_loopback_ui_without_a_token(served_store):
+    # A web page whose host name is made to resolve to 127.0.0.1 (DNS rebinding) is same-origin
+    # with itself: its Origin matches its Host. Without a token only loopback names are served.
+    port = served_store.port
+    rebound = f"rebound.example:{port}"
+    settings = {"metrics": ["porosity_pct"], "baseline_from": 1, "baseline_to": 1}
+    status, body = _request(served_store.url, "POST", "/api/trends/settings",
+                            {"Host": rebound, "Origin": f"http://{rebound}", "Content-Type": "application/json"},
+                            json.dumps(settings).encode())
+    assert status == 403 and b"host" in body.lower()
+    assert not (served_store.context.ui_dir / "spc.json").exists()
+    for path in ("/api/verdicts", "/api/frames/seq-1/meta.json", "/live"):
+        status, body = _request(served_store.url, "GET", path, {"Host": rebound})
+        assert status == 403 and b"/in/a.png" not in body, path
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "LOCALHOST"):
+        status, body = _request(served_store.url, "GET", "/api/verdicts", {"Host": host})
+        assert status == 200 and json.loads(body)[0]["source"] == "/in/a.png", host
+
+
+def test_with_a_token_any_host_name_is_served_to_whoever_has_the_token(tmp_path):
+    context = make_context(tmp_path / "state", token=TOKEN)
+    with WebServer(context, "127.0.0.1", 0) as server:
+        headers = {"Host": f"station-7.plant.example:{server.port}"}
+        assert _request(server.url, "GET", "/healthz", headers)[0] == 200
+        assert _request(server.url, "GET", "/api/live", headers)[0] == 401
+        assert _request(server.url, "GET", "/api/live", {**headers, "X-Inspectd-Token": TOKEN})[0] == 200
+
+
+def test_a_cookie_that_is_not_ascii_is_refused_as_unauthenticated_not_a_server_error(tmp_path):
+    context = make_context(tmp_path / "state", token=TOKEN)
+    with WebServer(context, "127.0.0.1", 0) as server, socket.create_connection(("127.0.0.1", server.port),
+                                                                                  timeout=60) as sock:
+        sock.sendall(b"GET /api/live HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                     b"Cookie: inspectd_session=\xe9t\xe9\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.split(b" ", 2)[1] == b"401", answer[:200]
