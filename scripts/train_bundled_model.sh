@@ -13,10 +13,11 @@
 # reported as the real held-out score. Without REAL_DIR the model is trained on synthetic
 # frames only (and the card says so).
 #
-# Time: about 45 min on a shared 2-core CPU with two torch threads (training 35 min). Knobs for a quick dry
+# Time: about 50 min on a shared 2-core CPU with two torch threads (training 40 min). Knobs for a quick dry
 # run: EPOCHS, TILES_PER_EPOCH, SCALE_N (divides every set's frame count), MODEL_OUT (write
 # the model elsewhere), REAL_SHARE_FACTOR (oversampling of the real field), WIDTHS (channels
-# per level, default the bundled model's 16,32,64,192).
+# per level, default the bundled model's 24,48,96,192; 16,32,64,192 is the lean layout of the
+# earlier v3 model: 1.3x faster with int8, held-out unmelted IoU 0.890 instead of 0.906).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +28,7 @@ EPOCHS="${EPOCHS:-60}"
 TILES_PER_EPOCH="${TILES_PER_EPOCH:-1600}"
 SCALE_N="${SCALE_N:-1}"
 REAL_SHARE_FACTOR="${REAL_SHARE_FACTOR:-300}"
-WIDTHS="${WIDTHS:-16,32,64,192}"
+WIDTHS="${WIDTHS:-24,48,96,192}"
 REAL_DIR="${REAL_DIR:-$REPO/../shared/samples}"
 MODEL="${MODEL_OUT:-$REPO/inspectd/models/unet-coating-v3.onnx}"
 

@@ -81,7 +81,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "e.g. real_*=40 for a few real fields among many synthetic ones")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--widths", type=_widths, default=None, metavar="W0,W1,...",
-                        help="channels per level, finest first (default: 16,32,64,192, the bundled model's)")
+                        help="channels per level, finest first (default: 16,32,64,192, the lean layout; the bundled "
+                             "model has 24,48,96,192; with --init: the model's own)")
     parser.add_argument("--output-stride", type=int, default=4, choices=(1, 2, 4, 8),
                         help="1: logits at full resolution (the v1 layout); >1: guided U-Net running at 1/stride "
                              "with a per-pixel affine head (default: %(default)s, the bundled model's)")

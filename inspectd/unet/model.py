@@ -50,7 +50,9 @@ from inspectd.unet.contract import INPUT_MULTIPLE, N_CLASSES
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE_NAME = "lean-unet"
-# The bundled models' shape (v2, v3): a stride-4 guided U-Net, 16 channels at 1/4 up to 192 at 1/32.
+# The lean default shape (bundled v2 and the first v3): a stride-4 guided U-Net, 16 channels at
+# 1/4 up to 192 at 1/32. The bundled v3 model is wider (24, 48, 96, 192: scripts/
+# train_bundled_model.sh); fine-tuning takes the widths of the model it starts from.
 # (v1: widths 8, 16, 32, 64, 256 at output stride 1, logits at full resolution.)
 DEFAULT_WIDTHS: tuple[int, ...] = (16, 32, 64, 192)
 DEFAULT_OUTPUT_STRIDE = 4
@@ -187,7 +189,7 @@ def guided_logits(affine: torch.Tensor, guide: torch.Tensor, stride: int) -> tor
 
 
 def build_model(architecture: dict[str, Any] | None = None) -> UNet:
-    """A fresh `UNet` from an `architecture()` dict (None = the bundled model's shape).
+    """A fresh `UNet` from an `architecture()` dict (None = the lean default shape).
 
     >>> build_model({"name": "lean-unet", "widths": [4, 8, 16]}).widths
     (4, 8, 16)
