@@ -7,8 +7,10 @@ its request. The pages are static HTML and JavaScript (charts: uPlot, shipped in
 `static/vendor/`, nothing fetched at run time) over a small JSON API; every number on a page
 comes from the same code the CLI and the daemon use.
 
-Layout: `app.py` builds the application from one router module per page area (`live.py`,
-`trends.py`, `analyse.py`, `review.py`, each exposing `routes(context)`), `auth.py` guards
-every request, `journal_reader.py` reads the journal read-only, `server.py` runs uvicorn
-in a thread, `context.py` holds what the routers share.
+Layout: `app.py` builds the application from one router module per page area (`live.py`
+with `live_feed.py`, `trends.py` with `alarms.py`, `analyse.py`, `review.py` with
+`finetune.py`, each exposing `routes(context)` and using `routing.py`'s helpers), `auth.py`
+guards every request, `journal_reader.py` reads the journal read-only, `frame_store.py` keeps
+the frames the pages show, `server.py` runs uvicorn in a thread, `context.py` holds what the
+routers share.
 """

@@ -71,6 +71,7 @@ from inspectd.report import field_stem, render_overlay, result_record, to_displa
 from inspectd.types import Frame
 from inspectd.web.context import WebContext
 from inspectd.web.frame_store import FrameStore
+from inspectd.web.routing import static_page
 from inspectd.workbook import ExportField, region_rows, sample_statistics, write_csv, write_xlsx
 
 logger = logging.getLogger(__name__)
@@ -89,10 +90,6 @@ XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def routes(context: WebContext) -> list[BaseRoute]:
-    from inspectd.web.app import (
-        static_page,  # app.py imports this module first: import at call time
-    )
-
     area = context.areas.setdefault(AREA, AnalyseArea(context))
     return [
         static_page("analyse"),

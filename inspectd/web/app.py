@@ -13,7 +13,6 @@ Core routes (the interface integrators use; keep them as they are):
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
@@ -28,10 +27,10 @@ from inspectd.web import analyse, live, review, trends
 from inspectd.web.auth import SESSION_COOKIE, AccessMiddleware
 from inspectd.web.context import WebContext
 from inspectd.web.journal_reader import MAX_ROWS, JournalUnreadableError
+from inspectd.web.routing import STATIC_DIR, BadRequest, query_int
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = resources.files("inspectd.web") / "static"
 PAGE_AREAS = (live, trends, analyse, review)
 
 
@@ -54,32 +53,6 @@ def create_app(context: WebContext, *, loopback_hosts_only: bool = False) -> Sta
                     exception_handlers={Exception: _internal_error})
     app.state.context = context
     return app
-
-
-def static_page(name: str) -> Route:
-    """`GET /<name>` -> `static/<name>.html` (the page fetches its data from the API)."""
-    page = STATIC_DIR / f"{name}.html"
-    return Route(f"/{name}", lambda _request: FileResponse(str(page), media_type="text/html"))
-
-
-def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter within [low, high]; a bad value is a 400, not a crash."""
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        msg = f"{name} must be an integer, got {text[:40]!r}"
-        raise BadRequest(msg) from None
-    if not low <= value <= high:
-        msg = f"{name} must be between {low} and {high}, got {value}"
-        raise BadRequest(msg)
-    return value
-
-
-class BadRequest(Exception):
-    """A request the API refuses with 400 and this message."""
 
 
 def _healthz(context: WebContext) -> Any:

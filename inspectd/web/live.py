@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from inspectd.web.context import WebContext
 from inspectd.web.frame_store import UnknownFrameError
 from inspectd.web.live_feed import KEEPALIVE_S, SEND_TIMEOUT_S, LiveFeed
+from inspectd.web.routing import static_page
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ MEDIA_TYPES = {".png": "image/png", ".json": "application/json"}
 
 
 def routes(context: WebContext) -> list[BaseRoute]:
-    from inspectd.web.app import static_page  # app imports this module: import at call time
 
     feed = feed_of(context)
     return [

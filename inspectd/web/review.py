@@ -38,6 +38,7 @@ from inspectd.report import to_display_uint8
 from inspectd.web import finetune
 from inspectd.web.context import WebContext
 from inspectd.web.frame_store import UnknownFrameError, check_key
+from inspectd.web.routing import BadRequest, query_int, static_page
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ class _Refused(Exception):
 
 
 def routes(context: WebContext) -> list[BaseRoute]:
-    # app.py imports this module first: import at call time
-    from inspectd.web.app import static_page
-
     labels = finetune.tuner(context).labels
     review = _Review(context, labels)
     return [
@@ -75,8 +73,6 @@ def routes(context: WebContext) -> list[BaseRoute]:
 def _json(handler: Any) -> Any:
     """Run `handler(request)` (async, returning a JSON-able value) and map refusals to 400/404."""
     async def endpoint(request: Request) -> Response:
-        from inspectd.web.app import BadRequest
-
         try:
             return JSONResponse(await handler(request))
         except (BadRequest, _Refused, LabelError) as exc:
@@ -94,8 +90,6 @@ class _Review:
     # ---- frames -------------------------------------------------------------------------
 
     async def recent_frames(self, request: Request) -> dict[str, Any]:
-        from inspectd.web.app import query_int
-
         limit = query_int(request, "limit", 50, 1, 500)
         return await run_in_threadpool(self._recent, limit)
 

@@ -40,9 +40,6 @@ from inspectd.spc import (
     sample_means,
     zones,
 )
-from inspectd.web import (
-    app as web_app,  # app.py imports this module first: names looked up at call time
-)
 from inspectd.web.alarms import (
     METRIC_NAME,
     SpcSettingsError,
@@ -58,6 +55,7 @@ from inspectd.web.alarms import (
 )
 from inspectd.web.context import WebContext
 from inspectd.web.journal_reader import MAX_ROWS, JournalUnreadableError
+from inspectd.web.routing import BadRequest, query_int, static_page
 
 DEFAULT_LAST = 500
 PROVISIONAL_BASELINE_POINTS = 20
@@ -70,7 +68,7 @@ MAX_SEQ = 2**63 - 1
 
 def routes(context: WebContext) -> list[BaseRoute]:
     return [
-        web_app.static_page("trends"),
+        static_page("trends"),
         Route("/api/trends/metrics", _endpoint(context, _metrics)),
         Route("/api/trends/series", _endpoint(context, _series)),
         Route("/api/trends/settings", _endpoint(context, _get_settings), methods=["GET"]),
@@ -84,7 +82,7 @@ def _endpoint(context: WebContext, work: Any) -> Any:
     async def handler(request: Request) -> Response:
         try:
             return JSONResponse(await run_in_threadpool(work, context, request))
-        except (web_app.BadRequest, SpcSettingsError) as exc:
+        except (BadRequest, SpcSettingsError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except JournalUnreadableError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
@@ -124,10 +122,10 @@ def _series(context: WebContext, request: Request) -> dict[str, Any]:
         first, last = from_seq or 1, to_seq or reader.last_seq()
         if first > last:
             msg = f"from_seq ({first}) is after to_seq ({last})"
-            raise web_app.BadRequest(msg)
+            raise BadRequest(msg)
         messages = messages_between(reader, first, last)
     else:
-        messages = reader.latest(web_app.query_int(request, "last", DEFAULT_LAST, 1, MAX_ROWS))
+        messages = reader.latest(query_int(request, "last", DEFAULT_LAST, 1, MAX_ROWS))
     points = chart_points(messages, metric)
 
     limits, source, baseline, problem = _limits_for(request, reader, metric, points, saved)
@@ -160,12 +158,12 @@ def _limits_for(request: Request, reader: Any, metric: str, points: list[Any],
     baseline_to = _optional_seq(request, "baseline_to")
     if (baseline_from is None) != (baseline_to is None):
         msg = "give both baseline_from and baseline_to, or neither"
-        raise web_app.BadRequest(msg)
+        raise BadRequest(msg)
     if baseline_from is not None and baseline_to is not None:
         first, last = sorted((baseline_from, baseline_to))
         if last - first + 1 > MAX_ROWS:
             msg = f"a baseline window holds at most {MAX_ROWS} frames"
-            raise web_app.BadRequest(msg)
+            raise BadRequest(msg)
         window = {"baseline_first_seq": first, "baseline_last_seq": last}
         baseline_points = chart_points(messages_between(reader, first, last), metric)
         try:
@@ -198,7 +196,7 @@ def _post_settings(context: WebContext) -> Any:
             metrics = body.get("metrics")
             if not isinstance(metrics, list):
                 msg = "metrics must be a list of metric names"
-                raise web_app.BadRequest(msg)
+                raise BadRequest(msg)
             rule_set = check_rule_set(body.get("rule_set", "nelson"))
             first, last = (_body_seq(body, "baseline_from"), _body_seq(body, "baseline_to"))
 
@@ -209,7 +207,7 @@ def _post_settings(context: WebContext) -> Any:
                 return _settings_view(context)
 
             return JSONResponse(await run_in_threadpool(save))
-        except (web_app.BadRequest, SpcSettingsError, BaselineError) as exc:
+        except (BadRequest, SpcSettingsError, BaselineError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except JournalUnreadableError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
@@ -275,7 +273,7 @@ def _metric_param(request: Request) -> str:
     try:
         return check_metric_name(metric)
     except SpcSettingsError as exc:
-        raise web_app.BadRequest(str(exc)) from None
+        raise BadRequest(str(exc)) from None
 
 
 def _rule_set_param(request: Request, saved: Any) -> str:
@@ -283,20 +281,20 @@ def _rule_set_param(request: Request, saved: Any) -> str:
     try:
         return check_rule_set(name)
     except SpcSettingsError as exc:
-        raise web_app.BadRequest(str(exc)) from None
+        raise BadRequest(str(exc)) from None
 
 
 def _optional_seq(request: Request, name: str) -> int | None:
     if not request.query_params.get(name):
         return None
-    return web_app.query_int(request, name, 1, 1, MAX_SEQ)
+    return query_int(request, name, 1, 1, MAX_SEQ)
 
 
 def _body_seq(body: dict[str, Any], name: str) -> int:
     value = body.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SEQ:
         msg = f"{name} must be a seq (an integer >= 1), got {str(value)[:40]!r}"
-        raise web_app.BadRequest(msg)
+        raise BadRequest(msg)
     return value
 
 
@@ -307,14 +305,14 @@ async def _json_body(request: Request) -> dict[str, Any]:
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             msg = f"the request body is larger than {MAX_BODY_BYTES} bytes"
-            raise web_app.BadRequest(msg)
+            raise BadRequest(msg)
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks) or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"the request body is not JSON: {exc}"
-        raise web_app.BadRequest(msg) from None
+        raise BadRequest(msg) from None
     if not isinstance(body, dict):
         msg = "the request body must be a JSON object"
-        raise web_app.BadRequest(msg)
+        raise BadRequest(msg)
     return body
