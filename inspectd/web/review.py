@@ -38,7 +38,7 @@ from inspectd.report import to_display_uint8
 from inspectd.web import finetune
 from inspectd.web.context import WebContext
 from inspectd.web.frame_store import UnknownFrameError, check_key
-from inspectd.web.routing import BadRequest, query_int, static_page
+from inspectd.web.routing import BadRequest, query_int, read_bounded_body, static_page
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +173,9 @@ class _Review:
             if content_type not in ("image/png", "application/octet-stream"):
                 msg = f"send the mask as a PNG (Content-Type: image/png), not {content_type[:60] or 'nothing'}"
                 raise _Refused(msg)
-            body = await _bounded_body(request, MAX_MASK_BYTES)
+            body = await read_bounded_body(request, MAX_MASK_BYTES)
             saved = await run_in_threadpool(self._save, key, body)
-        except (_Refused, LabelError) as exc:
+        except (BadRequest, _Refused, LabelError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         except (_Missing, UnknownFrameError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=404)
@@ -211,7 +211,7 @@ class _Review:
     async def set_held_out(self, request: Request) -> dict[str, Any]:
         key = check_key(request.path_params["key"])
         try:
-            body = json.loads(await _bounded_body(request, 4096) or b"null")
+            body = json.loads(await read_bounded_body(request, 4096) or b"null")
         except ValueError:
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("held_out"), bool):
@@ -225,22 +225,6 @@ class _Review:
             msg = f"no labelled field {key}"
             raise _Missing(msg)
         return {"removed": key}
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (400) beyond `limit` bytes before it is all read."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        msg = f"the body is {int(declared)} bytes; at most {limit} are taken"
-        raise _Refused(msg)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            msg = f"the body is over {limit} bytes; at most {limit} are taken"
-            raise _Refused(msg)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:

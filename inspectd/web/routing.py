@@ -39,3 +39,21 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
 
 class BadRequest(Exception):
     """A request the API refuses with 400 and this message."""
+
+
+async def read_bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (BadRequest) as soon as it passes `limit` bytes: a declared
+    Content-Length over it is refused before reading, a chunked body while it streams, so a
+    request can never make the server hold more than `limit` bytes of it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        msg = f"the request body is {int(declared)} bytes; at most {limit} are taken"
+        raise BadRequest(msg)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            msg = f"the request body is over {limit} bytes; at most {limit} are taken"
+            raise BadRequest(msg)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -55,7 +55,7 @@ from inspectd.web.alarms import (
 )
 from inspectd.web.context import WebContext
 from inspectd.web.journal_reader import MAX_ROWS, JournalUnreadableError
-from inspectd.web.routing import BadRequest, query_int, static_page
+from inspectd.web.routing import BadRequest, query_int, read_bounded_body, static_page
 
 DEFAULT_LAST = 500
 PROVISIONAL_BASELINE_POINTS = 20
@@ -300,15 +300,8 @@ def _body_seq(body: dict[str, Any], name: str) -> int:
 
 async def _json_body(request: Request) -> dict[str, Any]:
     """The request's JSON object, refused beyond MAX_BODY_BYTES without reading the rest."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            msg = f"the request body is larger than {MAX_BODY_BYTES} bytes"
-            raise BadRequest(msg)
-        chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks) or b"{}")
+        body = json.loads(await read_bounded_body(request, MAX_BODY_BYTES) or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"the request body is not JSON: {exc}"
         raise BadRequest(msg) from None
