@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from inspectd.durable_files import fsync_dir
 from inspectd.errors import InspectdError, PermanentError
 from inspectd.message import encode, stamp, utc_iso
 
@@ -799,17 +800,3 @@ def _size_or_zero(path: Path) -> int:
     except FileNotFoundError:
         return 0
 
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable: the directory entry lives in the folder, so the folder is synced too
-    (shared with the bridges' cursor files)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from inspectd.durable_files import fsync_dir
 from inspectd.journal import (
     JOURNAL_SCHEMA_SQL,
     JOURNAL_SCHEMA_VERSION,
@@ -486,11 +487,7 @@ def _put_in_place(path: Path, kept_as: Path, rebuilt: Path) -> None:
     except OSError as exc:
         msg = f"cannot put the recovered journal in place of {path}: {exc}"
         raise JournalError(msg) from exc
-    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _int_or_none(text: str | None) -> int | None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import threading
@@ -51,6 +50,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from inspectd.durable_files import write_atomically
 from inspectd.errors import InspectdError
 from inspectd.types import CLASS_NAMES
 
@@ -216,9 +216,9 @@ class LabelledSet:
                 "class_pct": {CLASS_NAMES[c]: round(100.0 * float(counts[c]) / mask.size, 3) for c in CLASS_VALUES},
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            _write_atomically(images / f"{key}.png", image_png)
-            _write_atomically(masks / f"{key}.png", mask_png)
-            _write_atomically(self.root / "records" / f"{key}.json",
+            write_atomically(images / f"{key}.png", image_png)
+            write_atomically(masks / f"{key}.png", mask_png)
+            write_atomically(self.root / "records" / f"{key}.json",
                               (json.dumps(fields_record, indent=1, default=str) + "\n").encode())
         logger.info("labelled field %s saved (%s)", key, split)
         return LabelledField(key, held_out, images / f"{key}.png", masks / f"{key}.png", fields_record)
@@ -233,8 +233,8 @@ class LabelledSet:
             if field.held_out == held_out:
                 return field
             images, masks = self.folders(HELDOUT if held_out else TRAIN)
-            _write_atomically(images / field.image_path.name, field.image_path.read_bytes())
-            _write_atomically(masks / field.mask_path.name, field.mask_path.read_bytes())
+            write_atomically(images / field.image_path.name, field.image_path.read_bytes())
+            write_atomically(masks / field.mask_path.name, field.mask_path.read_bytes())
             _remove_pair(field)
             return LabelledField(key, held_out, images / field.image_path.name, masks / field.mask_path.name,
                                  field.record)
@@ -280,18 +280,6 @@ def _png(pixels: np.ndarray, key: str) -> bytes:
         raise LabelError(msg)
     return encoded.tobytes()
 
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _remove_pair(field: LabelledField) -> None:

@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from inspectd.durable_files import write_atomically
 from inspectd.errors import InspectdError
-from inspectd.journal import fsync_dir
 from inspectd.message import utc_iso
 
 logger = logging.getLogger(__name__)
@@ -138,20 +138,9 @@ class Cursor:
         state = CursorState(station=station, epoch=epoch, last_seq=int(seq), updated_utc=utc_iso())
         payload = {"format": CURSOR_FORMAT, **asdict(state)}
         text = json.dumps(payload, indent=1, sort_keys=True) + "\n"
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(temp, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-            fsync_dir(self.path.parent)
+            write_atomically(self.path, text.encode("utf-8"))
         except OSError as exc:
-            try:
-                temp.unlink(missing_ok=True)
-            except OSError:
-                pass
             msg = f"cannot write bridge cursor {self.path}: {exc}"
             raise CursorError(msg) from exc
         self._state = state

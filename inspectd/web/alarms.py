@@ -38,7 +38,6 @@ import collections
 import json
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inspectd.durable_files import write_atomically
 from inspectd.errors import InspectdError
 from inspectd.journal import JOURNAL_FILE
 from inspectd.message import build_alarm_message, finite_or_none, utc_iso
@@ -187,14 +187,7 @@ def load_settings(ui_dir: Path) -> SpcSettings | None:
 
 def save_settings(ui_dir: Path, settings: SpcSettings) -> None:
     """Write spc.json whole or not at all (temporary file, fsync, rename): the monitor never reads half a file."""
-    path = settings_path(ui_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        json.dump(settings.to_json(), handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_atomically(settings_path(ui_dir), json.dumps(settings.to_json(), indent=2).encode("utf-8"))
 
 
 def chart_points(messages: Iterable[Mapping[str, Any]], metric: str) -> list[ChartPoint]:
