@@ -18,11 +18,13 @@ system-deps:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null \
 	  || echo "note: apt-get install failed: camera and browser tests will be skipped"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml bench/pyproject.toml
 	$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,plc]'
+	# The station benchmark is a distribution of its own (bench/), not part of the daemon.
+	$(PY) -m pip install -q --no-deps -e ./bench
 	# torch for training/export: pin the CPU build (an unpinned torch pulls a multi-GB CUDA build).
 	$(PY) -m pip install -q 'torch==2.13.0' && $(PY) -m pip install -q -e '.[train]'
 	-$(PY) -m pip install -q -e '.[aravis]' || echo "note: PyGObject did not build: camera tests will be skipped"
@@ -53,7 +55,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check inspectd kernels tests bench
 
 bench: $(STAMP)
-	$(PY) bench/kernels.py
+	$(PY) bench/cpu_kernels.py
 
 # Registers, shared memory, spills, FP64 and occupancy of every CUDA kernel, from the compiler (no GPU).
 gpu-resources: $(STAMP)

@@ -13,11 +13,11 @@ collect_ignore: list[str] = []
 
 if importlib.util.find_spec("torch") is None:
     collect_ignore += [
-        "inspectd/unet/model.py",
-        "inspectd/unet/export.py",
-        "inspectd/unet/train.py",
-        "inspectd/benchmark/resnet_unet.py",
-        "inspectd/benchmark/peer_export.py",
+        "inspectd/training/model.py",
+        "inspectd/training/export.py",
+        "inspectd/training/train.py",
+        "bench/inspectd_bench/resnet_unet.py",
+        "bench/inspectd_bench/peer_export.py",
     ]
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":

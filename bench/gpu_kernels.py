@@ -50,13 +50,10 @@ import numba
 import numpy as np
 from numba import cuda  # never fails on a CPU box: the driver is only touched at first use
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
-# would otherwise shadow the `kernels` package.
-sys.path.insert(0, str(REPO_ROOT))
+import kernels
+from kernels import cuda_device, gpu_config
 
-import kernels  # noqa: E402  (after the path fix so a source checkout works uninstalled)
-from kernels import cuda_device, gpu_config  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_SIZES = "1024x1024,2560x1920,4096x4096"
 DEFAULT_JSON = REPO_ROOT / "bench" / "results" / "gpu_kernels.json"
@@ -274,8 +271,8 @@ def add_unet_tile_rows(add, frame_dev, height: int, width: int) -> None:
     every tile's 6 coarse maps (stride 4) into them, divide (floor: the maps read once, the
     accumulators written once).
     """
-    from inspectd.engines import tiling
-    from inspectd.unet import contract
+    from inspectd.analysis.engines import tiling
+    from inspectd.analysis.engines import unet_contract as contract
     from kernels.gpu_tiles import gpu_blend_add, gpu_blend_mean, gpu_normalised_tiles
 
     plan = tiling.plan_tiles(height, width, UNET_TILE_PX, UNET_OVERLAP_PX, multiple=contract.INPUT_MULTIPLE)

@@ -41,9 +41,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
-# would otherwise shadow the `kernels` package.
-sys.path.insert(0, str(REPO_ROOT))
 
 
 @dataclass(frozen=True)

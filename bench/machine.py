@@ -3,7 +3,7 @@
 
     python bench/machine.py
 
-The code is `inspectd.benchmark.machine.describe_machine`, which the throughput benchmark
+The code is `inspectd_bench.machine.describe_machine`, which the throughput benchmark
 records in its JSON and in `bench/RESULTS.md`.
 """
 
@@ -11,14 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
-# would otherwise shadow the `kernels` package.
-sys.path.insert(0, str(REPO_ROOT))
-
-from inspectd.benchmark.machine import describe_machine  # noqa: E402
+from inspectd_bench.machine import describe_machine
 
 if __name__ == "__main__":
     print(json.dumps(describe_machine(), indent=2))

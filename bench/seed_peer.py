@@ -4,7 +4,7 @@
     python bench/seed_peer.py [--frames N] [--size WxH] [--width-divisor D] [--cache-dir DIR]
 
 Prints the peer's frames/s, latency and per-stage times as JSON. The pipeline and the
-network live in `inspectd.benchmark.peer` and `inspectd.benchmark.resnet_unet` (the
+network live in `inspectd_bench.peer` and `inspectd_bench.resnet_unet` (the
 throughput benchmark runs the same code beside inspectd); the network is exported once
 (untrained, seeded weights; needs torch) into the cache folder, `bench/results/` by default.
 """
@@ -16,13 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# First, even where PYTHONPATH already names it: ahead of bench/ itself, whose kernels.py
-# would otherwise shadow the `kernels` package.
-sys.path.insert(0, str(REPO_ROOT))
+from inspectd_bench.peer import ensure_peer_model, run_peer
+from inspectd_bench.throughput import DEFAULT_SIZE, generate_frames, parse_size
 
-from inspectd.benchmark.peer import ensure_peer_model, run_peer  # noqa: E402
-from inspectd.benchmark.throughput import DEFAULT_SIZE, generate_frames, parse_size  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

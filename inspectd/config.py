@@ -328,7 +328,7 @@ class UnetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _verify_tiles(self) -> UnetConfig:
-        if self.tile_px % 32:  # inspectd.unet.contract.INPUT_MULTIPLE (not imported: config stays light)
+        if self.tile_px % 32:  # inspectd.analysis.engines.unet_contract.INPUT_MULTIPLE (not imported: config stays light)
             msg = f"tile_px must be a multiple of 32, got {self.tile_px}"
             raise ValueError(msg)
         if self.overlap_px * 2 >= self.tile_px:
@@ -350,7 +350,7 @@ class OodAction(str, enum.Enum):
 
 
 class OodConfig(StrictModel):
-    """Frames unlike those the engine was built for (`inspectd.ood`): what they become."""
+    """Frames unlike those the engine was built for (`inspectd.analysis.ood`): what they become."""
 
     action: OodAction = Field(
         OodAction.ERROR,
@@ -730,7 +730,7 @@ def load(path: str | Path | None) -> Config:
 
 def _verify_engine_known(cfg: Config, root: Callable[[], yaml.Node | None], origin: str) -> None:
     """`segment.engine` names an engine of this installation (imported here: config stays light otherwise)."""
-    from inspectd.engines.registry import ENGINES, PLUGIN_IMPORT_ERRORS
+    from inspectd.analysis.engines.registry import ENGINES, PLUGIN_IMPORT_ERRORS
 
     name = cfg.segment.engine
     if name in ENGINES:

@@ -20,10 +20,12 @@ CLASS_NAMES = {MELTED: "melted", UNMELTED: "unmelted", PORE: "pore"}
 class Frame:
     """One field of view as decoded, before any enhancement.
 
-    `pixels` is 2-D grey, uint8 or uint16 (`bit_depth` says how many bits carry data).
+    `pixels` is 2-D grey, uint8 or uint16 (`bit_depth` says how many bits carry data), or
+    None for an item that yielded no image (unreadable file, camera timeout): such a frame
+    still gets its verdict (ERROR / NO_INSPECTION), so it carries the source and part id.
     """
 
-    pixels: np.ndarray
+    pixels: np.ndarray | None
     source: str
     field_index: int = 0
     bit_depth: int = 8
@@ -64,9 +66,26 @@ class Measurements:
 
 
 class VerdictResult(str, enum.Enum):
+    """Every word a verdict can carry, on the wire, in the journal and in `<stem>.json`.
+
+    PASS / FAIL: the frame was measured and judged. ERROR: it could not be (bad file,
+    engine failure, out of distribution). NO_INSPECTION: a triggered part got no frame at all
+    (camera timeout or lost), so the line still hears about that part.
+    """
+
     PASS = "PASS"
     FAIL = "FAIL"
     ERROR = "ERROR"
+    NO_INSPECTION = "NO_INSPECTION"
+
+    @classmethod
+    def not_judged(cls, word: str) -> bool:
+        """True for the words that mean "no measured verdict": the item is quarantined, not filed as done.
+
+        >>> VerdictResult.not_judged("NO_INSPECTION"), VerdictResult.not_judged("FAIL")
+        (True, False)
+        """
+        return word in (cls.ERROR.value, cls.NO_INSPECTION.value)
 
 
 @dataclass(frozen=True)
@@ -90,12 +109,12 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Assessment:
-    """How far one frame's verdict can be trusted (`inspectd.trust`).
+    """How far one frame's verdict can be trusted (`inspectd.analysis.trust`).
 
     `confidence`: the engine's own 0..1 (U-Net: mean top-two softmax margin; classical: how
     clearly the grey levels split into two populations); None when the engine cannot say.
     `out_of_distribution`: the frame's statistics lie outside the engine's training envelope
-    (`inspectd.ood`); `ood_distance` is how far (1.0 = on the envelope's edge) and
+    (`inspectd.analysis.ood`); `ood_distance` is how far (1.0 = on the envelope's edge) and
     `ood_reasons` names each statistic outside it.
     """
 

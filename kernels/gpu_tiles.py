@@ -1,6 +1,6 @@
 """Tiled U-Net inference around the network, on a CUDA GPU (numba.cuda): cut, feather, blend, argmax.
 
-The device twin of the host steps in ``inspectd.engines.tiling`` and ``contract.normalise``,
+The device twin of the host steps in ``inspectd.analysis.engines.tiling`` and ``contract.normalise``,
 so the U-Net engine can take a frame that is already on the GPU (after the CUDA CLAHE) to a
 class mask there, with only the mask coming back:
 

@@ -1,6 +1,6 @@
 """Guided upsampling + argmax: the last step of the guided U-Net, fused into one pass.
 
-The guided U-Net (``inspectd.unet.model``, ``output_stride`` > 1) returns, per class c, a
+The guided U-Net (``inspectd.training.model``, ``output_stride`` > 1) returns, per class c, a
 coarse pair (a_c, b_c) at 1/stride resolution; the logit of a full-resolution pixel is
 ``a_c + b_c * guide`` with (a, b) upsampled bilinearly and ``guide`` the normalised input
 pixel. Inside the ONNX graph that meant upsampling 6 maps to full resolution and writing
@@ -12,7 +12,7 @@ pixel in vectorised passes and write only the uint8 class: 11 ms on one core, 6 
 Bilinear weights follow ``torch.nn.functional.interpolate(mode="bilinear",
 align_corners=False)`` exactly (half-pixel centres, source index clamped at 0 and at the
 last row/column), and the guide is computed in float32 like
-``inspectd.unet.contract.normalise``, so the class equals the argmax of the logits the net
+``inspectd.analysis.engines.unet_contract.normalise``, so the class equals the argmax of the logits the net
 was trained on (up to float rounding at exact ties).
 """
 

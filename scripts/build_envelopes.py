@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rebuild the shipped out-of-distribution envelopes (`inspectd.ood`) from synthetic frames and real tiles.
+"""Rebuild the shipped out-of-distribution envelopes (`inspectd.analysis.ood`) from synthetic frames and real tiles.
 
     .venv/bin/python scripts/build_envelopes.py            # both envelopes, then the check table
     .venv/bin/python scripts/build_envelopes.py --check    # only the check table, shipped envelopes
@@ -14,12 +14,12 @@ Writes
   bit, every look `vary_realistic` draws, darker-than-matrix particles included: the engine
   runs on real-like frames too) and the real tiles b and c;
 - the `envelope` section of the bundled U-Net's model card (`--card`, default
-  `inspectd/models/` + `inspectd.unet.contract.BUNDLED_CARD`): from the frames that model was
+  `inspectd/models/` + `inspectd.analysis.engines.unet_contract.BUNDLED_CARD`): from the frames that model was
   trained on, regenerated exactly as `scripts/train_bundled_model.sh` drew them (`CARD_RECIPES`:
   for unet-coating-v3 its four `synth_set train` sets and the left 80 % of real tile b, plus
   tile c). A card that does not exist yet (the training run writes it) is skipped with a
   message; a model outside `CARD_RECIPES` gets its envelope from `inspectd export
-  --envelope-images ...` instead (same code: `inspectd.envelopes`).
+  --envelope-images ...` instead (same code: `inspectd.training.envelopes`).
 
 The real tiles (`--real-dir`, default ../shared/samples; left out with a warning where absent)
 are already CLAHE-enhanced exports. Each enters as itself and as its four 3/4-size corner crops,
@@ -48,15 +48,15 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import kernels
+from inspectd.analysis import ood
+from inspectd.analysis.engines.classical import CLASSICAL_ENVELOPE_PATH
+from inspectd.analysis.engines.unet_contract import BUNDLED_CARD
+from inspectd.config import Config, PreprocessConfig
+from inspectd.data import synth
+from inspectd.training.envelopes import photograph_like, statistics_of_frame, statistics_of_images
 
-import kernels  # noqa: E402
-from inspectd import ood, synth  # noqa: E402
-from inspectd.config import Config, PreprocessConfig  # noqa: E402
-from inspectd.engines.classical import CLASSICAL_ENVELOPE_PATH  # noqa: E402
-from inspectd.envelopes import photograph_like, statistics_of_frame, statistics_of_images  # noqa: E402
-from inspectd.unet.contract import BUNDLED_CARD  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("build_envelopes")
 
@@ -207,7 +207,7 @@ def real_statistics(parts: list[RealPart], real_dir: Path, preprocess: Preproces
 def build(recipe: Recipe, real_dir: Path, work: Path, preprocess: PreprocessConfig, what: str) -> dict:
     paths = synthetic_paths(recipe.sets, work / what)
     rows = statistics_of_images(paths, preprocess)
-    sources = [f"{sum(s.n for s in recipe.sets if s.generator == g)} synthetic frames, inspectd.synth {g} "
+    sources = [f"{sum(s.n for s in recipe.sets if s.generator == g)} synthetic frames, inspectd.data.synth {g} "
                "write_dataset(vary=True) as `inspectd synth --generator " + g + " --vary`: "
                + "; ".join(s.describe() for s in recipe.sets if s.generator == g) for g in sorted(recipe.generators)]
     real = [part for part in recipe.real if (real_dir / f"{part.tile}.png").is_file()]
@@ -307,7 +307,7 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="write the envelopes even when a check case fails")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("inspectd.synth").setLevel(logging.WARNING)
+    logging.getLogger("inspectd.data.synth").setLevel(logging.WARNING)
     missing = [name for name in REAL_TILES if not (args.real_dir / f"{name}.png").is_file()]
     if missing:
         logger.warning("real tiles not found in %s, left out: %s", args.real_dir, ", ".join(missing))

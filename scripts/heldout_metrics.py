@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from inspectd.analysis.decode import decode_file
+from inspectd.analysis.engines import unet_contract as contract
+from inspectd.analysis.engines.registry import create_engine
+from inspectd.analysis.preprocess import enhance
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
-from inspectd.decode import decode_file
-from inspectd.engines.registry import create_engine
-from inspectd.preprocess import enhance
+from inspectd.data.labelled import detect_convention, find_pairs, read_mask, to_class_index
 from inspectd.types import CLASS_NAMES
-from inspectd.unet import contract
-from inspectd.unet.data import detect_convention, find_pairs, read_mask, to_class_index
 
 N_CLASSES = contract.N_CLASSES
 

@@ -116,8 +116,8 @@ import cv2
 import numpy as np
 
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
-from inspectd.engines.registry import create_engine
-from inspectd.preprocess import enhance
+from inspectd.analysis.engines.registry import create_engine
+from inspectd.analysis.preprocess import enhance
 from inspectd.types import PORE, UNMELTED
 
 onnx, out, synthetic, tile, label, unlabelled = sys.argv[1:7]

@@ -154,7 +154,7 @@ def adaptive_threshold(img: np.ndarray, block_size: int, offset: float) -> np.nd
 
 
 def regions(mask: np.ndarray, um_per_px: float, min_region_area_px: int) -> list[dict]:
-    """The region table of ``inspectd.measure``, one region at a time from its own pixels.
+    """The region table of ``inspectd.analysis.measure``, one region at a time from its own pixels.
 
     Regions are the 8-connected components of the unmelted (1) then the pore (2) class,
     numbered as ``cv2.connectedComponents`` numbers them; area, bbox, centroid and second

@@ -39,7 +39,7 @@ from typing import Any
 
 from inspectd.durable_files import write_atomically
 from inspectd.errors import InspectdError
-from inspectd.message import utc_iso
+from inspectd.wire.message import utc_iso
 
 logger = logging.getLogger(__name__)
 

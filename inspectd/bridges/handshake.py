@@ -48,14 +48,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
-from inspectd.control import ControlError, ControlTimeoutError, request
+from inspectd.clients.backoff import Backoff
+from inspectd.clients.control import ControlError, ControlTimeoutError, request
+from inspectd.clients.subscribe import VerdictSubscriber
 from inspectd.errors import InspectdError
-from inspectd.sources.trigger import Backoff
-from inspectd.subscribe import VerdictSubscriber
 
 if TYPE_CHECKING:
     from inspectd.bridges.cursor import Cursor
-    from inspectd.curve import CurveClientKeys
+    from inspectd.wire.curve import CurveClientKeys
 
 logger = logging.getLogger(__name__)
 

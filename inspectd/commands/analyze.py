@@ -10,14 +10,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from inspectd import config, fieldstats
-from inspectd.analysis import Analyzer, FrameResult
-from inspectd.decode import decode_file
+from inspectd import config
+from inspectd.analysis import fieldstats
+from inspectd.analysis.analyzer import Analyzer, FrameResult
+from inspectd.analysis.decode import decode_file
+from inspectd.analysis.verdict import error_verdict
 from inspectd.errors import ConfigError, EngineError, ImageDecodeError, KernelResourceError
 from inspectd.escaping import printable
-from inspectd.report import HEADLINE_METRICS, field_stem, result_record, write_field_outputs
+from inspectd.reports.report import HEADLINE_METRICS, field_stem, result_record, write_field_outputs
 from inspectd.types import Frame, VerdictResult
-from inspectd.verdict import error_verdict
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -25,7 +26,6 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "analyze",
-        help="analyse micrograph files and write verdicts, masks, overlays, region tables",
         description="Exit code: 0 all PASS, 1 any FAIL, 2 usage/config error, 3 any ERROR.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, TIFF (8/16-bit, multi-page), BMP or JPEG")
@@ -89,7 +89,7 @@ def _analyse_file(analyzer: Analyzer, path: Path, cfg: config.Config) -> list[tu
     try:
         frames = decode_file(path, max_pixels=cfg.input.max_pixels, max_file_bytes=cfg.input.max_file_bytes)
     except ImageDecodeError as exc:
-        failed = Frame(pixels=None, source=str(path))  # type: ignore[arg-type]
+        failed = Frame(pixels=None, source=str(path))
         return [(FrameResult(failed, error_verdict(exc.reason)), path.stem)]
     return [(analyzer.analyze(frame), field_stem(path.stem, frame.field_index, len(frames))) for frame in frames]
 

@@ -14,14 +14,14 @@ from pathlib import Path
 from inspectd.bridges.cursor import Cursor, CursorError
 from inspectd.bridges.handshake import Bridge
 from inspectd.commands.control_client import add_control_options, curve_client_keys
-from inspectd.publish import DEFAULT_PUBLISH_ENDPOINT
+from inspectd.wire.publish import DEFAULT_PUBLISH_ENDPOINT
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "bridge", help="forward verdicts to a PLC (Modbus TCP or OPC UA) with a new-result/ack handshake",
+        "bridge",
         description="Subscribe to the daemon's verdicts (gaps filled by replay), show them one at a time "
                     "on a PLC with a new-result / acknowledge handshake, and forward PLC triggers to the "
                     "daemon's triggered camera. See the README section 'Integrating with a PLC'.")

@@ -22,7 +22,6 @@ EXIT_OK, EXIT_USAGE = 0, 2
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "build-engine",
-        help="build a TensorRT engine plan from the U-Net ONNX model (needs an NVIDIA GPU and tensorrt)",
         description="Exit code: 0 built, 2 usage error, TensorRT missing, or build error.",
     )
     parser.add_argument("--onnx", default=None, help="ONNX model (default: the bundled unet-coating-v3.onnx)")
@@ -43,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print("inspectd build-engine: --int8 needs --calib DIR (a folder of micrographs)", file=sys.stderr)
         return EXIT_USAGE
     # Imported here: the TensorRT builder module is only needed by this command.
-    from inspectd.engines.unet import bundled_model_path
-    from inspectd.tensorrt_build import BuildOptions, build_engine_plan
+    from inspectd.analysis.engines.unet import bundled_model_path
+    from inspectd.training.tensorrt_build import BuildOptions, build_engine_plan
 
     cfg = config.load(args.config)
     options = BuildOptions(

@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from inspectd.control import DEFAULT_CONTROL_ENDPOINT, ControlError, request
-from inspectd.curve import CurveClientKeys, load_client_keys
+from inspectd.clients.control import DEFAULT_CONTROL_ENDPOINT, ControlError, request
 from inspectd.errors import ConfigError
+from inspectd.wire.curve import CurveClientKeys, load_client_keys
 
 
 def add_control_options(parser: argparse.ArgumentParser, *, control_help: str = "the daemon's control endpoint") -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import cv2
 
-from inspectd import synth
-from inspectd.control import ControlError, request
+from inspectd.clients.control import ControlError, request
+from inspectd.data import synth
 
 # The demo's frames: the v3 generator's default look (large grainy particles with dark
 # outlines in a busy lamellar matrix), raw as a camera delivers them; the bundled U-Net
@@ -33,7 +33,7 @@ DEMO_LOOK = synth.RealisticParams(enhance=False)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("demo", help="run the daemon on generated micrographs and print the verdicts")
+    parser = subparsers.add_parser("demo")
     parser.add_argument("--dir", default="demo", help="working folder, emptied first (default: %(default)s)")
     parser.add_argument("--n", type=int, default=6, help="good samples to generate (default: %(default)s)")
     parser.add_argument("--size", default="1280x960", help="frame size WxH (default: %(default)s)")

@@ -27,10 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from inspectd import config
-from inspectd.engines.registry import create_engine
+from inspectd.analysis.engines.registry import create_engine
 from inspectd.errors import EngineError, ImageDecodeError
 from inspectd.escaping import html_text, markdown_code
-from inspectd.evaluate import (
+from inspectd.reports.evaluate import (
     LABEL_MODE_BINARY,
     EvaluatedImage,
     EvaluationError,
@@ -42,7 +42,7 @@ from inspectd.evaluate import (
     table_rows,
     text_table,
 )
-from inspectd.report import render_overlay, to_display_uint8
+from inspectd.reports.report import render_overlay, to_display_uint8
 from inspectd.types import MELTED, PORE, UNMELTED
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -52,7 +52,6 @@ OVERLAY_MAX_WIDTH_PX = 800
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score engines against labelled micrographs (IoU, Dice, fractions) and write a report",
         description="Masks are matched to images by file stem (<stem>.png or <stem>_mask.png). Masks with only "
         "{0,1} or {0,255} are the seed's binary labels (unmelted vs the rest); masks with 2s are class indices "
         "(0 melted, 1 unmelted, 2 pore). Exit code: 0 done, 2 usage/config/engine/label error.",

@@ -19,7 +19,6 @@ TRAIN_EXTRA_HINT = "pip install torch==2.13.0 && pip install -e '.[train]'"
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export",
-        help="export a U-Net checkpoint to ONNX (dynamic H/W), check it against torch, write a model card",
         description="Fails (exit 3) when ONNX Runtime and torch disagree by 1e-4 or more on a random input.",
     )
     parser.add_argument("--checkpoint", required=True, help="best.pt / last.pt from inspectd train")
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"inspectd export needs torch (the [train] extra): {TRAIN_EXTRA_HINT}", file=sys.stderr)
         return EXIT_USAGE
-    from inspectd.unet.export import export_checkpoint
+    from inspectd.training.export import export_checkpoint
 
     heldout = None
     if args.metrics:

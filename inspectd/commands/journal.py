@@ -25,7 +25,7 @@ EXIT_OK, EXIT_DAMAGED, EXIT_NO_JOURNAL, EXIT_FAILED = 0, 1, 2, 3
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "journal", help="check the verdict journal, or salvage a damaged one",
+        "journal",
         description="Check the verdict journal (<state dir>/journal.sqlite3), or salvage what is readable of a "
                     "damaged one into a new journal with the daemon stopped.")
     actions = parser.add_subparsers(dest="journal_command", metavar="ACTION")
@@ -51,7 +51,7 @@ def _add_location_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here: the CLI builds every command's parser, and these pull in SQLite helpers
     # and the config model only when a journal command actually runs.
-    from inspectd.journal import JOURNAL_FILE
+    from inspectd.daemon.journal import JOURNAL_FILE
 
     path = _state_dir(args) / JOURNAL_FILE
     if args.journal_command == "check":
@@ -68,7 +68,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _check(path: Path, *, full: bool) -> int:
-    from inspectd.journal import JournalError, find_damage, recovery_command
+    from inspectd.daemon.journal import JournalError, find_damage, recovery_command
 
     try:
         problem = find_damage(path, full=full, lock_timeout_s=5.0)
@@ -87,8 +87,8 @@ def _check(path: Path, *, full: bool) -> int:
 
 
 def _recover(path: Path, *, force: bool) -> int:
-    from inspectd.journal import JournalError
-    from inspectd.journal_recovery import recover
+    from inspectd.daemon.journal import JournalError
+    from inspectd.daemon.journal_recovery import recover
 
     if not path.is_file():
         print(f"inspectd journal recover: no journal at {path} (wrong --state-dir?)", file=sys.stderr)

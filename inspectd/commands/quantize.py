@@ -21,9 +21,8 @@ EXIT_OK, EXIT_USAGE, EXIT_ERROR = 0, 2, 3
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "quantize",
-        help="int8-quantise an ONNX U-Net for the CPU (ONNX Runtime static quantisation), checked against fp32",
         description="Fails (exit 3) when the int8 model's masks disagree with the fp32 model's on more than "
-                    "2 %% of the pixels of the first calibration frames (inspectd.unet.quantize.MIN_AGREEMENT).",
+                    "2 %% of the pixels of the first calibration frames (inspectd.training.quantize.MIN_AGREEMENT).",
     )
     parser.add_argument("--onnx", required=True, help="the fp32 model (e.g. from inspectd export)")
     parser.add_argument("--calib", required=True, help="folder of micrographs to draw calibration tiles from")
@@ -38,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from inspectd.unet.quantize import DEFAULT_TILE_PX, DEFAULT_TILES, quantize_model
+    from inspectd.training.quantize import DEFAULT_TILE_PX, DEFAULT_TILES, quantize_model
 
     try:
         cfg = config.load(args.config)

@@ -14,7 +14,7 @@ EXIT_RELOADED, EXIT_REFUSED, EXIT_NO_ANSWER = 0, 2, 3
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("reload", help="make a running daemon re-read the rules from its config file")
+    parser = subparsers.add_parser("reload")
     add_control_options(parser)
     parser.add_argument("--timeout-s", type=float, default=5.0, metavar="S", help="wait this long for an answer")
     return parser

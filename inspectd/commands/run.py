@@ -1,19 +1,20 @@
-"""`inspectd run`: the inspection daemon (systemd service `inspectd.service`)."""
+"""`inspectd run`: the inspection daemon (systemd service `inspectd.daemon.service`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from inspectd import config, logs
-from inspectd.app import Daemon
+from inspectd import config
 from inspectd.config import FolderSourceConfig
+from inspectd.daemon import logs
+from inspectd.daemon.app import Daemon
 from inspectd.errors import InspectdError, PermanentError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "run", help="run the inspection daemon",
+        "run",
         description="Flags override the config file; with --watch alone it runs on the built-in defaults.",
     )
     parser.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")

@@ -6,12 +6,12 @@ import argparse
 import signal
 import threading
 
-from inspectd import subscribe
+from inspectd.clients import subscribe
 from inspectd.commands.control_client import add_control_options, curve_client_keys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("subscribe", help="print verdicts as they are published; fills gaps by replay")
+    parser = subparsers.add_parser("subscribe")
     parser.add_argument("--endpoint", default="tcp://127.0.0.1:5556", help="PUB endpoint (default: %(default)s)")
     add_control_options(parser, control_help="control endpoint used for replay")
     parser.add_argument("--from-seq", type=int, default=None, metavar="N",

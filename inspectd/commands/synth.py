@@ -2,7 +2,7 @@
 synthetic frames with real ones (`--compare REAL...`).
 
 Generators: `--generator v3` (default; large grainy particles in a streaky lamellar matrix,
-`inspectd/synth/realistic.py`) or `v2` (the generator the bundled model was trained on;
+`inspectd/data/synth/realistic.py`) or `v2` (the generator the bundled model was trained on;
 pass it to reproduce older data sets). `--vary` draws each frame's parameters.
 """
 
@@ -12,8 +12,8 @@ import argparse
 import dataclasses
 import sys
 
-from inspectd import synth
-from inspectd.decode import decode_file
+from inspectd.analysis.decode import decode_file
+from inspectd.data import synth
 from inspectd.errors import ImageDecodeError
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -37,7 +37,6 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "synth",
-        help="generate synthetic micrographs with class-index masks, or compare them with real ones",
         description="Write N synthetic frames with masks and sidecar JSON (--out), or, with "
                     "--compare REAL..., print how far v2 and v3 frames are from real micrographs.",
     )
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from inspectd.synth import compare
+    from inspectd.data.synth import compare
 
     n = DEFAULT_COMPARE_N if args.n is None else args.n
     if n < 1:

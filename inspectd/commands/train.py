@@ -46,7 +46,6 @@ def _oversample(text: str) -> tuple[str, float]:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
-        help="train the U-Net on image + mask pairs (writes best.pt, last.pt, history.json, curve.png)",
         description="Masks are matched to images by file stem; class indices {0,1,2}, binary {0,1} "
         "(1 = unmelted) and {0,255} (255 = unmelted) are detected automatically. The split into "
         "training and validation images is made before augmentation.",
@@ -138,12 +137,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     from tqdm import tqdm
 
+    from inspectd.data.labelled import find_pairs
     from inspectd.errors import ConfigError, EngineError
-    from inspectd.unet.augment import AugmentSettings
-    from inspectd.unet.data import find_pairs
-    from inspectd.unet.model import DEFAULT_WIDTHS
-    from inspectd.unet.release import write_model
-    from inspectd.unet.train import TrainSettings, format_metric, train
+    from inspectd.training.augment import AugmentSettings
+    from inspectd.training.model import DEFAULT_WIDTHS
+    from inspectd.training.release import write_model
+    from inspectd.training.train import TrainSettings, format_metric, train
 
     try:
         cfg = config.load(args.config)
@@ -192,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _init_model(init: str | None) -> Path | None:
     """--init: None, the bundled fp32 file for 'bundled', else an existing .onnx path."""
-    from inspectd.engines.unet import bundled_model_path
+    from inspectd.analysis.engines.unet import bundled_model_path
     from inspectd.errors import ConfigError
 
     if init is None:

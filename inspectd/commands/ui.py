@@ -15,8 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
-from inspectd import config, logs
+from inspectd import config
 from inspectd.commands.run import one_line
+from inspectd.daemon import logs
 from inspectd.errors import ConfigError, InspectdError, PermanentError
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -25,7 +26,7 @@ EXIT_STOPPED, EXIT_START_FAILED, EXIT_USAGE = 0, 1, 2
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "ui", help="serve the web UI over an existing state dir (no daemon)",
+        "ui",
         description="The station web UI over a state dir's journal, without running the daemon.",
     )
     parser.add_argument("--state-dir", required=True, metavar="DIR", help="the state dir (holds journal.sqlite3)")

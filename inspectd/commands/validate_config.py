@@ -13,7 +13,7 @@ from inspectd import config
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("validate-config", help="validate a config file and exit (0 valid, 2 invalid)")
+    parser = subparsers.add_parser("validate-config")
     parser.add_argument("config", help="path of the YAML config file")
     return parser
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -471,3 +471,16 @@ class FrameSource(abc.ABC):
     def _on_item_dropped(self, item: SourceItem) -> None:
         """Hook for drop-oldest buffers (a subclass may override to answer a trigger)."""
         logger.debug("source %s: dropped %s (buffer full)", self.source_id, item.source)
+
+
+class FileKey(NamedTuple):
+    """The journal's identity of a file: its path as shown plus its content hash (for an
+    entry without readable content, `Entry.entry_id`)."""
+
+    path: str
+    sha256: str
+
+
+# The daemon's journal lookup, handed to sources that must not deliver a file twice. Falsy: never processed. An ItemOutcome (or any other truthy
+# value, taken as OK): processed before; the source only finishes the interrupted move.
+IsDone = Callable[[FileKey], Any]

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import numpy as np
 import zmq
 
+from inspectd.clients.backoff import Backoff
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import (
     FrameSource,
@@ -52,7 +53,6 @@ from inspectd.sources.base import (
 )
 from inspectd.sources.trigger import (
     DEFAULT_TRIGGER_ENDPOINT,
-    Backoff,
     Trigger,
     TriggerServer,
     no_inspection_item,

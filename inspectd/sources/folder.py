@@ -56,11 +56,11 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
@@ -68,7 +68,9 @@ from watchdog.observers.polling import PollingObserverVFS
 
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import (
+    FileKey,
     FrameSource,
+    IsDone,
     ItemOutcome,
     Severity,
     SourceItem,
@@ -133,19 +135,6 @@ _READ_RETRY_S = 0.25  # at least this long between two tries
 # events may be missing: open-for-write flags are ignored for this long.
 _OVERFLOW_DISTRUST_S = 30.0
 _REPLAYED_QUARANTINE = "journaled as quarantined before a restart; see the journal for the reason"
-
-
-class FileKey(NamedTuple):
-    """The journal's identity of a file: its path as shown plus its content hash (for an
-    entry without readable content, `Entry.entry_id`)."""
-
-    path: str
-    sha256: str
-
-
-# The daemon's journal lookup. Falsy: never processed. An ItemOutcome (or any other truthy
-# value, taken as OK): processed before; the source only finishes the interrupted move.
-IsDone = Callable[[FileKey], Any]
 
 
 @dataclass

@@ -39,11 +39,11 @@ from inspectd.errors import SourceConnectionError
 from inspectd.sources.base import (
     SourceItem,
 )
+from inspectd.types import VerdictResult
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRIGGER_ENDPOINT = "tcp://127.0.0.1:5560"
-NO_INSPECTION = "NO_INSPECTION"
 
 
 @dataclass(frozen=True)
@@ -55,32 +55,6 @@ class Trigger:
     received_time: datetime
     received_monotonic: float
     fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-class Backoff:
-    """Reconnect delays: `initial_s`, then doubling, capped at `max_s`; `reset()` on success.
-
-    >>> b = Backoff(0.5, 3.0)
-    >>> [b.next() for _ in range(5)]
-    [0.5, 1.0, 2.0, 3.0, 3.0]
-    """
-
-    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0) -> None:
-        if initial_s <= 0 or max_s < initial_s or factor < 1:
-            msg = f"bad backoff: initial_s={initial_s}, max_s={max_s}, factor={factor}"
-            raise ValueError(msg)
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.factor = factor
-        self._next = initial_s
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * self.factor, self.max_s)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial_s
 
 
 class TriggerServer:
@@ -252,9 +226,9 @@ def no_inspection_item(
         capture_time=trig.received_time,
         sha256="",
         part_id=trig.part_id,
-        error=f"{NO_INSPECTION}: {reason}: {detail}",
+        error=f"{VerdictResult.NO_INSPECTION.value}: {reason}: {detail}",
         metadata={
-            "outcome": NO_INSPECTION,
+            "outcome": VerdictResult.NO_INSPECTION.value,
             "no_inspection_reason": reason,
             "trigger_id": trig.trigger_id,
             "trigger": dict(trig.fields),

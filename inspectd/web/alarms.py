@@ -8,7 +8,7 @@ drifts, and the baseline frames may later be pruned from the journal.
 `AlarmMonitor` runs inside the daemon (`inspectd run`) on a thread of its own. Every
 `interval_s` it reads the frames journaled since its last look, read-only through
 `JournalReader` (never the daemon's own connection, never a lock), evaluates the rules of
-`inspectd.spc` over the recent points of each watched metric, and publishes each new break
+`inspectd.reports.spc` over the recent points of each watched metric, and publishes each new break
 once on `alarm.<station>` through the daemon's publisher (`message.build_alarm_message`).
 It is never on the pipeline's path: a slow look at the journal delays an alarm, never a
 verdict. A break that goes on over more frames (a run of 12 where 9 are enough) is the same
@@ -22,7 +22,7 @@ with the same saved limits, and nothing is published.
 
 Example:
     >>> import tempfile
-    >>> from inspectd.spc import ControlLimits
+    >>> from inspectd.reports.spc import ControlLimits
     >>> ui_dir = Path(tempfile.mkdtemp())
     >>> saved = SpcSettings(rule_set="nelson", baseline_first_seq=1, baseline_last_seq=20, baseline_epoch=7,
     ...                     limits={"porosity_pct": ControlLimits(1.0, 0.1, 0.1128, 20)},
@@ -45,11 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inspectd.daemon.journal import JOURNAL_FILE
 from inspectd.durable_files import write_atomically
 from inspectd.errors import InspectdError
-from inspectd.journal import JOURNAL_FILE
-from inspectd.message import build_alarm_message, finite_or_none, utc_iso
-from inspectd.spc import (
+from inspectd.reports.spc import (
     RULE_NAMES,
     RULE_SETS,
     ControlLimits,
@@ -59,6 +58,7 @@ from inspectd.spc import (
 )
 from inspectd.web.context import UI_DIR
 from inspectd.web.journal_reader import MAX_ROWS, JournalReader, JournalUnreadableError
+from inspectd.wire.message import build_alarm_message, finite_or_none, utc_iso
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Routes (the interface; keep them as they are):
   region rows (all of them are in the downloads), `overlay` its overlay as the shared
   `GET /api/frames/<key>/overlay.png` serves it and `review` its Review page;
 - `GET /api/analyze/<id>` that answer again (the page shows `?id=<id>` after a reload);
-- `GET /api/analyze/<id>.xlsx`, `GET /api/analyze/<id>.csv` the downloads (`inspectd.workbook`);
+- `GET /api/analyze/<id>.xlsx`, `GET /api/analyze/<id>.csv` the downloads (`inspectd.reports.workbook`);
 - `GET /api/analyze/limits` what an upload may be, for the page to say so.
 
 Why it is built this way:
@@ -56,9 +56,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from inspectd.analysis import Analyzer, FrameResult
+from inspectd.analysis.analyzer import Analyzer, FrameResult
+from inspectd.analysis.decode import decode_bytes
 from inspectd.config import Config
-from inspectd.decode import decode_bytes
 from inspectd.errors import (
     ConfigError,
     EngineError,
@@ -67,12 +67,18 @@ from inspectd.errors import (
     KernelResourceError,
 )
 from inspectd.escaping import printable
-from inspectd.report import field_stem, render_overlay, result_record, to_display_uint8
+from inspectd.reports.report import field_stem, render_overlay, result_record, to_display_uint8
+from inspectd.reports.workbook import (
+    ExportField,
+    region_rows,
+    sample_statistics,
+    write_csv,
+    write_xlsx,
+)
 from inspectd.types import Frame
 from inspectd.web.context import WebContext
 from inspectd.web.frame_store import FrameStore
 from inspectd.web.routing import static_page
-from inspectd.workbook import ExportField, region_rows, sample_statistics, write_csv, write_xlsx
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inspectd.config import Config
-from inspectd.journal import JOURNAL_FILE
+from inspectd.daemon.journal import JOURNAL_FILE
 from inspectd.web.auth import AccessGuard
 from inspectd.web.frame_store import FrameStore
 from inspectd.web.journal_reader import JournalReader
 
 if TYPE_CHECKING:
-    from inspectd.app import Daemon
+    from inspectd.daemon.app import Daemon
 
 UI_DIR = "ui"  # under the state dir: overlays, uploads, labels of the web UI
 

@@ -8,7 +8,7 @@ Why it is built this way:
 - One run at a time; it reads a copy of the labelled set (`LabelledSet.snapshot`), so
   fields saved meanwhile wait for the next run.
 - Progress is read from the training's own output (the per-epoch bar and the epoch lines).
-- Scores are IoU per class (`inspectd.evaluate`, pooled over the pixels) of the model the
+- Scores are IoU per class (`inspectd.reports.evaluate`, pooled over the pixels) of the model the
   station runs now ("before") and of the new one ("after"), on the held-out fields only:
   fields neither model was trained on. With masks without pores, evaluate compares
   unmelted against the rest (its "binary" mode) and the page says so.
@@ -45,10 +45,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from inspectd.analysis.engines.unet import BUNDLED_MODELS_DIR, file_sha256
 from inspectd.config import Config
-from inspectd.engines.unet import BUNDLED_MODELS_DIR, file_sha256
+from inspectd.data.labelled_set import HELDOUT, TRAIN, LabelledSet
 from inspectd.errors import InspectdError
-from inspectd.labelled_set import HELDOUT, TRAIN, LabelledSet
 from inspectd.types import CLASS_NAMES
 from inspectd.web.context import WebContext
 

@@ -7,7 +7,7 @@ past a reader's snapshot) and a read-write one could take locks. Each call opens
 loop), so a slow query cannot stall the pipeline or the other pages.
 
     >>> import tempfile, os
-    >>> from inspectd.journal import Journal
+    >>> from inspectd.daemon.journal import Journal
     >>> path = os.path.join(tempfile.mkdtemp(), "journal.sqlite3")
     >>> journal = Journal(path)
     >>> _ = journal.commit({"station": "s1", "verdict": "PASS"}, None)

@@ -11,7 +11,7 @@ the stream is ended; the others read on. Where the events come from:
 - under `inspectd run --http`, `LiveFeed.observe` is a pipeline observer: on the publish
   thread it only appends the message to the ring and the frame to a short render queue
   (drop-oldest, `RENDER_QUEUE` frames), and returns. A thread of its own renders the overlay
-  (`inspectd.report.render_overlay`, the same picture as `inspectd analyze`) and writes the
+  (`inspectd.reports.report.render_overlay`, the same picture as `inspectd analyze`) and writes the
   frame's entry `seq-<N>` to the `FrameStore`, then announces it as a `frame` event;
 - under `inspectd ui` (no daemon), one thread tails the journal by seq every `TAIL_EVERY_S`
   for all browsers together.
@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inspectd.commands.status import describe, health_problems
-from inspectd.message import utc_iso
-from inspectd.report import render_overlay, to_display_uint8
+from inspectd.clients.health import describe, health_problems
+from inspectd.reports.report import render_overlay, to_display_uint8
 from inspectd.web.journal_reader import JournalUnreadableError
+from inspectd.wire.message import utc_iso
 
 if TYPE_CHECKING:
-    from inspectd.analysis import FrameResult
+    from inspectd.analysis.analyzer import FrameResult
     from inspectd.config import Config
     from inspectd.web.context import WebContext
 

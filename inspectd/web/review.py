@@ -11,7 +11,7 @@ frame under its mask, brush / fill / undo / zoom, and Save. Its API:
 - `POST /api/review/labels/<key>` body: the corrected mask as a PNG of class indices
   (`Content-Type: image/png`, the frame's size, values 0/1/2 only; anything else is a 400
   saying what is wrong). The frame's decoded pixels (`image.png`) and the mask go into the
-  labelled set (`inspectd.labelled_set`, under `<state dir>/ui/labels/`);
+  labelled set (`inspectd.data.labelled_set`, under `<state dir>/ui/labels/`);
 - `GET /api/review/labels` the labelled fields and the folders `inspectd train` reads;
 - `POST /api/review/labels/<key>/held-out` `{"held_out": true|false}`; `DELETE /api/review/labels/<key>`.
 
@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from inspectd.labelled_set import LabelError, LabelledSet, decode_mask_png
-from inspectd.preprocess import enhance
-from inspectd.report import to_display_uint8
+from inspectd.analysis.preprocess import enhance
+from inspectd.data.labelled_set import LabelError, LabelledSet, decode_mask_png
+from inspectd.reports.report import to_display_uint8
 from inspectd.web import finetune
 from inspectd.web.context import WebContext
 from inspectd.web.frame_store import UnknownFrameError, check_key
@@ -159,7 +159,7 @@ class _Review:
         return await run_in_threadpool(self._label_list)
 
     def _label_list(self) -> dict[str, Any]:
-        from inspectd.labelled_set import HELDOUT, HOLD_OUT_EVERY, TRAIN
+        from inspectd.data.labelled_set import HELDOUT, HOLD_OUT_EVERY, TRAIN
 
         folders = {split: {"images": str(self.labels.folders(split)[0]), "masks": str(self.labels.folders(split)[1])}
                    for split in (TRAIN, HELDOUT)}

@@ -16,7 +16,7 @@ Routes:
   `alarm.<station>`, or, under `inspectd ui`, the breaks the saved settings find in the
   journal's latest frames (shown only: nothing is published without the daemon).
 
-Every number comes from `inspectd.spc` (the same functions the monitor uses); the journal is
+Every number comes from `inspectd.reports.spc` (the same functions the monitor uses); the journal is
 read read-only on a worker thread, never on the event loop.
 """
 
@@ -30,8 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from inspectd.message import topic, unit_for
-from inspectd.spc import (
+from inspectd.reports.spc import (
     RULE_NAMES,
     RULE_SETS,
     BaselineError,
@@ -56,6 +55,7 @@ from inspectd.web.alarms import (
 from inspectd.web.context import WebContext
 from inspectd.web.journal_reader import MAX_ROWS, JournalUnreadableError
 from inspectd.web.routing import BadRequest, query_int, read_bounded_body, static_page
+from inspectd.wire.message import topic, unit_for
 
 DEFAULT_LAST = 500
 PROVISIONAL_BASELINE_POINTS = 20

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from inspectd import cli, synth
+from inspectd import cli
+from inspectd.data import synth
 
 ALWAYS_PASS = """
 rules:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from inspectd import decode as decode_module
-from inspectd.decode import MIN_SIDE_PX, decode_bytes, decode_file
+from inspectd.analysis import decode as decode_module
+from inspectd.analysis.decode import MIN_SIDE_PX, decode_bytes, decode_file
 from inspectd.errors import ImageDecodeError, ImageTooLargeError
 
 # ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspectd.decode import MIN_SIDE_PX, decode_bytes
+from inspectd.analysis.decode import MIN_SIDE_PX, decode_bytes
 from inspectd.errors import ImageDecodeError
 
 # Small limits keep a mutated header from asking for a big (but allowed) allocation.

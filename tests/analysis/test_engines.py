@@ -1,6 +1,6 @@
 """Segmentation engines: the registry, the shared interface, and the classical engine's accuracy.
 
-Accuracy floors are measured on synthetic frames (`inspectd.synth`, 512x512, seeds 300-302,
+Accuracy floors are measured on synthetic frames (`inspectd.data.synth`, 512x512, seeds 300-302,
 CLAHE as in the pipeline) and set with a margin below what the engine reached when written:
 
     threshold: otsu                    IoU pore 0.58-0.66, porosity error +0.3..+0.6 points,
@@ -25,18 +25,18 @@ import cv2
 import numpy as np
 import pytest
 
+from inspectd.analysis.engines import ENGINES, SegmentationEngine, create_engine
+from inspectd.analysis.engines.classical import ClassicalEngine, upper_otsu_threshold
+from inspectd.analysis.engines.registry import build_registry, import_plugins
+from inspectd.analysis.preprocess import enhance
 from inspectd.config import (
     ClassicalConfig,
     PreprocessConfig,
     SegmentConfig,
     SlicConfig,
 )
-from inspectd.engines import ENGINES, SegmentationEngine, create_engine
-from inspectd.engines.classical import ClassicalEngine, upper_otsu_threshold
-from inspectd.engines.registry import build_registry, import_plugins
+from inspectd.data.synth import SynthParams, generate
 from inspectd.errors import EngineError
-from inspectd.preprocess import enhance
-from inspectd.synth import SynthParams, generate
 from inspectd.types import MELTED, PORE, UNMELTED
 
 SYNTH_SEEDS = (300, 301, 302)
@@ -117,7 +117,7 @@ def test_plugin_with_missing_runtime_is_logged_and_skipped(tmp_path, monkeypatch
     (package / "broken.py").write_text("import a_runtime_that_is_not_installed_xyz\n")
     (package / "working.py").write_text(textwrap.dedent("""
         import numpy as np
-        from inspectd.engines.base import SegmentationEngine
+        from inspectd.analysis.engines.base import SegmentationEngine
 
         class ZeroEngine(SegmentationEngine):
             KEY = "zero-test-engine"
@@ -129,7 +129,7 @@ def test_plugin_with_missing_runtime_is_logged_and_skipped(tmp_path, monkeypatch
     import fake_engine_plugins
 
     try:
-        with caplog.at_level(logging.WARNING, logger="inspectd.engines.registry"):
+        with caplog.at_level(logging.WARNING, logger="inspectd.analysis.engines.registry"):
             failures = import_plugins(fake_engine_plugins)
         assert list(failures) == ["broken"]
         assert "a_runtime_that_is_not_installed_xyz" in failures["broken"]
@@ -322,7 +322,7 @@ def test_real_tile_gives_a_plausible_mask(real_tile_path):
 
 
 def test_dark_is_strictly_below_the_level_for_8_and_16_bit_frames():
-    from inspectd.engines.classical import _dark
+    from inspectd.analysis.engines.classical import _dark
 
     for dtype, top in ((np.uint8, 255), (np.uint16, 65535)):
         image = np.linspace(0, top, 300).astype(dtype).reshape(15, 20)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from inspectd.fieldstats import FRACTION_METRICS, FieldStat, summarize_fields
+from inspectd.analysis.fieldstats import FRACTION_METRICS, FieldStat, summarize_fields
 
 
 def test_five_fields_against_hand_computed_values():

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from inspectd.analysis.measure import measure, shannon_entropy_bits
 from inspectd.config import RULE_METRICS
-from inspectd.measure import measure, shannon_entropy_bits
 from inspectd.types import MELTED, PORE, UNMELTED
 
 
@@ -279,7 +279,7 @@ def test_region_inside_a_hole_of_its_own_class_is_measured_like_a_lone_one():
 
 
 def test_every_label_gets_the_contour_its_bbox_crop_would_give():
-    from inspectd import measure as measure_module
+    from inspectd.analysis import measure as measure_module
 
     for mask in _random_masks():
         class_mask = (mask == UNMELTED).view(np.uint8)

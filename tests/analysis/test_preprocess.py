@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import kernels
+from inspectd.analysis.preprocess import enhance, looks_enhanced, needs_clahe
 from inspectd.config import PreprocessConfig
-from inspectd.preprocess import enhance, looks_enhanced, needs_clahe
-from inspectd.synth import SynthParams, generate
+from inspectd.data.synth import SynthParams, generate
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from inspectd import config
-from inspectd.analysis import Analyzer
-from inspectd.preprocess import looks_enhanced
+from inspectd.analysis.analyzer import Analyzer
+from inspectd.analysis.preprocess import looks_enhanced
 from inspectd.types import UNMELTED, Frame
 
 PLAIN_OTSU_IOU = 0.79

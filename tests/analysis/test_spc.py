@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from inspectd.fieldstats import summarize_fields
-from inspectd.spc import (
+from inspectd.analysis.fieldstats import summarize_fields
+from inspectd.reports.spc import (
     NELSON,
     RULE_NAMES,
     WESTERN_ELECTRIC,

@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd import cli, synth
+from inspectd import cli
+from inspectd.data import synth
+from inspectd.data.synth import compare
 from inspectd.errors import ConfigError
-from inspectd.synth import compare
 from inspectd.types import MELTED, PORE, UNMELTED
 from tests.analysis.test_synth import assert_truth_counted_on_mask, class_fractions_pct
 from tests.conftest import SHARED_SAMPLES
@@ -178,7 +179,7 @@ def test_write_dataset_v3_files_and_sidecars_rebuild_each_sample(tmp_path):
     drawn = []
     for image_path in paths:
         sidecar = json.loads(image_path.with_suffix(".json").read_text())
-        assert sidecar["generator"] == "inspectd.synth.v3" and sidecar["generator_version"] == "3"
+        assert sidecar["generator"] == "inspectd.data.synth.v3" and sidecar["generator_version"] == "3"
         assert sidecar["mask"] == f"{image_path.stem}_mask.png" and sidecar["dataset_seed"] == 21
         image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
         mask = cv2.imread(str(tmp_path / sidecar["mask"]), cv2.IMREAD_UNCHANGED)

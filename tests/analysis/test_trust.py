@@ -21,15 +21,16 @@ import numpy as np
 import pytest
 
 from inspectd import config as config_module
-from inspectd import ood, synth
-from inspectd.analysis import Analyzer
+from inspectd.analysis import ood
+from inspectd.analysis.analyzer import Analyzer
+from inspectd.analysis.engines.base import SegmentationEngine
+from inspectd.analysis.engines.registry import create_engine
+from inspectd.analysis.preprocess import enhance
+from inspectd.analysis.trust import FrameAssessor
 from inspectd.config import OodConfig, PreprocessConfig, SegmentConfig
-from inspectd.engines.base import SegmentationEngine
-from inspectd.engines.registry import create_engine
-from inspectd.envelopes import photograph_like, statistics_of_images
+from inspectd.data import synth
 from inspectd.errors import ConfigError
-from inspectd.preprocess import enhance
-from inspectd.trust import FrameAssessor
+from inspectd.training.envelopes import photograph_like, statistics_of_images
 from inspectd.types import Frame, VerdictResult
 from tests.conftest import SHARED_SAMPLES
 
@@ -272,7 +273,7 @@ def test_an_engine_without_an_envelope_falls_back_to_the_classical_one_with_a_wa
         def forward(self, prepared):
             return np.zeros(prepared.shape, np.uint8)
 
-    with caplog.at_level(logging.WARNING, logger="inspectd.trust"):
+    with caplog.at_level(logging.WARNING, logger="inspectd.analysis.trust"):
         assessor = FrameAssessor(CardlessEngine(SegmentConfig()), OodConfig())
     assert assessor.envelope_origin.endswith("classical-envelope.json")
     assert "no training envelope" in caplog.text

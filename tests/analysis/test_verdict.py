@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from inspectd.analysis.verdict import decide, error_verdict
 from inspectd.config import Rule
 from inspectd.types import FailedRule, Measurements, VerdictResult
-from inspectd.verdict import decide, error_verdict
 
 
 def _rule(op: str, limit: float, metric: str = "porosity_pct") -> Rule:

@@ -8,12 +8,11 @@ import openpyxl
 import pytest
 
 from inspectd import config
-from inspectd.analysis import Analyzer, FrameResult
-from inspectd.report import result_record
-from inspectd.synth import generate_v3
-from inspectd.types import Frame
-from inspectd.verdict import error_verdict
-from inspectd.workbook import (
+from inspectd.analysis.analyzer import Analyzer, FrameResult
+from inspectd.analysis.verdict import error_verdict
+from inspectd.data.synth import generate_v3
+from inspectd.reports.report import result_record
+from inspectd.reports.workbook import (
     FRAMES_TABLE,
     REGION_COLUMNS,
     REGIONS_TABLE,
@@ -25,6 +24,7 @@ from inspectd.workbook import (
     write_csv,
     write_xlsx,
 )
+from inspectd.types import Frame
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-
-from inspectd import cli
-from inspectd.benchmark import (
+from inspectd_bench import (
     accuracy,
     machine,
     memory_source,
@@ -33,7 +31,9 @@ from inspectd.benchmark import (
     station,
     throughput,
 )
-from inspectd.engines.unet import bundled_model_path
+
+from inspectd import cli
+from inspectd.analysis.engines.unet import bundled_model_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HAS_ONNX = importlib.util.find_spec("onnx") is not None

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from inspectd import synth
 from inspectd.bridges.cursor import Cursor
 from inspectd.bridges.handshake import Bridge
 from inspectd.bridges.modbus import ModbusBus
 from inspectd.cli import main
+from inspectd.data import synth
 from tests.bridges.conftest import PlcProgram, wait_for
 from tests.daemon.daemon_process import DaemonProcess
 

@@ -11,8 +11,8 @@ pytest.importorskip("pymodbus", reason="the Modbus bridge tests need pymodbus (t
 
 from inspectd.bridges.handshake import StatusBit
 from inspectd.bridges.registermap import RegisterMap
-from inspectd.message import build_error_message
 from inspectd.sources.trigger import TriggerServer
+from inspectd.wire.message import build_error_message
 from tests.bridges.conftest import ModbusPlcServer, PlcProgram, wait_for
 from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint
 

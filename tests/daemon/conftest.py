@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import zmq
 
-from inspectd.control import ControlServer, replay_handler
-from inspectd.journal import Journal
-from inspectd.message import build_verdict_message, decode, validate
-from inspectd.publish import Publisher
+from inspectd.daemon.control_server import ControlServer, replay_handler
+from inspectd.daemon.journal import Journal
 from inspectd.sources.base import StatusUpdate
 from inspectd.types import Assessment
+from inspectd.wire.message import build_verdict_message, decode, validate
+from inspectd.wire.publish import Publisher
 
 STATION = "test-station"
 SHA = "ab" * 32

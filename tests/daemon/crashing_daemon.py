@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from inspectd import cli
-from inspectd.pipeline import Pipeline
+from inspectd.daemon.pipeline import Pipeline
 
 FAULT = "injected analysis fault"
 

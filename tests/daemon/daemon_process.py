@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from inspectd.control import ControlError, request
+from inspectd.clients.control import ControlError, request
 from tests.daemon.conftest import free_tcp_endpoint
 
 

@@ -9,9 +9,9 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from inspectd import config
-from inspectd.app import PRUNE_EVERY_S, PRUNE_RETRY_S, Daemon
-from inspectd.error_topic import ErrorReporter
-from inspectd.journal import Journal
+from inspectd.daemon.app import PRUNE_EVERY_S, PRUNE_RETRY_S, Daemon
+from inspectd.daemon.error_topic import ErrorReporter
+from inspectd.daemon.journal import Journal
 
 
 def test_retention_on_a_locked_journal_is_reported_and_retried_soon_never_raised(tmp_path) -> None:

@@ -7,16 +7,10 @@ import threading
 import pytest
 import zmq
 
-from inspectd.control import (
-    ControlError,
-    ControlServer,
-    ControlTimeoutError,
-    EndpointBindError,
-    replay_handler,
-    request,
-)
-from inspectd.journal import Journal
-from inspectd.message import validate
+from inspectd.clients.control import ControlError, ControlTimeoutError, request
+from inspectd.daemon.control_server import ControlServer, EndpointBindError, replay_handler
+from inspectd.daemon.journal import Journal
+from inspectd.wire.message import validate
 from tests.daemon.conftest import free_tcp_endpoint, make_draft
 
 

@@ -8,12 +8,13 @@ import pytest
 import zmq
 import zmq.auth
 
-from inspectd.control import ControlServer, ControlTimeoutError, replay_handler, request
-from inspectd.curve import CurveClientKeys, CurveServer, load_client_keys, load_server_keys
+from inspectd.clients.control import ControlTimeoutError, request
+from inspectd.clients.subscribe import VerdictSubscriber
+from inspectd.daemon.control_server import ControlServer, replay_handler
+from inspectd.daemon.journal import Journal
 from inspectd.errors import ConfigError
-from inspectd.journal import Journal
-from inspectd.publish import Publisher
-from inspectd.subscribe import VerdictSubscriber
+from inspectd.wire.curve import CurveClientKeys, CurveServer, load_client_keys, load_server_keys
+from inspectd.wire.publish import Publisher
 from tests.daemon.conftest import STATION, make_draft, recv_messages, wait_for
 
 

@@ -16,10 +16,10 @@ import cv2
 import pytest
 import zmq
 
-from inspectd import synth
-from inspectd.control import request
-from inspectd.message import decode, validate
-from inspectd.subscribe import VerdictSubscriber
+from inspectd.clients.control import request
+from inspectd.clients.subscribe import VerdictSubscriber
+from inspectd.data import synth
+from inspectd.wire.message import decode, validate
 from tests.daemon.conftest import drop_files, free_tcp_endpoint
 from tests.daemon.daemon_process import DaemonProcess
 
@@ -361,7 +361,7 @@ def test_stalled_subscriber_does_not_stall_the_pipeline(tmp_path, micrographs) -
 
 def test_threading_layer_is_thread_safe() -> None:
     # In a fresh process: numba fixes its layer at the first parallel launch.
-    code = ("import numpy as np, numba, kernels; from inspectd.analysis import choose_threading_layer; "
+    code = ("import numpy as np, numba, kernels; from inspectd.analysis.analyzer import choose_threading_layer; "
             "choose_threading_layer(); kernels.clahe(np.zeros((64, 64), np.uint8)); print(numba.threading_layer())")
     layer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert layer.stdout.strip() in ("tbb", "omp")

@@ -6,8 +6,8 @@ import time
 
 import zmq
 
-from inspectd.message import decode, validate
-from inspectd.subscribe import VerdictSubscriber
+from inspectd.clients.subscribe import VerdictSubscriber
+from inspectd.wire.message import decode, validate
 from tests.daemon.conftest import free_tcp_endpoint
 from tests.daemon.daemon_process import DaemonProcess
 from tests.daemon.test_source_aravis import FakeCamera, needs_fake_camera

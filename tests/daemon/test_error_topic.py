@@ -6,10 +6,10 @@ from datetime import datetime, timezone
 
 import zmq
 
-from inspectd.error_topic import EVENTS_WITH_A_VERDICT, ErrorReporter, describe
-from inspectd.message import validate
-from inspectd.publish import Publisher
+from inspectd.daemon.error_topic import EVENTS_WITH_A_VERDICT, ErrorReporter, describe
 from inspectd.sources.base import Severity, StatusUpdate
+from inspectd.wire.message import validate
+from inspectd.wire.publish import Publisher
 from tests.daemon.conftest import recv_messages
 
 

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inspectd.bridges.opcua import result_values
-from inspectd.commands.status import describe
+from inspectd.clients.health import describe
+from inspectd.daemon.logs import ConsoleFormatter, LogfmtFormatter
 from inspectd.escaping import csv_cell, html_text, logfmt_value, markdown_code, printable
-from inspectd.logs import ConsoleFormatter, LogfmtFormatter
-from inspectd.report import write_regions_csv
+from inspectd.reports.report import write_regions_csv
 from inspectd.types import Region
 
 NOT_UTF8_NAME = b"part-\xff\xfe.png".decode("utf-8", "surrogateescape")  # as os.listdir gives it

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.decode import decode_bytes, decode_file
+from inspectd.analysis.decode import decode_bytes, decode_file
+from inspectd.daemon.journal import Journal
+from inspectd.daemon.pipeline import file_dedupe_key, journaled_outcome
 from inspectd.errors import ImageDecodeError
-from inspectd.journal import Journal
-from inspectd.pipeline import file_dedupe_key, journaled_outcome
 from inspectd.sources.base import ItemOutcome, SourceItem, StatusUpdate
 from inspectd.sources.folder import FolderSource
 from inspectd.sources.folder_entries import (
@@ -670,8 +670,8 @@ def test_refused_entry_replaced_under_the_same_name_gets_a_verdict_of_its_own(
 def test_daemon_gives_each_hostile_entry_one_verdict_and_stays_healthy(tmp_path: Path, other_fs: Path) -> None:
     """`inspectd run` with its state dir on another file system than the inbox, fed every
     kind of entry at once: one journaled verdict each, no reason quoting a file, no loop."""
-    from inspectd import synth
-    from inspectd.commands.status import health_problems
+    from inspectd.clients.health import health_problems
+    from inspectd.data import synth
     from tests.daemon.daemon_process import DaemonProcess
 
     images = synth.write_dataset(tmp_path / "images", 3, 192, 256, seed=11)

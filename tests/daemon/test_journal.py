@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from inspectd import journal as journal_module
-from inspectd.journal import DuplicateVerdictError, Journal, JournalError
-from inspectd.message import validate
+from inspectd.daemon import journal as journal_module
+from inspectd.daemon.journal import DuplicateVerdictError, Journal, JournalError
+from inspectd.wire.message import validate
 from tests.daemon.conftest import make_draft
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def test_closed_journal_and_bad_arguments(path, tmp_path):
 _WRITER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[2])
-    from inspectd.journal import Journal
+    from inspectd.daemon.journal import Journal
     from tests.daemon.conftest import make_draft
     journal = Journal(sys.argv[1])
     i = 0

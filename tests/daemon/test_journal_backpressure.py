@@ -28,16 +28,16 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from inspectd import synth
-from inspectd.analysis import Analyzer
+from inspectd.analysis.analyzer import Analyzer
 from inspectd.config import Config
-from inspectd.error_topic import ErrorReporter
-from inspectd.journal import Journal
-from inspectd.message import decode, validate
-from inspectd.metrics import DaemonMetrics
-from inspectd.pipeline import Pipeline
-from inspectd.publish import Publisher
+from inspectd.daemon.error_topic import ErrorReporter
+from inspectd.daemon.journal import Journal
+from inspectd.daemon.metrics import DaemonMetrics
+from inspectd.daemon.pipeline import Pipeline
+from inspectd.data import synth
 from inspectd.sources.base import FrameSource, SourceItem, SourceState
+from inspectd.wire.message import decode, validate
+from inspectd.wire.publish import Publisher
 from tests.daemon.conftest import drop_files, mounted_tmpfs, wait_for
 from tests.daemon.daemon_process import DaemonProcess
 
@@ -288,7 +288,7 @@ def test_a_journal_replaced_while_the_daemon_runs_holds_input_until_the_original
 
 
 def _replay(control: str) -> list[dict]:
-    from inspectd.control import request
+    from inspectd.clients.control import request
 
     return request(control, {"cmd": "replay", "from": 1})["messages"]
 

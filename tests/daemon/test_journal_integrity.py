@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.journal import (
+from inspectd.daemon.journal import (
     MAX_EPOCH,
     EpochHistory,
     Journal,
@@ -29,8 +29,8 @@ from inspectd.journal import (
     history_path,
     hold_exclusive_lock,
 )
-from inspectd.journal_recovery import recover
-from inspectd.message import validate
+from inspectd.daemon.journal_recovery import recover
+from inspectd.wire.message import validate
 from tests.daemon.conftest import make_draft
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

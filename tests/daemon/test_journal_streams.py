@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from inspectd import synth
-from inspectd.control import request
-from inspectd.journal import Journal, history_path
-from inspectd.message import decode, validate
-from inspectd.subscribe import VerdictSubscriber
+from inspectd.clients.control import request
+from inspectd.clients.subscribe import VerdictSubscriber
+from inspectd.daemon.journal import Journal, history_path
+from inspectd.data import synth
+from inspectd.wire.message import decode, validate
 from tests.daemon.conftest import MiniDaemon, drop_files, free_tcp_endpoint, make_draft, wait_for
 from tests.daemon.daemon_process import DaemonProcess
 

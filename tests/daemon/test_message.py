@@ -10,8 +10,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from inspectd import message as msg
 from inspectd.types import FailedRule, Verdict, VerdictResult
+from inspectd.wire import message as msg
 from tests.daemon.conftest import SHA, STATION, make_draft
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from inspectd.metrics import METRICS_MAX_CONNECTIONS, BoundedMetricsServer, DaemonMetrics
+from inspectd.daemon.metrics import METRICS_MAX_CONNECTIONS, BoundedMetricsServer, DaemonMetrics
 from tests.daemon.conftest import wait_for
 from tests.daemon.daemon_process import DaemonProcess
 

@@ -15,9 +15,10 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from inspectd import config, synth
-from inspectd.app import Daemon
-from inspectd.engines.unet import bundled_model_path, file_sha256
+from inspectd import config
+from inspectd.analysis.engines.unet import bundled_model_path, file_sha256
+from inspectd.daemon.app import Daemon
+from inspectd.data import synth
 from inspectd.errors import InspectdError
 from tests.daemon.conftest import drop_files, free_tcp_endpoint
 

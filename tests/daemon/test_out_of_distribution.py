@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from inspectd import synth
-from inspectd.control import request
-from inspectd.message import validate
+from inspectd.clients.control import request
+from inspectd.data import synth
+from inspectd.wire.message import validate
 from tests.daemon.conftest import recv_messages
 from tests.daemon.daemon_process import DaemonProcess
 

@@ -18,16 +18,16 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from inspectd import pipeline as pipeline_module
-from inspectd.analysis import Analyzer
+from inspectd.analysis.analyzer import Analyzer
 from inspectd.config import Config
-from inspectd.error_topic import ErrorReporter
-from inspectd.journal import Journal
-from inspectd.message import decode, validate
-from inspectd.metrics import DaemonMetrics
-from inspectd.pipeline import Pipeline
-from inspectd.publish import Publisher
+from inspectd.daemon import pipeline as pipeline_module
+from inspectd.daemon.error_topic import ErrorReporter
+from inspectd.daemon.journal import Journal
+from inspectd.daemon.metrics import DaemonMetrics
+from inspectd.daemon.pipeline import Pipeline
 from inspectd.sources.base import FrameSource, SourceItem
+from inspectd.wire.message import decode, validate
+from inspectd.wire.publish import Publisher
 from tests.daemon.conftest import wait_for
 from tests.daemon.crashing_daemon import FAULT
 from tests.daemon.daemon_process import DaemonProcess
@@ -196,7 +196,7 @@ def test_the_daemon_exits_non_zero_when_a_worker_raises_on_every_frame(tmp_path)
     delays = [delay for _, _, delay in restarts]
     assert delays == [min(pipeline_module.THREAD_RESTART_FIRST_S * 2**k, pipeline_module.THREAD_RESTART_MAX_S)
                       for k in range(limit - 1)]
-    gave_up_at = [_timestamp(line) for line in log.splitlines() if "level=CRITICAL logger=inspectd.pipeline" in line]
+    gave_up_at = [_timestamp(line) for line in log.splitlines() if "level=CRITICAL logger=inspectd.daemon.pipeline" in line]
     assert len(gave_up_at) == 1
     crash_times = [at for at, _, _ in restarts] + gave_up_at
     for announced_at, next_at, delay in zip(crash_times[:-1], crash_times[1:], delays, strict=True):

@@ -13,9 +13,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from inspectd.journal import Journal
-from inspectd.message import build_error_message, decode, validate
-from inspectd.publish import EndpointBindError, Publisher, set_transport_heartbeats
+from inspectd.daemon.journal import Journal
+from inspectd.wire.message import build_error_message, decode, validate
+from inspectd.wire.publish import EndpointBindError, Publisher, set_transport_heartbeats
 from tests.daemon.conftest import STATION, make_draft, recv_messages, wait_for
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.service import Notifier, StallWatchdog, watchdog_interval_s
+from inspectd.daemon.service import Notifier, StallWatchdog, watchdog_interval_s
 from tests.daemon.conftest import wait_for
 
 

@@ -24,13 +24,14 @@ import pytest
 
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import (
+    FileKey,
     ItemOutcome,
     SourceItem,
     SourceState,
     SourceStateError,
     StatusUpdate,
 )
-from inspectd.sources.folder import FileKey, FolderSource, unique_name
+from inspectd.sources.folder import FolderSource, unique_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAFETY_DEADLINE_S = 60.0

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import zmq
 
+from inspectd.clients.backoff import Backoff
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import SourceItem, SourceState, sha256_of_pixels
 from inspectd.sources.opencv_camera import OpenCVCameraSource, is_live_target, to_grey
 from inspectd.sources.registry import create_source
-from inspectd.sources.trigger import Backoff, TriggerServer
+from inspectd.sources.trigger import TriggerServer
 from tests.daemon.conftest import Recorder, send_trigger, wait_for
 
 WIDTH, HEIGHT = 64, 48

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inspectd.commands.status import describe, health_problems
+from inspectd.clients.health import describe, health_problems
 
 HEALTHY = {
     "ready": True, "station": "line3", "epoch": 4, "last_seq": 1207, "uptime_s": 11532.4, "pid": 812,

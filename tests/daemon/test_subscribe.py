@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from inspectd.control import ControlServer, ControlTimeoutError, replay_handler
-from inspectd.message import build_error_message, validate
-from inspectd.subscribe import VerdictSubscriber, format_line, run
+from inspectd.clients.control import ControlTimeoutError
+from inspectd.clients.subscribe import VerdictSubscriber, format_line, run
+from inspectd.daemon.control_server import ControlServer, replay_handler
+from inspectd.wire.message import build_error_message, validate
 from tests.daemon.conftest import MiniDaemon, free_tcp_endpoint, make_draft, wait_for
 from tests.daemon.daemon_process import DaemonProcess
 
@@ -271,7 +272,7 @@ def test_daemon_errors_are_kept_and_logged_with_their_kind_and_source(mini_daemo
     with VerdictSubscriber(mini_daemon.publish_endpoint, mini_daemon.control_endpoint,
                            context=zmq_context) as subscriber:
         assert wait_for(lambda: joined(subscriber))
-        with caplog.at_level("WARNING", logger="inspectd.subscribe"):
+        with caplog.at_level("WARNING", logger="inspectd.clients.subscribe"):
             mini_daemon.publisher.publish_error(build_error_message(
                 station="test-station", epoch=1, kind="camera_lost", source="line-cam",
                 error="no frame in 5.0 s (camera_id=Fake_1)"))

@@ -2,7 +2,7 @@
 
 References: a plain numpy implementation of `torch.nn.functional.interpolate(mode="bilinear",
 align_corners=False)` written from its definition (no torch needed), and, where torch is
-installed, torch itself through `inspectd.unet.model.guided_logits`.
+installed, torch itself through `inspectd.training.model.guided_logits`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kernels
-from inspectd.unet import contract
+from inspectd.analysis.engines import unet_contract as contract
 
 
 def _bilinear_half_pixel(coarse: np.ndarray, stride: int, height: int, width: int) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_equals_a_numpy_bilinear_reference(height, width, stride, dtype) -> None
 @pytest.mark.parametrize(("height", "width", "stride", "dtype"), CASES)
 def test_equals_the_argmax_of_the_logits_the_net_is_trained_on(height, width, stride, dtype) -> None:
     torch = pytest.importorskip("torch")
-    from inspectd.unet.model import guided_logits
+    from inspectd.training.model import guided_logits
 
     rng = np.random.default_rng(7 + stride)
     image = rng.integers(0, np.iinfo(dtype).max + 1, (height, width)).astype(dtype)

@@ -12,15 +12,15 @@ import onnxruntime as ort
 import pytest
 
 import inspectd
+from inspectd.analysis.engines import create_engine
+from inspectd.analysis.engines import unet as unet_module
+from inspectd.analysis.engines import unet_contract as contract
+from inspectd.analysis.engines.cpu_int8 import int8_dot_product
+from inspectd.analysis.preprocess import enhance
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
-from inspectd.engines import create_engine
-from inspectd.engines import unet as unet_module
-from inspectd.engines.cpu_int8 import int8_dot_product
-from inspectd.preprocess import enhance
-from inspectd.synth import RealisticParams, generate_v3
+from inspectd.data.synth import RealisticParams, generate_v3
+from inspectd.training.quantize import mask_agreement
 from inspectd.types import UNMELTED
-from inspectd.unet import contract
-from inspectd.unet.quantize import mask_agreement
 
 MODELS = Path(inspectd.__file__).parent / "models"
 MODEL_PATH = MODELS / contract.BUNDLED_MODEL
@@ -102,7 +102,7 @@ def test_auto_precision_runs_int8_only_on_a_cpu_with_8bit_dot_products(caplog) -
     has_dot_product, reason = int8_dot_product()
     engine = create_engine(SegmentConfig(engine="unet", backend="cpu"))
     unet_module._log_precision_once.cache_clear()  # logged once per process: an earlier test may have had it
-    with caplog.at_level(logging.INFO, logger="inspectd.engines.unet"):
+    with caplog.at_level(logging.INFO, logger="inspectd.analysis.engines.unet"):
         engine.load()
     assert engine.model_path == (INT8_PATH if has_dot_product else MODEL_PATH)
     choice = "int8" if has_dot_product else "fp32"

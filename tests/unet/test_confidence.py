@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from inspectd import synth  # noqa: E402
-from inspectd.confidence import guided_margin, logits_margin, softmax_margin  # noqa: E402
+from inspectd.analysis.confidence import guided_margin, logits_margin, softmax_margin  # noqa: E402
+from inspectd.analysis.engines import create_engine  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
+from inspectd.analysis.engines.unet import UnetEngine  # noqa: E402
+from inspectd.analysis.preprocess import enhance  # noqa: E402
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig  # noqa: E402
-from inspectd.engines import create_engine  # noqa: E402
-from inspectd.engines.unet import UnetEngine  # noqa: E402
-from inspectd.preprocess import enhance  # noqa: E402
-from inspectd.unet import contract  # noqa: E402
+from inspectd.data import synth  # noqa: E402
 from tests.kernels.test_kernels_guided import _bilinear_half_pixel  # noqa: E402
 from tests.unet.random_unet import build_guided, build_unet, save  # noqa: E402
 

@@ -8,26 +8,26 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.errors import ConfigError
-from inspectd.synth import write_dataset
-from inspectd.types import MELTED, PORE, UNMELTED
-from inspectd.unet import contract
-from inspectd.unet.augment import (
-    AugmentSettings,
-    downscale_mask,
-    flip_rotate,
-    random_tile,
-    rotate,
-)
-from inspectd.unet.data import (
+from inspectd.analysis.engines import unet_contract as contract
+from inspectd.data.labelled import (
     MaskConvention,
-    TileSampler,
     detect_convention,
     find_pairs,
     load_pairs,
     split_ids,
     to_class_index,
 )
+from inspectd.data.synth import write_dataset
+from inspectd.errors import ConfigError
+from inspectd.training.augment import (
+    AugmentSettings,
+    TileSampler,
+    downscale_mask,
+    flip_rotate,
+    random_tile,
+    rotate,
+)
+from inspectd.types import MELTED, PORE, UNMELTED
 
 GEOMETRY_ONLY = AugmentSettings(brightness=0.0, contrast=0.0, gamma_range=(1.0, 1.0),
                                 blur_probability=0.0, noise_sd=0.0, elastic_probability=1.0,

@@ -25,15 +25,15 @@ pytest.importorskip("onnx")
 from numba import cuda  # noqa: E402  (only once a GPU or the simulator is known to be there)
 
 import kernels  # noqa: E402
-from inspectd import synth  # noqa: E402
-from inspectd.analysis import Analyzer  # noqa: E402
+from inspectd.analysis.analyzer import Analyzer  # noqa: E402
+from inspectd.analysis.engines import create_engine, tiling  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
+from inspectd.analysis.engines.unet import UnetEngine  # noqa: E402
+from inspectd.analysis.preprocess import enhance  # noqa: E402
 from inspectd.config import Config, PreprocessConfig, SegmentConfig, UnetConfig  # noqa: E402
-from inspectd.engines import create_engine, tiling  # noqa: E402
-from inspectd.engines.unet import UnetEngine  # noqa: E402
+from inspectd.data import synth  # noqa: E402
 from inspectd.errors import EngineError  # noqa: E402
-from inspectd.preprocess import enhance  # noqa: E402
 from inspectd.types import Frame  # noqa: E402
-from inspectd.unet import contract  # noqa: E402
 from kernels.gpu_tiles import gpu_blend_add, gpu_blend_argmax, gpu_blend_mean, gpu_normalised_tiles  # noqa: E402
 from tests.unet.random_unet import build_guided, build_unet, save  # noqa: E402
 
@@ -165,7 +165,7 @@ def test_the_analyzer_device_flow_matches_the_host_flow(models) -> None:
 
 
 def test_enhance_on_device_keeps_denoise_on_the_host_and_clahe_within_one_level() -> None:
-    from inspectd.preprocess import enhance_on_device
+    from inspectd.analysis.preprocess import enhance_on_device
 
     cfg = PreprocessConfig.model_validate({"denoise": "median", "denoise_ksize": 3, "clahe": {"tile_grid": [2, 2]}})
     frame = synth.generate(48, 64, seed=14).image

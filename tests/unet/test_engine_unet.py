@@ -22,17 +22,17 @@ import kernels
 pytest.importorskip("onnx")
 
 from inspectd import config as config_module  # noqa: E402
-from inspectd import synth  # noqa: E402
-from inspectd.analysis import Analyzer  # noqa: E402
+from inspectd.analysis.analyzer import Analyzer  # noqa: E402
+from inspectd.analysis.engines import ENGINES, SegmentationEngine, create_engine, tiling  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
+from inspectd.analysis.engines.onnx_session import choose_providers  # noqa: E402
+from inspectd.analysis.engines.tensorrt_runtime import tensorrt_status  # noqa: E402
+from inspectd.analysis.engines.unet import UnetEngine, bundled_model_path  # noqa: E402
+from inspectd.analysis.preprocess import enhance  # noqa: E402
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig  # noqa: E402
-from inspectd.engines import ENGINES, SegmentationEngine, create_engine, tiling  # noqa: E402
-from inspectd.engines.onnx_session import choose_providers  # noqa: E402
-from inspectd.engines.tensorrt_runtime import tensorrt_status  # noqa: E402
-from inspectd.engines.unet import UnetEngine, bundled_model_path  # noqa: E402
+from inspectd.data import synth  # noqa: E402
 from inspectd.errors import EngineError, KernelResourceError  # noqa: E402
-from inspectd.preprocess import enhance  # noqa: E402
 from inspectd.types import Frame  # noqa: E402
-from inspectd.unet import contract  # noqa: E402
 from tests.unet.random_unet import (  # noqa: E402
     LOCAL_RADIUS_PX,
     build_guided,
@@ -167,7 +167,7 @@ def test_tiled_unet_agrees_with_whole_frame_and_blending_leaves_no_seams(models,
 
 
 def test_batching_tiles_does_not_change_the_result(models, frame_333x700, monkeypatch):
-    import inspectd.engines.unet as unet_module
+    import inspectd.analysis.engines.unet as unet_module
 
     batched = _engine(models["unet"], tile_px=128, overlap_px=32).blended_logits(frame_333x700)
     monkeypatch.setattr(unet_module, "TILES_PER_RUN", 1)
@@ -331,7 +331,7 @@ def test_provider_choice_table():
 
 
 def test_analyzer_with_the_unet_engine_records_engine_backend_and_model_hash(models):
-    from inspectd.report import result_record
+    from inspectd.reports.report import result_record
 
     cfg = config_module.parse_object({"segment": {"engine": "unet", "backend": "cpu",
                                                   "unet": {"model": str(models["unet"]), "tile_px": 128,

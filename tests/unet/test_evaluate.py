@@ -11,10 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd import cli, synth
+from inspectd import cli
+from inspectd.analysis.engines.base import SegmentationEngine
+from inspectd.analysis.preprocess import enhance
 from inspectd.config import Config
-from inspectd.engines.base import SegmentationEngine
-from inspectd.evaluate import (
+from inspectd.data import synth
+from inspectd.reports.evaluate import (
     EvaluationError,
     class_scores,
     confusion_matrix,
@@ -27,7 +29,6 @@ from inspectd.evaluate import (
     summarise,
     to_labels,
 )
-from inspectd.preprocess import enhance
 from inspectd.types import MELTED, PORE, UNMELTED
 
 # --------------------------------------------------------------------------- metric functions

@@ -14,15 +14,15 @@ onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 
 from inspectd import cli  # noqa: E402
+from inspectd.analysis.engines import create_engine  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
+from inspectd.analysis.engines.unet import file_sha256  # noqa: E402
 from inspectd.config import SegmentConfig, UnetConfig  # noqa: E402
-from inspectd.engines import create_engine  # noqa: E402
-from inspectd.engines.unet import file_sha256  # noqa: E402
+from inspectd.data.synth import write_dataset  # noqa: E402
 from inspectd.errors import EngineError  # noqa: E402
-from inspectd.synth import write_dataset  # noqa: E402
-from inspectd.unet import contract  # noqa: E402
-from inspectd.unet.export import export_checkpoint, export_onnx, verify_onnx  # noqa: E402
-from inspectd.unet.model import UNet  # noqa: E402
-from inspectd.unet.train import TrainSettings, train  # noqa: E402
+from inspectd.training.export import export_checkpoint, export_onnx, verify_onnx  # noqa: E402
+from inspectd.training.model import UNet  # noqa: E402
+from inspectd.training.train import TrainSettings, train  # noqa: E402
 
 
 def _randomised(widths=(4, 8, 16, 32, 64), seed: int = 0, output_stride: int = 1) -> UNet:
@@ -110,7 +110,7 @@ def test_export_checkpoint_writes_a_card_whose_sha256_matches(tiny_checkpoint: P
 
 def test_card_envelope_comes_from_the_training_images_and_the_engine_uses_it(tiny_checkpoint: Path,
                                                                              tmp_path: Path) -> None:
-    from inspectd import ood
+    from inspectd.analysis import ood
 
     result = export_checkpoint(tiny_checkpoint, tmp_path / "m.onnx")
     envelope = ood.load_envelope(result.card_path)  # the card's section, checked

@@ -17,18 +17,23 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 
 from inspectd import cli  # noqa: E402
+from inspectd.analysis.engines import create_engine  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
+from inspectd.analysis.engines.unet import bundled_model_path, file_sha256  # noqa: E402
 from inspectd.config import SegmentConfig, UnetConfig  # noqa: E402
-from inspectd.engines import create_engine  # noqa: E402
-from inspectd.engines.unet import bundled_model_path, file_sha256  # noqa: E402
+from inspectd.data.labelled import LabelledImage, MaskConvention, to_training_labels  # noqa: E402
+from inspectd.data.synth import generate_v3  # noqa: E402
 from inspectd.errors import ConfigError  # noqa: E402
-from inspectd.synth import generate_v3  # noqa: E402
+from inspectd.training.export import export_onnx  # noqa: E402
+from inspectd.training.model import UNet  # noqa: E402
+from inspectd.training.onnx_import import model_from_onnx  # noqa: E402
+from inspectd.training.train import (  # noqa: E402
+    UNMARKED_IS_MATRIX_PRIOR,
+    label_iou,
+    segmentation_loss,
+    split_within,
+)
 from inspectd.types import UNMELTED  # noqa: E402
-from inspectd.unet import contract  # noqa: E402
-from inspectd.unet.data import LabelledImage, MaskConvention, to_training_labels  # noqa: E402
-from inspectd.unet.export import export_onnx  # noqa: E402
-from inspectd.unet.model import UNet  # noqa: E402
-from inspectd.unet.onnx_import import model_from_onnx  # noqa: E402
-from inspectd.unet.train import UNMARKED_IS_MATRIX_PRIOR, label_iou, segmentation_loss, split_within  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from inspectd.unet import contract  # noqa: E402
-from inspectd.unet.model import (  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
+from inspectd.training.model import (  # noqa: E402
     DEFAULT_WIDTHS,
     UNet,
     build_model,

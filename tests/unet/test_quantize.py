@@ -10,11 +10,13 @@ import pytest
 
 onnx = pytest.importorskip("onnx")  # onnxruntime.quantization writes the file with it
 
-from inspectd import cli, synth  # noqa: E402
+from inspectd import cli  # noqa: E402
+from inspectd.analysis.engines import create_engine  # noqa: E402
+from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
 from inspectd.config import SegmentConfig, UnetConfig  # noqa: E402
-from inspectd.engines import create_engine  # noqa: E402
+from inspectd.data import synth  # noqa: E402
 from inspectd.errors import EngineError  # noqa: E402
-from inspectd.unet import contract, quantize  # noqa: E402
+from inspectd.training import quantize  # noqa: E402
 from tests.unet.random_unet import build_guided, save  # noqa: E402
 
 

@@ -13,22 +13,23 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd import cli, synth
+from inspectd import cli
+from inspectd.analysis.engines import unet_contract as contract
+from inspectd.analysis.engines.tensorrt_runtime import require_tensorrt, tensorrt_status
+from inspectd.analysis.preprocess import enhance
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
-from inspectd.engines.tensorrt_runtime import require_tensorrt, tensorrt_status
+from inspectd.data import synth
 from inspectd.errors import EngineError
-from inspectd.preprocess import enhance
-from inspectd.tensorrt_build import BuildOptions, build_engine_plan, calibration_batches
-from inspectd.unet import contract
+from inspectd.training.tensorrt_build import BuildOptions, build_engine_plan, calibration_batches
 
 TENSORRT_USABLE, TENSORRT_REASON = tensorrt_status()
 needs_no_tensorrt = pytest.mark.skipif(TENSORRT_USABLE, reason="TensorRT is usable here")
 
 
 def test_importing_the_engines_pulls_in_no_gpu_runtime():
-    code = ("import sys, inspectd.engines.registry, inspectd.tensorrt_build, inspectd.evaluate, "
+    code = ("import sys, inspectd.analysis.engines.registry, inspectd.training.tensorrt_build, inspectd.reports.evaluate, "
             "inspectd.commands.evaluate, inspectd.commands.build_engine; "
-            "from inspectd.engines import ENGINES; assert 'unet' in ENGINES; "
+            "from inspectd.analysis.engines import ENGINES; assert 'unet' in ENGINES; "
             "print(sorted(m for m in ('tensorrt', 'cupy', 'pycuda', 'torch') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -96,7 +97,7 @@ def test_calibration_without_readable_images_is_an_engine_error(tmp_path):
 
 def _plan_and_onnx_engines(tmp_path, model):
     """The same model as a TensorRT plan (warmed up) and on ONNX Runtime's CPU provider, 128 px tiles."""
-    from inspectd.engines.unet import UnetEngine
+    from inspectd.analysis.engines.unet import UnetEngine
 
     plan = build_engine_plan(model, tmp_path / "model.plan", BuildOptions(fp16=False, tile_px=128, min_tile_px=64,
                                                                           max_batch=2))

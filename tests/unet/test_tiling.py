@@ -1,4 +1,4 @@
-"""Tile geometry and feathered blending (`inspectd.engines.tiling`), pure numpy."""
+"""Tile geometry and feathered blending (`inspectd.analysis.engines.tiling`), pure numpy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inspectd.engines.tiling import (
+from inspectd.analysis.engines.tiling import (
     TileBlender,
     extract_tiles,
     pad_frame,

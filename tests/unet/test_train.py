@@ -12,15 +12,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from inspectd import cli  # noqa: E402
-from inspectd.synth import write_dataset  # noqa: E402
-from inspectd.types import UNMELTED  # noqa: E402
-from inspectd.unet.train import (  # noqa: E402
+from inspectd.data.synth import write_dataset  # noqa: E402
+from inspectd.training.train import (  # noqa: E402
     TrainSettings,
     calibrate_logit_bias,
     load_checkpoint,
     segmentation_loss,
     train,
 )
+from inspectd.types import UNMELTED  # noqa: E402
 
 TINY = {"epochs": 4, "batch_size": 4, "lr": 0.01, "tile_px": 64, "tiles_per_epoch": 16,
         "val_fraction": 0.34, "seed": 0, "widths": (4, 8, 16)}

@@ -18,15 +18,15 @@ from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
 from inspectd import config
-from inspectd.app import Daemon
-from inspectd.journal import JOURNAL_FILE, Journal
-from inspectd.message import decode, validate
-from inspectd.publish import Publisher
-from inspectd.spc import NELSON, RULE_NAMES, control_limits, find_rule_breaks
+from inspectd.daemon.app import Daemon
+from inspectd.daemon.journal import JOURNAL_FILE, Journal
+from inspectd.reports.spc import NELSON, RULE_NAMES, control_limits, find_rule_breaks
 from inspectd.web.alarms import AlarmMonitor, SpcSettingsError, load_settings
 from inspectd.web.app import create_app
 from inspectd.web.auth import AccessGuard
 from inspectd.web.context import WebContext
+from inspectd.wire.message import decode, validate
+from inspectd.wire.publish import Publisher
 from tests.web.conftest import make_context
 from tests.web.test_trends import POROSITY, STATION, commit_frames, frame_draft
 

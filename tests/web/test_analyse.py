@@ -21,17 +21,17 @@ from starlette.testclient import TestClient
 
 from inspectd import cli
 from inspectd.config import Config
-from inspectd.synth import generate_v3
-from inspectd.web import analyse
-from inspectd.web.app import create_app
-from inspectd.web.server import WebServer
-from inspectd.workbook import (
+from inspectd.data.synth import generate_v3
+from inspectd.reports.workbook import (
     FRAMES_TABLE,
     REGION_COLUMNS,
     REGIONS_TABLE,
     SAMPLE_TABLE,
     read_csv_tables,
 )
+from inspectd.web import analyse
+from inspectd.web.app import create_app
+from inspectd.web.server import WebServer
 from tests.web.conftest import SCREENSHOTS, make_context
 
 
@@ -168,7 +168,7 @@ def test_the_chosen_engine_analyses_the_upload(tmp_path, frames_dir, engine):
 def test_after_the_station_swaps_its_model_uploads_are_analysed_with_the_new_one(tmp_path, frames_dir):
     # `Daemon.swap_model` changes the config the server shares with the daemon (segment.unet.model);
     # an upload analysed after it must use the model the line now runs, not the one cached before.
-    from inspectd.engines.unet import bundled_model_path, file_sha256
+    from inspectd.analysis.engines.unet import bundled_model_path, file_sha256
 
     first, second = bundled_model_path("fp32"), bundled_model_path("int8")
     config = Config.model_validate({"segment": {"engine": "unet", "unet": {"model": str(first)}}})

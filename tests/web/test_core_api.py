@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.testclient import TestClient
 
-from inspectd.journal import JOURNAL_FILE, Journal
+from inspectd.daemon.journal import JOURNAL_FILE, Journal
 from inspectd.web.app import create_app
 from tests.web.conftest import make_context
 

@@ -16,9 +16,9 @@ import cv2
 import pytest
 from starlette.testclient import TestClient
 
-from inspectd.analysis import Analyzer
-from inspectd.engines.unet import bundled_model_path, file_sha256
-from inspectd.synth import generate_v3
+from inspectd.analysis.analyzer import Analyzer
+from inspectd.analysis.engines.unet import bundled_model_path, file_sha256
+from inspectd.data.synth import generate_v3
 from inspectd.types import Frame
 from inspectd.web.app import create_app
 from inspectd.web.auth import AccessGuard

@@ -23,8 +23,9 @@ import pytest
 import zmq
 from prometheus_client import CollectorRegistry
 
-from inspectd import config, synth
-from inspectd.app import Daemon
+from inspectd import config
+from inspectd.daemon.app import Daemon
+from inspectd.data import synth
 from inspectd.web.live_feed import EventHub, shift_start
 from tests.daemon.conftest import drop_files, free_tcp_endpoint, wait_for
 from tests.daemon.daemon_process import DaemonProcess

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from inspectd.analysis import Analyzer
+from inspectd.analysis.analyzer import Analyzer
 from inspectd.config import Config
-from inspectd.labelled_set import LabelledSet
-from inspectd.synth import generate_v3
+from inspectd.data.labelled import find_pairs
+from inspectd.data.labelled_set import LabelledSet
+from inspectd.data.synth import generate_v3
 from inspectd.types import Frame
-from inspectd.unet.data import find_pairs
 from inspectd.web.app import create_app
 from inspectd.web.server import WebServer
 from tests.web.conftest import SCREENSHOTS, make_context

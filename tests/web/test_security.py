@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from inspectd.journal import JOURNAL_FILE, Journal
+from inspectd.daemon.journal import JOURNAL_FILE, Journal
 from inspectd.web.live_feed import MAX_STREAMS
 from inspectd.web.server import WebServer
 from tests.daemon.conftest import wait_for

@@ -1,6 +1,6 @@
 """The Trends page and its API over a real journal holding a planted porosity drift.
 
-The journal is written by `inspectd.journal.Journal` as the daemon writes it: 60 frames of a
+The journal is written by `inspectd.daemon.journal.Journal` as the daemon writes it: 60 frames of a
 steady process (porosity about 1.2 %, 3 fields per part) and then 14 frames of porosity
 rising steadily to about 2.5 %, every one still a PASS of the verdict rule (<= 5 %): the
 drift the control chart must show before the parts fail.
@@ -16,14 +16,20 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from inspectd import synth
 from inspectd.config import Config
-from inspectd.journal import JOURNAL_FILE, Journal
-from inspectd.message import build_verdict_message
-from inspectd.report import render_overlay
-from inspectd.spc import NELSON, WESTERN_ELECTRIC, control_limits, find_rule_breaks, sample_means
+from inspectd.daemon.journal import JOURNAL_FILE, Journal
+from inspectd.data import synth
+from inspectd.reports.report import render_overlay
+from inspectd.reports.spc import (
+    NELSON,
+    WESTERN_ELECTRIC,
+    control_limits,
+    find_rule_breaks,
+    sample_means,
+)
 from inspectd.web.app import create_app
 from inspectd.web.server import WebServer
+from inspectd.wire.message import build_verdict_message
 from tests.web.conftest import SCREENSHOTS, make_context
 
 STATION = "line-3"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from inspectd.journal import JOURNAL_FILE, Journal
+from inspectd.daemon.journal import JOURNAL_FILE, Journal
 from tests.daemon.conftest import make_draft
 from tests.web.test_live import EventReader
 
