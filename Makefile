@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # browser tests drive it through Playwright).
 APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd chromium
 
-.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources gpu-wheels clean
+.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources gpu-check gpu-wheels clean
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -66,18 +66,23 @@ bench-throughput: $(STAMP)
 	$(PY) bench/throughput.py --frames 30 --size 2560x1920 --rate 10 --engines classical,unet \
 	  --json bench/results/throughput.json
 
-# For scripts/device_check.sh on an offline GPU machine (no package registry, Python 3.12, with
+# Every GPU check in one run on this machine's NVIDIA GPU (the kernel table, the CUDA tests, the
+# station on the GPU beside the CPU, compute-sanitizer): files in gpu-check-results/.
+gpu-check: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_check.sh gpu-check-results
+
+# For scripts/gpu_check.sh on an offline GPU machine (no package registry, Python 3.12, with
 # numba, numba-cuda, CuPy, OpenCV, ONNX Runtime and pytest but without the daemon's pydantic,
-# pyzmq and watchdog): those three as wheels, with their dependencies, into .device/; copy that
+# pyzmq and watchdog): those three as wheels, with their dependencies, into .gpu-wheels/; copy that
 # folder to the GPU machine with the repository.
 GPU_MACHINE_WHEELS := pydantic pyzmq watchdog
 gpu-wheels: $(STAMP)
-	rm -rf .device/wheels && mkdir -p .device/wheels
+	rm -rf .gpu-wheels/wheels && mkdir -p .gpu-wheels/wheels
 	$(PY) -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-	  -d .device/wheels $(GPU_MACHINE_WHEELS)
-	printf '%s\n' $(GPU_MACHINE_WHEELS) > .device/requirements.txt
-	@du -sh .device
+	  -d .gpu-wheels/wheels $(GPU_MACHINE_WHEELS)
+	printf '%s\n' $(GPU_MACHINE_WHEELS) > .gpu-wheels/requirements.txt
+	@du -sh .gpu-wheels
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

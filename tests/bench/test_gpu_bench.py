@@ -1,4 +1,4 @@
-"""bench/gpu_kernels.py (the GPU rows) and scripts/device_check.sh, checked where no GPU is.
+"""bench/gpu_kernels.py (the GPU rows) and scripts/gpu_check.sh, checked where no GPU is.
 
 The timings themselves are only ever taken on a real GPU; here the script's code paths run
 under numba's simulator, without the packages an offline GPU machine may lack.
@@ -20,7 +20,7 @@ from kernels import cuda_device
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPU_BENCH = REPO_ROOT / "bench" / "gpu_kernels.py"
-DEVICE_CHECK = REPO_ROOT / "scripts" / "device_check.sh"
+GPU_CHECK = REPO_ROOT / "scripts" / "gpu_check.sh"
 # The daemon's dependencies an offline GPU machine may lack (`make gpu-wheels` brings them).
 ABSENT_ON_GPU_MACHINE = "pydantic,zmq,watchdog"
 
@@ -60,9 +60,9 @@ def test_simulator_smoke_run_needs_none_of_the_daemons_service_packages():
         assert f"24x16  {row}" in done.stdout, row
 
 
-def test_device_check_script_parses_and_names_files_that_exist():
-    subprocess.run(["bash", "-n", str(DEVICE_CHECK)], check=True)
-    text = DEVICE_CHECK.read_text()
+def test_gpu_check_script_parses_and_names_files_that_exist():
+    subprocess.run(["bash", "-n", str(GPU_CHECK)], check=True)
+    text = GPU_CHECK.read_text()
     named = set(re.findall(r"\b((?:tests|kernels|bench)/[\w/]+\.py)\b", text))
     assert {"bench/gpu_kernels.py", "tests/unet/test_engine_device.py", "kernels/gpu_tiles.py"} <= named
     assert [path for path in sorted(named) if not (REPO_ROOT / path).is_file()] == []
@@ -70,11 +70,11 @@ def test_device_check_script_parses_and_names_files_that_exist():
 
 
 @pytest.mark.parametrize("outdir_arg", [None, "given"])
-def test_device_check_script_writes_every_file_to_its_output_folder(tmp_path, outdir_arg):
+def test_gpu_check_script_writes_every_file_to_its_output_folder(tmp_path, outdir_arg):
     # `false` as the Python: every step fails at once, and each still leaves its file.
     args = [] if outdir_arg is None else [outdir_arg]
-    env = {**os.environ, "PYTHON": "false", "DEVICE_CHECK_SIMULATOR": "1"}
-    subprocess.run(["bash", str(DEVICE_CHECK), *args], cwd=tmp_path, env=env, capture_output=True,
+    env = {**os.environ, "PYTHON": "false", "GPU_CHECK_SIMULATOR": "1"}
+    subprocess.run(["bash", str(GPU_CHECK), *args], cwd=tmp_path, env=env, capture_output=True,
                    timeout=120, check=True)
     results = tmp_path / (outdir_arg or "gpu-check-results")
     assert sorted(path.name for path in results.iterdir()) == [

@@ -3,18 +3,18 @@
 # the real GPU, the whole station on the GPU beside the CPU (bench/throughput.py), and the
 # kernels' doctests.
 #
-# Usage: bash scripts/device_check.sh [OUTDIR]      (OUTDIR: default ./gpu-check-results, created)
+# Usage: bash scripts/gpu_check.sh [OUTDIR]      (OUTDIR: default ./gpu-check-results, created)
 #
 # Every check runs in this one call, each step under its own time limit, and a failed step
 # never stops the run: whatever did run leaves its files in OUTDIR. It is made for an offline
 # GPU machine: no package registry, Python 3.12, with numba, numba-cuda, CuPy, OpenCV,
 # ONNX Runtime and pytest but without pydantic, pyzmq and watchdog (which the U-Net
 # device-flow tests import through inspectd). `make gpu-wheels` downloads those as wheels
-# into .device/ (ignored by git) on a machine with a registry; copy the repository and
-# .device/ to the GPU machine, then run this script there:
+# into .gpu-wheels/ (ignored by git) on a machine with a registry; copy the repository and
+# .gpu-wheels/ to the GPU machine, then run this script there:
 #
-#   make gpu-wheels                                   # with a registry, once: .device/wheels
-#   bash scripts/device_check.sh OUTDIR               # on the GPU machine
+#   make gpu-wheels                                   # with a registry, once: .gpu-wheels/wheels
+#   bash scripts/gpu_check.sh OUTDIR               # on the GPU machine
 #
 # Files in OUTDIR: summary.txt (one line a step, its exit code and seconds), machine.txt,
 # wheels.log, gpu_kernels.txt, gpu_kernels.json, gpu_tests.log, throughput.log,
@@ -24,7 +24,7 @@
 # their files; the most wanted figures come first.
 #
 # To check this script on a CPU machine (numba's simulator, meaningless numbers):
-#   PYTHON=.venv/bin/python DEVICE_CHECK_SIMULATOR=1 bash scripts/device_check.sh "$(mktemp -d)"
+#   PYTHON=.venv/bin/python GPU_CHECK_SIMULATOR=1 bash scripts/gpu_check.sh "$(mktemp -d)"
 set -u
 # OUTDIR is taken relative to where the script is called from, before moving to the repository.
 RESULTS=${1:-gpu-check-results}
@@ -32,9 +32,9 @@ mkdir -p "$RESULTS" || exit 1
 RESULTS=$(cd "$RESULTS" && pwd) || exit 1
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$PWD:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 BENCH_ARGS=(--json "$RESULTS/gpu_kernels.json")
-if [ "${DEVICE_CHECK_SIMULATOR:-0}" = 1 ]; then
+if [ "${GPU_CHECK_SIMULATOR:-0}" = 1 ]; then
   export NUMBA_ENABLE_CUDASIM=1
   BENCH_ARGS=(--simulator-smoke-test)
 fi
@@ -58,11 +58,11 @@ machine_facts() {
 }
 
 install_wheels() {
-  if [ ! -f .device/requirements.txt ]; then
-    echo "no .device/requirements.txt (run make gpu-wheels where there is a registry and copy .device/ here): the U-Net device-flow tests will fail to import"
+  if [ ! -f .gpu-wheels/requirements.txt ]; then
+    echo "no .gpu-wheels/requirements.txt (run make gpu-wheels where there is a registry and copy .gpu-wheels/ here): the U-Net device-flow tests will fail to import"
     return 0
   fi
-  "$PYTHON" -m pip install --no-index --find-links .device/wheels -r .device/requirements.txt
+  "$PYTHON" -m pip install --no-index --find-links .gpu-wheels/wheels -r .gpu-wheels/requirements.txt
 }
 
 # Memory errors and shared-memory races of every CUDA kernel, once each on a small frame
@@ -76,7 +76,7 @@ sanitize() {
   for tool in memcheck racecheck; do
     echo "== compute-sanitizer --tool $tool"
     compute-sanitizer --tool "$tool" --error-exitcode 3 --print-limit 20 "$PYTHON" bench/gpu_kernels.py \
-      --sizes 320x240 --repeats 1 --warmup 1 --json /tmp/device_check_sanitize.json || worst=$?
+      --sizes 320x240 --repeats 1 --warmup 1 --json /tmp/gpu_check_sanitize.json || worst=$?
   done
   return "$worst"
 }
@@ -95,7 +95,7 @@ step gpu_tests 200 "$PYTHON" -m pytest -q -p no:cacheprovider -rs \
   tests/unet/test_engine_device.py tests/unet/test_tensorrt.py
 # The station end to end: both engines on every backend this machine has (cuda: the CUDA
 # kernels; ONNX Runtime's CUDA provider where it is installed), the seed-style peer beside them.
-if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then
+if [ "${GPU_CHECK_SIMULATOR:-0}" != 1 ]; then
   step throughput 200 "$PYTHON" bench/throughput.py --frames 60 --size 2560x1920 --engines classical,unet \
     --backends all --workers 1,2 --unet-scales 1.0 --peer-frames 5 --skimage-frames 0 --accuracy-frames 0 \
     --cache-dir /tmp/inspectd-bench \
@@ -103,7 +103,7 @@ if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then
 fi
 step doctests 60 "$PYTHON" -m pytest -q -p no:cacheprovider --doctest-modules \
   kernels/gpu_clahe.py kernels/gpu_threshold.py kernels/gpu_guided.py kernels/gpu_tiles.py
-if [ "${DEVICE_CHECK_SIMULATOR:-0}" != 1 ]; then
+if [ "${GPU_CHECK_SIMULATOR:-0}" != 1 ]; then
   step sanitizer 120 bash -c sanitize
 fi
 mv "$RESULTS/machine.log" "$RESULTS/machine.txt"
