@@ -7,8 +7,8 @@ convention detected as in training): decode, enhance with the pipeline's CLAHE, 
 - U-Net at each working scale: the U-Net engine as the daemon runs it (default tiles;
   INTER_AREA down when scale < 1, mask back with nearest neighbour);
 - the classical engine with the default config.
-IoU per class is computed on the confusion matrix summed over all images; fractions are
-per image. Also times ONNX Runtime on a 512x512 tile with 2 threads (min of repeats).
+IoU per class is computed (`inspectd.data.scores`) on the confusion matrix summed over all
+images; fractions are per image. Also times ONNX Runtime on a 512x512 tile with 2 threads (min of repeats).
 
     python scripts/heldout_metrics.py --onnx model.onnx --images DIR --masks DIR --json out.json
 """
@@ -30,7 +30,14 @@ from inspectd.analysis.engines import unet_contract as contract
 from inspectd.analysis.engines.registry import create_engine
 from inspectd.analysis.preprocess import enhance
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
-from inspectd.data.labelled import detect_convention, find_pairs, read_mask, to_class_index
+from inspectd.data.labelled import (
+    MaskConvention,
+    detect_set_convention,
+    find_pairs,
+    read_mask,
+    to_class_index,
+)
+from inspectd.data.scores import confusion_matrix, iou_per_class, pixel_accuracy
 from inspectd.types import CLASS_NAMES
 
 N_CLASSES = contract.N_CLASSES
@@ -48,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
 
     scales = [float(s) for s in args.scales.split(",")]
     pairs = find_pairs(args.images, args.masks)
-    raw_masks = {p.sample_id: read_mask(p.mask_path) for p in pairs}
-    convention = detect_convention(set().union(*(np.unique(m).tolist() for m in raw_masks.values())))
+    convention = detect_set_convention(pairs)
+    if convention is MaskConvention.MIXED:
+        print(f"heldout_metrics: masks mix {convention.describe()}; score one convention at a time", file=sys.stderr)
+        return 2
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(args.onnx, options, providers=["CPUExecutionProvider"])
@@ -62,17 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     confusion = {name: np.zeros((N_CLASSES, N_CLASSES), np.int64) for name in engines}
     fraction_errors = {name: {"unmelted_pct": [], "porosity_pct": []} for name in engines}
     for pair in pairs:
-        truth = to_class_index(raw_masks[pair.sample_id], convention)
+        truth = to_class_index(read_mask(pair.mask_path), convention)
         enhanced = enhance(decode_file(pair.image_path)[0].pixels, PreprocessConfig())
         for name, engine in engines.items():
             predicted = engine.segment(enhanced)
-            confusion[name] += np.bincount(truth.astype(np.int64).ravel() * N_CLASSES + predicted.ravel(),
-                                           minlength=N_CLASSES**2).reshape(N_CLASSES, N_CLASSES)
+            confusion[name] += confusion_matrix(predicted, truth, N_CLASSES)
             for key, cls in (("unmelted_pct", 1), ("porosity_pct", 2)):
                 error = 100.0 * (np.count_nonzero(predicted == cls) - np.count_nonzero(truth == cls)) / truth.size
                 fraction_errors[name][key].append(error)
         print(f"{pair.sample_id}: " + ", ".join(
-            f"{name} IoU(unmelted) {iou(confusion[name])[1]:.3f}" for name in engines), file=sys.stderr)
+            f"{name} IoU(unmelted) {iou_per_class(confusion[name])[1]:.3f}" for name in engines), file=sys.stderr)
 
     report = {
         "images": len(pairs),
@@ -87,12 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": _cpu_model(), "python": platform.python_version(), "onnxruntime": ort.__version__},
     }
     for name in engines:
-        ious = iou(confusion[name])
-        cm = confusion[name]
+        ious = iou_per_class(confusion[name])
         report["engines"][name] = {
             **{f"iou_{CLASS_NAMES[c]}": round(float(ious[c]), 4) for c in range(N_CLASSES)},
             "iou_mean": round(float(np.nanmean(ious)), 4),
-            "pixel_accuracy": round(float(np.trace(cm) / cm.sum()), 4),
+            "pixel_accuracy": round(pixel_accuracy(confusion[name]), 4),
             **{f"mean_abs_error_{k}": round(float(np.mean(np.abs(v))), 3) for k, v in fraction_errors[name].items()},
         }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -100,12 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:10s} " + " ".join(f"{k}={v}" for k, v in metrics.items()))
     print(f"ONNX Runtime, {args.threads} threads: {report['onnxruntime_ms_per_512x512_tile']:.1f} ms per 512x512 tile")
     return 0
-
-
-def iou(confusion: np.ndarray) -> np.ndarray:
-    overlap = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - overlap
-    return np.where(union > 0, overlap / np.maximum(union, 1), np.nan)
 
 
 def tile_latency_ms(session: ort.InferenceSession, repeats: int = 15) -> float:

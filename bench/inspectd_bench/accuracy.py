@@ -7,7 +7,8 @@ U-Net is trained on) with a seed that neither the bundled model's training and v
 set (seeds 9001-9004) used, and `vary=True` so each frame draws its own look (particle size,
 share and brightness relation, lamellae, pores, blur, noise, light, raw or enhanced). Scores come from
 `inspectd.reports.evaluate` (the code behind `inspectd evaluate`): per-class IoU pooled over all
-pixels, on the engine exactly as configured in the run (including the U-Net's working scale).
+pixels (`inspectd.data.scores`), on the engine exactly as configured in the run (including the
+U-Net's working scale).
 
 Example:
     >>> import tempfile
@@ -30,8 +31,9 @@ from typing import Any
 
 from inspectd.analysis.engines.base import SegmentationEngine
 from inspectd.config import Config
+from inspectd.data.labelled import LabelledPair, find_pairs
 from inspectd.data.synth import RealisticParams, write_dataset
-from inspectd.reports.evaluate import LabelledImage, evaluate_set, match_pairs, summarise
+from inspectd.reports.evaluate import evaluate_set, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +48,14 @@ def heldout_description(n: int, width: int, height: int) -> dict[str, Any]:
                     "and its model card's held-out set (seeds 9001-9004)"}
 
 
-def write_heldout_set(folder: Path, n: int, width: int, height: int) -> list[LabelledImage]:
+def write_heldout_set(folder: Path, n: int, width: int, height: int) -> list[LabelledPair]:
     """Write `n` labelled frames into `folder` (masks beside them) and return the matched pairs."""
     write_dataset(folder, n=n, height=height, width=width, seed=HELDOUT_SEED, params=HELDOUT_PARAMS, vary=True,
                   generator="v3")
-    return match_pairs(folder, folder)
+    return find_pairs(folder, folder)
 
 
-def score_engine(engine: SegmentationEngine, pairs: Sequence[LabelledImage], cfg: Config) -> dict[str, Any]:
+def score_engine(engine: SegmentationEngine, pairs: Sequence[LabelledPair], cfg: Config) -> dict[str, Any]:
     """Pooled per-class IoU, mean IoU, pixel accuracy and fraction errors of one loaded engine."""
     results, mode = evaluate_set([engine], pairs, cfg)
     summary = summarise(results[0], mode)

@@ -31,7 +31,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import shlex
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from inspectd.analysis.analyzer import Analyzer, choose_threading_layer
 from inspectd.config import Config
 from inspectd.data import synth
 from inspectd.errors import ConfigError, InspectdError
+from inspectd.metric_values import finite_or_none
 from inspectd_bench import accuracy, report
 from inspectd_bench.machine import describe_machine, load_average, one_line
 from inspectd_bench.peer import (
@@ -496,8 +496,8 @@ def run(args: argparse.Namespace, command: str) -> int:
 
 def _finite(value: Any) -> Any:
     """NaN/inf -> None, so the JSON is strict."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        return finite_or_none(value)
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list):

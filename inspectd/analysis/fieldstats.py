@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 from scipy import stats as scipy_stats
 
+from inspectd.metric_values import finite_or_none
+
 logger = logging.getLogger(__name__)
 
 FRACTION_METRICS = ("melted_fraction_pct", "unmelted_fraction_pct", "porosity_pct")
@@ -73,8 +75,8 @@ def _values(metrics_per_field: Sequence[Mapping[str, float]], name: str) -> list
     values = []
     for index, metrics in enumerate(metrics_per_field):
         raw = metrics.get(name)
-        value = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else math.nan
-        if math.isfinite(value):
+        value = finite_or_none(raw)
+        if value is not None:
             values.append(value)
         else:
             logger.debug("field %d has no finite %s; left out of its statistics", index, name)

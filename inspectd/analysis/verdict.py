@@ -14,12 +14,11 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import operator
 from collections.abc import Callable, Iterable, Mapping
 
 from inspectd.config import Rule
+from inspectd.metric_values import finite_or_none
 from inspectd.types import FailedRule, Measurements, Verdict, VerdictResult
 
 logger = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ def decide(measurements: Measurements | Mapping[str, float], rules: Iterable[Rul
         if compare is None:
             msg = f"unknown rule operator {op!r}; expected one of {sorted(_COMPARE)}"
             raise ValueError(msg)
-        value = _finite_or_none(metrics.get(rule.metric))
+        value = finite_or_none(metrics.get(rule.metric))
         if value is None or not compare(value, rule.limit):
             failed.append(FailedRule(metric=rule.metric, op=op, limit=float(rule.limit), value=value))
     if failed:
@@ -70,11 +69,3 @@ def error_verdict(reason: str) -> Verdict:
     """
     text = str(reason).strip() or "analysis failed (no reason given)"
     return Verdict(result=VerdictResult.ERROR, reason=text)
-
-
-def _finite_or_none(value: object) -> float | None:
-    """The metric as a float, or None when it is missing, not a real number, NaN or infinite."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None

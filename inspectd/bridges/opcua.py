@@ -60,6 +60,7 @@ from inspectd.bridges.handshake import (
 from inspectd.config import StrictModel, parse_yaml, read_text
 from inspectd.errors import ConfigError
 from inspectd.escaping import printable
+from inspectd.metric_values import finite_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +366,12 @@ class _OpcUaBus:
         return self._runner.call(make, self.timeout_s, what)
 
     def _convert(self, field: str, value: Any) -> Any:
-        """A python value in the node's data type (clamped; counters wrap)."""
+        """A python value in the node's data type (clamped; counters wrap).
+
+        Numbers are read by `finite_or_none`, as the verdict message and the Modbus map read
+        them: a bool given for a Float, Double or integer node is no value (NaN, or the type's
+        sentinel), not 1.0. The variables and their data types are unchanged.
+        """
         vtype = self._types[field]
         name = vtype.name
         if name == "Boolean":
@@ -373,13 +379,13 @@ class _OpcUaBus:
         if name == "String":
             return "" if value is None else str(value)
         if name in ("Float", "Double"):
-            number = _finite(value)
+            number = finite_or_none(value)
             return math.nan if number is None else number
         if name == "DateTime":
             return _datetime(value)
         if name in _INT_LIMITS:
             low, high = _INT_LIMITS[name]
-            number = _finite(value)
+            number = finite_or_none(value)
             if number is None:  # no value: the type's sentinel, as in the Modbus map
                 return low if low < 0 else high
             integer = round(number)
@@ -542,16 +548,6 @@ def _asyncua() -> None:
 def _qualify(node_id: str) -> str:
     """`s=X` / `i=5` / `g=...` / `b=...` stay; a bare identifier becomes a string id."""
     return node_id if node_id[:2] in ("s=", "i=", "g=", "b=") else f"s={node_id}"
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None if value is None else float(value)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _datetime(value: Any) -> datetime:

@@ -57,7 +57,7 @@ from pydantic import Field, ValidationError, model_validator
 from inspectd.bridges.handshake import AckMode, StatusBit, TriggerStatus, VerdictCode
 from inspectd.config import StrictModel, compose_yaml, parse_yaml, read_text
 from inspectd.errors import ConfigError
-from inspectd.wire.message import finite_or_none
+from inspectd.metric_values import finite_or_none
 
 logger = logging.getLogger(__name__)
 

@@ -28,16 +28,15 @@ from tqdm import tqdm
 
 from inspectd import config
 from inspectd.analysis.engines.registry import create_engine
+from inspectd.data.labelled import LabelledDataError, find_pairs
+from inspectd.data.scores import fraction_pct
 from inspectd.errors import EngineError, ImageDecodeError
 from inspectd.escaping import html_text, markdown_code
 from inspectd.reports.evaluate import (
     LABEL_MODE_BINARY,
     EvaluatedImage,
-    EvaluationError,
     evaluate_set,
-    fraction_pct,
     markdown_table,
-    match_pairs,
     summarise,
     table_rows,
     text_table,
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"inspectd evaluate: --engines must name distinct engines, got {args.engines!r}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        pairs = match_pairs(Path(args.images), Path(args.masks))
+        pairs = find_pairs(Path(args.images), Path(args.masks))
         engines = []
         for name in engine_names:
             engine_cfg = copy.deepcopy(cfg.segment)
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"inspectd evaluate: engine error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (EvaluationError, ImageDecodeError) as exc:
+    except (LabelledDataError, ImageDecodeError) as exc:
         print(f"inspectd evaluate: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -156,7 +155,7 @@ class _OverlayWriter:
         folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, image: EvaluatedImage) -> None:
-        stem = image.item.stem
+        stem = image.item.sample_id
         row: dict[str, Any] = {"stem": stem, "panels": []}
         plain = cv2.cvtColor(to_display_uint8(image.enhanced), cv2.COLOR_GRAY2BGR)
         row["panels"].append(("image (enhanced)", self._write(f"{stem}_image.png", plain)))

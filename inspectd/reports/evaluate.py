@@ -4,18 +4,18 @@ Why: the only honest way to choose between the classical engine and the U-Net (o
 two U-Nets) is to run both over the same labelled images, through the same preprocessing
 as the daemon (`inspectd.analysis.preprocess.enhance`), and count pixels.
 
-Labels. Masks are matched to images by file stem: `<stem>.png` or `<stem>_mask.png` (PNG,
-TIFF or BMP) in the masks folder; files named `*_mask.*` are never taken as images, so
-`inspectd synth` output (masks beside images) works with `--images D --masks D`. A mask
-set is read in one of two modes, decided over the whole set:
-- `classes`: some mask holds the value 2; every mask is class indices (0 melted,
-  1 unmelted, 2 pore).
-- `binary` (the seed's labels): no mask holds a 2; {0, 1} means 1 = unmelted, {0, 255}
-  means 255 = unmelted, 0 = everything else. Only unmelted vs the rest can be compared,
-  so predictions are folded the same way (melted and pore -> rest) and porosity is not scored.
-Any other value, or 255 in a class-index set, is an `EvaluationError` naming the file.
+Labels. Pairs and mask conventions are `inspectd.data.labelled`'s, as in training: masks
+are matched to images by file stem (`<stem>.png` or `<stem>_mask.png`, PNG, TIFF or BMP);
+files named `*_mask.*` are never taken as images, so `inspectd synth` output (masks beside
+images) works with `--images D --masks D`. The set's convention gives one of two modes:
+- `classes`: class indices (0 melted, 1 unmelted, 2 pore).
+- `binary` (the seed's labels, {0, 1} with 1 = unmelted or {0, 255} with 255 = unmelted,
+  0 = everything else): only unmelted vs the rest can be compared, so predictions are
+  folded the same way (melted and pore -> rest) and porosity is not scored.
+Any other value, binary {0, 1} beside {0, 255}, or 255 beside class indices (which training
+accepts, but which cannot be scored as one set) is a `LabelledDataError`.
 
-Metrics, per class: IoU, Dice, precision and recall from one confusion matrix summed over
+Metrics (`inspectd.data.scores`), per class: IoU, Dice, precision and recall from one confusion matrix summed over
 every pixel of the set ("pooled", big images weigh more), and the mean of the per-image
 values over the images where the class occurs in the truth or the prediction ("per-image
 mean"); pixel accuracy both ways; fraction errors (predicted minus true unmelted % and
@@ -35,40 +35,41 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from inspectd.analysis.decode import decode_file
 from inspectd.analysis.engines.base import SegmentationEngine
 from inspectd.analysis.preprocess import enhance
 from inspectd.config import Config
-from inspectd.errors import InspectdError
+from inspectd.data.labelled import (
+    LabelledDataError,
+    LabelledPair,
+    MaskConvention,
+    detect_set_convention,
+    read_mask,
+    to_class_index,
+)
+from inspectd.data.scores import (
+    METRIC_NAMES,
+    class_scores,
+    confusion_matrix,
+    fraction_pct,
+    pixel_accuracy,
+)
 from inspectd.types import CLASS_NAMES, PORE, UNMELTED
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
-MASK_SUFFIXES = (".png", ".tif", ".tiff", ".bmp")
-MASK_STEM_SUFFIX = "_mask"
 LABEL_MODE_CLASSES = "classes"
 LABEL_MODE_BINARY = "binary"
 # In binary mode the two compared classes are "rest" (0) and "unmelted" (1).
 BINARY_CLASS_NAMES = {0: "rest", 1: "unmelted"}
-METRIC_NAMES = ("iou", "dice", "precision", "recall")
 
 
-class EvaluationError(InspectdError):
-    """The image/mask set cannot be evaluated (no pairs, unreadable or ambiguous masks)."""
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    stem: str
-    image_path: Path
-    mask_path: Path
+class EvaluationError(LabelledDataError):
+    """The image/mask set cannot be evaluated (masks that do not fit their images, a mixed set)."""
 
 
 @dataclass
@@ -82,90 +83,21 @@ class EngineResult:
     per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- pairing and labels
+# --------------------------------------------------------------------------- labels
 
 
-def match_pairs(images_dir: Path, masks_dir: Path) -> list[LabelledImage]:
-    """Image files of `images_dir` with their masks in `masks_dir`, by stem, sorted by stem.
-
-    Images without a mask are skipped with a warning; no pair at all is an `EvaluationError`.
-    """
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        missing = images_dir if not images_dir.is_dir() else masks_dir
-        msg = f"{missing} is not a folder"
-        raise EvaluationError(msg)
-    masks = {p.name.lower(): p for p in masks_dir.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES}
-    pairs, unmatched = [], []
-    for image_path in sorted(images_dir.iterdir()):
-        if not image_path.is_file() or image_path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if image_path.stem.endswith(MASK_STEM_SUFFIX):
-            continue
-        mask_path = _find_mask(image_path, masks)
-        if mask_path is None:
-            unmatched.append(image_path.name)
-            continue
-        pairs.append(LabelledImage(image_path.stem, image_path, mask_path))
-    if unmatched:
-        logger.warning("%d image(s) without a mask skipped: %s", len(unmatched), ", ".join(unmatched[:10]))
-    if not pairs:
-        msg = (f"no image in {images_dir} has a mask in {masks_dir} (expected <stem>.png or <stem>_mask.png "
-               f"for image <stem>.<ext>)")
-        raise EvaluationError(msg)
-    return pairs
-
-
-def _find_mask(image_path: Path, masks: dict[str, Path]) -> Path | None:
-    for stem in (image_path.stem, image_path.stem + MASK_STEM_SUFFIX):
-        for suffix in MASK_SUFFIXES:
-            candidate = masks.get((stem + suffix).lower())
-            if candidate is not None and candidate.resolve() != image_path.resolve():
-                return candidate
-    return None
-
-
-def read_mask_values(path: Path) -> np.ndarray:
-    """The mask file as a 2-D integer array of raw values (grey; a colour file with equal channels)."""
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        msg = f"mask {path} cannot be read as an image"
-        raise EvaluationError(msg)
-    if raw.ndim == 3:
-        channels = raw[..., :3]
-        if not (np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])):
-            msg = f"mask {path} is a colour image; masks must be grey class indices or 0/255"
-            raise EvaluationError(msg)
-        raw = channels[..., 0]
-    return raw
-
-
-def label_mode(value_sets: Sequence[set[int]]) -> str:
-    """`classes` when any mask holds a 2, else `binary` (see the module docstring).
+def label_mode(convention: MaskConvention) -> str:
+    """The evaluation mode of a set's mask convention (a mixed set cannot be scored as one).
 
     Example:
-        >>> label_mode([{0, 1}, {0, 1, 2}]), label_mode([{0, 1}, {0, 255}])
+        >>> label_mode(MaskConvention.CLASS_INDEX), label_mode(MaskConvention.BINARY_0_255)
         ('classes', 'binary')
     """
-    return LABEL_MODE_CLASSES if any(PORE in values for values in value_sets) else LABEL_MODE_BINARY
-
-
-def to_labels(values: np.ndarray, mode: str, source: str = "mask") -> np.ndarray:
-    """Raw mask values -> uint8 labels: class indices (`classes`) or 0 rest / 1 unmelted (`binary`).
-
-    Example:
-        >>> import numpy as np
-        >>> to_labels(np.array([[0, 255]]), "binary").tolist()
-        [[0, 1]]
-    """
-    present = {int(v) for v in np.unique(values)}
-    allowed = {0, 1, 2} if mode == LABEL_MODE_CLASSES else {0, 1, 255}
-    if not present <= allowed or (mode == LABEL_MODE_BINARY and {1, 255} <= present):
-        msg = (f"{source} holds values {sorted(present)}; expected class indices {{0, 1, 2}} or binary labels "
-               f"{{0, 1}} / {{0, 255}} (and every mask of a set in one convention)")
+    if convention is MaskConvention.MIXED:
+        msg = (f"masks mix {MaskConvention.MIXED.describe()}: an evaluation scores one convention; "
+               "evaluate the class-index and the binary masks as two sets")
         raise EvaluationError(msg)
-    if mode == LABEL_MODE_BINARY:
-        return (values > 0).astype(np.uint8)
-    return values.astype(np.uint8)
+    return LABEL_MODE_BINARY if convention.is_binary else LABEL_MODE_CLASSES
 
 
 def fold_prediction(mask: np.ndarray, mode: str) -> np.ndarray:
@@ -176,58 +108,6 @@ def fold_prediction(mask: np.ndarray, mode: str) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
-    """`[truth, predicted]` pixel counts (int64, n_classes x n_classes).
-
-    Example:
-        >>> import numpy as np
-        >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist()
-        [[1, 1], [0, 1]]
-    """
-    if predicted.shape != truth.shape:
-        msg = f"prediction {predicted.shape} and truth {truth.shape} differ in shape"
-        raise EvaluationError(msg)
-    index = truth.astype(np.int64).ravel() * n_classes + predicted.astype(np.int64).ravel()
-    return np.bincount(index, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
-
-
-def class_scores(confusion: np.ndarray) -> dict[int, dict[str, float | None]]:
-    """Per class: IoU, Dice, precision, recall (None where undefined: the class is absent everywhere).
-
-    Example:
-        >>> import numpy as np
-        >>> truth = np.array([0, 0, 1, 1]); inverted = 1 - truth
-        >>> class_scores(confusion_matrix(inverted, truth, 2))[1]["iou"]
-        0.0
-    """
-    scores = {}
-    for cls in range(confusion.shape[0]):
-        tp = float(confusion[cls, cls])
-        fp = float(confusion[:, cls].sum()) - tp
-        fn = float(confusion[cls, :].sum()) - tp
-        scores[cls] = {
-            "iou": _ratio(tp, tp + fp + fn),
-            "dice": _ratio(2 * tp, 2 * tp + fp + fn),
-            "precision": _ratio(tp, tp + fp),
-            "recall": _ratio(tp, tp + fn),
-        }
-    return scores
-
-
-def pixel_accuracy(confusion: np.ndarray) -> float:
-    total = confusion.sum()
-    return float(np.trace(confusion) / total) if total else 0.0
-
-
-def fraction_pct(labels: np.ndarray, cls: int) -> float:
-    """Area percentage of class `cls` in a label mask."""
-    return 100.0 * float(np.count_nonzero(labels == cls)) / labels.size
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -301,42 +181,38 @@ def image_record(stem: str, predicted: np.ndarray, truth: np.ndarray, mode: str,
 class EvaluatedImage:
     """One image as every engine saw it, for overlays: enhanced frame, truth labels, raw masks."""
 
-    item: LabelledImage
+    item: LabelledPair
     enhanced: np.ndarray
     truth: np.ndarray
     masks: dict[str, np.ndarray]
 
 
-def detect_label_mode(pairs: Sequence[LabelledImage]) -> str:
-    """Read every mask once and decide the set's label mode (see `label_mode`)."""
-    return label_mode([{int(v) for v in np.unique(read_mask_values(pair.mask_path))} for pair in pairs])
-
-
-def load_image(pair: LabelledImage, cfg: Config, mode: str) -> tuple[np.ndarray, np.ndarray]:
+def load_image(pair: LabelledPair, cfg: Config, convention: MaskConvention) -> tuple[np.ndarray, np.ndarray]:
     """(enhanced frame, truth labels) of one pair, decoded and enhanced exactly as the daemon does."""
     frames = decode_file(pair.image_path, max_pixels=cfg.input.max_pixels, max_file_bytes=cfg.input.max_file_bytes)
     if len(frames) > 1:
         logger.warning("%s has %d fields; only the first is evaluated", pair.image_path.name, len(frames))
     pixels = frames[0].pixels
-    raw_mask = read_mask_values(pair.mask_path)
+    raw_mask = read_mask(pair.mask_path)
     if raw_mask.shape != pixels.shape:
         msg = (f"mask {pair.mask_path} is {raw_mask.shape[1]}x{raw_mask.shape[0]} but image {pair.image_path.name} "
                f"is {pixels.shape[1]}x{pixels.shape[0]}")
         raise EvaluationError(msg)
-    truth = to_labels(raw_mask, mode, source=f"mask {pair.mask_path}")
+    truth = to_class_index(raw_mask, convention)  # binary: 0 rest, 1 unmelted
     return enhance(pixels, cfg.preprocess, backend="cpu"), truth
 
 
-def evaluate_set(engines: Sequence[SegmentationEngine], pairs: Sequence[LabelledImage], cfg: Config,
+def evaluate_set(engines: Sequence[SegmentationEngine], pairs: Sequence[LabelledPair], cfg: Config,
                  on_image: Callable[[EvaluatedImage], None] | None = None,
                  progress: Callable[[int], None] | None = None) -> tuple[list[EngineResult], str]:
     """Run every loaded engine over every pair (one image in memory at a time); returns results and label mode."""
-    mode = detect_label_mode(pairs)
+    convention = detect_set_convention(list(pairs))
+    mode = label_mode(convention)
     n_classes = len(class_names(mode))
     results = [EngineResult(e.name, e.backend, e.model_hash, np.zeros((n_classes, n_classes), np.int64))
                for e in engines]
     for pair in pairs:
-        enhanced, truth = load_image(pair, cfg, mode)
+        enhanced, truth = load_image(pair, cfg, convention)
         masks = {}
         for engine, result in zip(engines, results, strict=True):
             start = time.perf_counter()
@@ -344,7 +220,7 @@ def evaluate_set(engines: Sequence[SegmentationEngine], pairs: Sequence[Labelled
             segment_ms = (time.perf_counter() - start) * 1000.0
             predicted = fold_prediction(mask, mode)
             result.confusion += confusion_matrix(predicted, truth, n_classes)
-            result.per_image.append(image_record(pair.stem, predicted, truth, mode, segment_ms))
+            result.per_image.append(image_record(pair.sample_id, predicted, truth, mode, segment_ms))
             masks[engine.name] = mask
         if on_image is not None:
             on_image(EvaluatedImage(pair, enhanced, truth, masks))

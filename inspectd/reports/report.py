@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import inspectd
 from inspectd.analysis.analyzer import FrameResult
 from inspectd.config import Config
 from inspectd.escaping import csv_cell
+from inspectd.metric_values import finite_or_none
 from inspectd.types import CLASS_NAMES, MELTED, PORE, UNMELTED, Region
 
 RESULT_SCHEMA_VERSION = "1.0"
@@ -59,8 +59,8 @@ def result_record(result: FrameResult, cfg: Config, *, engine_name: str, backend
     }
     record.update(assessment_fields(result))
     for name in HEADLINE_METRICS:
-        record[name] = _json_number(metrics.get(name))
-    record["metrics"] = {name: _json_number(value) for name, value in metrics.items()}
+        record[name] = finite_or_none(metrics.get(name))
+    record["metrics"] = {name: finite_or_none(value) for name, value in metrics.items()}
     record["um_per_px"] = cfg.um_per_px
     record["regions_count"] = len(result.measurements.regions) if result.measurements else 0
     record["engine"] = {"name": engine_name, "backend": backend, "model_hash": model_hash}
@@ -82,9 +82,9 @@ def assessment_fields(result: FrameResult) -> dict[str, Any]:
     if assessment is None:
         return {"confidence": None, "out_of_distribution": None, "ood": None}
     return {
-        "confidence": _json_number(assessment.confidence),
+        "confidence": finite_or_none(assessment.confidence),
         "out_of_distribution": assessment.out_of_distribution,
-        "ood": {"distance": _json_number(assessment.ood_distance), "reasons": list(assessment.ood_reasons)},
+        "ood": {"distance": finite_or_none(assessment.ood_distance), "reasons": list(assessment.ood_reasons)},
     }
 
 
@@ -191,13 +191,6 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         msg = f"could not encode {path.name}"
         raise OSError(msg)
     path.write_bytes(encoded.tobytes())
-
-
-def _json_number(value: float | None) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _csv_value(value: object) -> object:

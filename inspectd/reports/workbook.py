@@ -41,7 +41,6 @@ import csv
 import dataclasses
 import io
 import logging
-import math
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from openpyxl.styles import Font
 
 from inspectd.analysis import fieldstats
 from inspectd.escaping import csv_cell, printable
+from inspectd.metric_values import finite_or_none
 from inspectd.types import Region
 
 logger = logging.getLogger(__name__)
@@ -202,8 +202,7 @@ def _plain(value: object) -> object:
     if isinstance(value, numbers.Integral):  # numpy integers too
         return int(value)
     if isinstance(value, numbers.Real):
-        number = float(value)
-        return number if math.isfinite(number) else None
+        return finite_or_none(value)
     return value
 
 

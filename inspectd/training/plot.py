@@ -22,6 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.metric_values import is_finite_number
+
 logger = logging.getLogger(__name__)
 
 _PANEL_W, _PANEL_H = 480, 420
@@ -55,7 +57,7 @@ def _panel(title: str, epochs: list[int], history: list[dict], keys: tuple[str, 
     panel = np.full((_PANEL_H, _PANEL_W, 3), 255, np.uint8)
     x0, x1 = _MARGIN_L, _PANEL_W - _MARGIN_R
     y0, y1 = _PANEL_H - _MARGIN_B, _MARGIN_T  # y0 bottom, y1 top (pixel rows)
-    values = [float(row[k]) for row in history for k in keys if _finite(row.get(k))]
+    values = [float(row[k]) for row in history for k in keys if is_finite_number(row.get(k))]
     if y_range is None:
         low, high = (min(values), max(values)) if values else (0.0, 1.0)
         low = min(0.0, low)
@@ -87,7 +89,7 @@ def _panel(title: str, epochs: list[int], history: list[dict], keys: tuple[str, 
     for row_index, key in enumerate(keys):
         colour, label = _SERIES_STYLE[key]
         points = [to_px(e, float(row[key])) for e, row in zip(epochs, history, strict=True)
-                  if _finite(row.get(key))]
+                  if is_finite_number(row.get(key))]
         if len(points) > 1:
             cv2.polylines(panel, [np.array(points, np.int32)], False, colour, 2, cv2.LINE_AA)
         for point in points:
@@ -96,8 +98,3 @@ def _panel(title: str, epochs: list[int], history: list[dict], keys: tuple[str, 
         cv2.line(panel, (x1 - 150, legend_y - 4), (x1 - 130, legend_y - 4), colour, 2)
         cv2.putText(panel, label, (x1 - 125, legend_y), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     return panel
-
-
-def _finite(value: object) -> bool:
-    """A plottable number (not None, NaN or infinite)."""
-    return isinstance(value, (int, float)) and bool(np.isfinite(value))

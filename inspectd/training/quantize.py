@@ -36,6 +36,7 @@ from inspectd.analysis.engines.registry import create_engine
 from inspectd.analysis.engines.unet import file_sha256
 from inspectd.config import PreprocessConfig, SegmentConfig, UnetConfig
 from inspectd.data.labelled import IMAGE_SUFFIXES, calibration_images, enhanced_images
+from inspectd.data.scores import confusion_matrix, pixel_accuracy
 from inspectd.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -194,8 +195,7 @@ def mask_agreement(reference_path: Path, candidate_path: Path, frames: list[np.n
         return create_engine(SegmentConfig(engine="unet", backend="cpu", unet=UnetConfig(model=path)))
 
     reference, candidate = engine(reference_path), engine(candidate_path)
-    same = total = 0
+    confusion = np.zeros((contract.N_CLASSES, contract.N_CLASSES), np.int64)
     for frame in frames:
-        same += int(np.count_nonzero(reference.segment(frame) == candidate.segment(frame)))
-        total += frame.size
-    return same / max(1, total)
+        confusion += confusion_matrix(candidate.segment(frame), reference.segment(frame), contract.N_CLASSES)
+    return pixel_accuracy(confusion)

@@ -61,6 +61,7 @@ from inspectd.data.labelled import (
     load_pairs,
     split_ids,
 )
+from inspectd.data.scores import label_confusion, label_iou
 from inspectd.errors import ConfigError
 from inspectd.training.augment import AugmentSettings, TileSampler
 from inspectd.training.model import (
@@ -548,45 +549,6 @@ def evaluate_images(model: UNet, images: Iterable[LabelledImage], class_weights:
     return metrics
 
 
-def label_confusion(predicted: np.ndarray, labels: np.ndarray, n_classes: int = contract.N_CLASSES) -> np.ndarray:
-    """`[label, predicted]` pixel counts, `[n_classes + 1, n_classes]`; the last row counts the
-    NOT_UNMELTED pixels; IGNORE pixels are not counted.
-
-    >>> label_confusion(np.array([0, 1, 2, 1, 2]), np.array([0, 1, 3, 3, 255])).tolist()
-    [[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 1]]
-    """
-    scored = labels != contract.IGNORE
-    rows = np.where(labels == contract.NOT_UNMELTED, n_classes, labels)[scored].astype(np.int64)
-    flat = rows * n_classes + predicted[scored].astype(np.int64)
-    return np.bincount(flat, minlength=(n_classes + 1) * n_classes).reshape(n_classes + 1, n_classes)
-
-
-def label_iou(confusion: np.ndarray) -> np.ndarray:
-    """IoU per class from `label_confusion`; NaN for a class absent from truth and prediction.
-
-    A NOT_UNMELTED pixel is exact evidence about unmelted only (predicting it unmelted is a
-    false positive) and none about melted vs pore: those IoUs count only fully labelled
-    pixels, so binary labels can neither reward nor punish the melted/pore split.
-
-    >>> label_iou(np.array([[2, 0, 0], [0, 3, 0], [0, 0, 0], [1, 1, 0]])).round(3).tolist()
-    [1.0, 0.75, nan]
-    >>> label_iou(np.array([[0, 0, 0], [1, 3, 0], [0, 0, 0], [5, 1, 2]])).round(3).tolist()  # binary labels
-    [nan, 0.6, nan]
-    """
-    exact, partial = confusion[:-1], confusion[-1]
-    overlap = np.diag(exact).astype(np.float64)
-    predicted = exact.sum(0).astype(np.float64)
-    if predicted.size > UNMELTED:
-        predicted[UNMELTED] += partial[UNMELTED]
-    labelled = exact.sum(1)
-    union = predicted + labelled - overlap
-    # Beside binary labels, a class no pixel is labelled with (melted, pore) is not scored.
-    unscored = (labelled == 0) & (partial.sum() > 0)
-    unscored[min(UNMELTED, unscored.size - 1)] = False
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((union > 0) & ~unscored, overlap / np.maximum(union, 1), np.nan)
-
-
 def format_metric(value: float | None) -> str:
     """4 decimals, or n/a for a metric that does not apply (None / NaN).
 
@@ -594,28 +556,6 @@ def format_metric(value: float | None) -> str:
     ('0.9123', 'n/a')
     """
     return "n/a" if value is None or value != value else f"{value:.4f}"
-
-
-def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, n_classes: int = contract.N_CLASSES) -> np.ndarray:
-    """`[truth, predicted]` pixel counts.
-
-    >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 2])).tolist()
-    [[1, 0, 0], [0, 1, 0], [0, 1, 0]]
-    """
-    flat = truth.astype(np.int64).ravel() * n_classes + predicted.astype(np.int64).ravel()
-    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def iou_per_class(confusion: np.ndarray) -> np.ndarray:
-    """IoU of each class from a confusion matrix; NaN for a class absent from truth and prediction.
-
-    >>> iou_per_class(np.array([[2, 0], [1, 1]])).round(3).tolist()
-    [0.667, 0.5]
-    """
-    overlap = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - overlap
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, overlap / np.maximum(union, 1), np.nan)
 
 
 def load_checkpoint(path: str | Path) -> tuple[UNet, dict[str, Any]]:

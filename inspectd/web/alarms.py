@@ -48,6 +48,7 @@ from typing import Any
 from inspectd.daemon.journal import JOURNAL_FILE
 from inspectd.durable_files import write_atomically
 from inspectd.errors import InspectdError
+from inspectd.metric_values import finite_or_none
 from inspectd.reports.spc import (
     RULE_NAMES,
     RULE_SETS,
@@ -58,7 +59,7 @@ from inspectd.reports.spc import (
 )
 from inspectd.web.context import UI_DIR
 from inspectd.web.journal_reader import MAX_ROWS, JournalReader, JournalUnreadableError
-from inspectd.wire.message import build_alarm_message, finite_or_none, utc_iso
+from inspectd.wire.message import build_alarm_message, utc_iso
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
+from inspectd.metric_values import finite_or_none
 from inspectd.types import Assessment, FailedRule, Verdict, VerdictResult
 
 logger = logging.getLogger(__name__)
@@ -82,22 +82,6 @@ def utc_iso(moment: datetime | str | None = None) -> str:
     if moment is None:
         moment = datetime.now(timezone.utc)
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def finite_or_none(value: Any) -> float | None:
-    """A float, or None for NaN, infinities, None and anything that is not a number.
-
-    Example:
-        >>> finite_or_none(float("nan")) is None, finite_or_none(3)
-        (True, 3.0)
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def build_verdict_message(
@@ -386,7 +370,7 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return finite_or_none(value)
     if hasattr(value, "item"):  # numpy scalar
         return _json_safe(value.item())
     if isinstance(value, enum.Enum):

@@ -10,8 +10,10 @@ import pytest
 
 from inspectd.analysis.engines import unet_contract as contract
 from inspectd.data.labelled import (
+    LabelledDataError,
     MaskConvention,
     detect_convention,
+    detect_set_convention,
     find_pairs,
     load_pairs,
     split_ids,
@@ -106,6 +108,40 @@ def test_find_pairs_without_any_mask_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no image"):
         find_pairs(tmp_path / "images", tmp_path / "empty")
+
+
+def test_find_pairs_takes_lossless_masks_only_and_refuses_ambiguity(tmp_path: Path) -> None:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    grey = np.full((8, 8), 100, np.uint8)
+    for name in ("a.png", "b.png", "c_mask.png", "D.png"):
+        cv2.imwrite(str(images / name), grey)
+    cv2.imwrite(str(masks / "a.jpg"), np.zeros((8, 8), np.uint8))  # a JPEG blurs class values: not a mask
+    cv2.imwrite(str(masks / "b.png"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(masks / "c_mask_mask.png"), np.zeros((8, 8), np.uint8))  # `*_mask` is never an image
+    cv2.imwrite(str(masks / "d.PNG"), np.zeros((8, 8), np.uint8))  # names compared without case
+    assert [(p.sample_id, p.mask_path.name) for p in find_pairs(images, masks)] == [("D", "d.PNG"), ("b", "b.png")]
+    cv2.imwrite(str(masks / "b.tif"), np.zeros((8, 8), np.uint8))
+    with pytest.raises(LabelledDataError, match="image b.png has 2 masks"):
+        find_pairs(images, masks)
+    cv2.imwrite(str(images / "b.tif"), grey)
+    with pytest.raises(LabelledDataError, match="two images with the stem 'b'"):
+        find_pairs(images, masks)
+    with pytest.raises(LabelledDataError, match="--masks .* is not a folder"):
+        find_pairs(images, tmp_path / "missing")
+
+
+def test_one_detector_serves_training_and_evaluation(tmp_path: Path) -> None:
+    write_dataset(tmp_path, n=2, height=32, width=32, seed=3)
+    pairs = find_pairs(tmp_path, tmp_path)
+    cv2.imwrite(str(pairs[1].mask_path), np.array([[0, 1], [2, 0]], np.uint8))
+    assert detect_set_convention(pairs) is MaskConvention.CLASS_INDEX
+    cv2.imwrite(str(pairs[0].mask_path), np.array([[0, 255], [255, 0]], np.uint8))
+    assert detect_set_convention(pairs) is MaskConvention.MIXED
+    cv2.imwrite(str(pairs[1].mask_path), np.array([[0, 1], [0, 1]], np.uint8))
+    with pytest.raises(LabelledDataError, match="mix binary"):
+        detect_set_convention(pairs)
 
 
 def test_split_is_by_source_image_before_augmentation(synth_set) -> None:

@@ -16,18 +16,21 @@ from inspectd.analysis.engines.base import SegmentationEngine
 from inspectd.analysis.preprocess import enhance
 from inspectd.config import Config
 from inspectd.data import synth
+from inspectd.data.labelled import (
+    LabelledDataError,
+    MaskConvention,
+    find_pairs,
+    mask_conventions,
+    to_class_index,
+)
+from inspectd.data.scores import class_scores, confusion_matrix, pixel_accuracy
 from inspectd.reports.evaluate import (
     EvaluationError,
-    class_scores,
-    confusion_matrix,
     evaluate_set,
     fold_prediction,
     label_mode,
     markdown_table,
-    match_pairs,
-    pixel_accuracy,
     summarise,
-    to_labels,
 )
 from inspectd.types import MELTED, PORE, UNMELTED
 
@@ -77,28 +80,38 @@ def test_absent_class_has_undefined_scores_not_zero():
 
 
 def test_confusion_matrix_refuses_different_shapes():
-    with pytest.raises(EvaluationError):
+    with pytest.raises(LabelledDataError, match="differ in shape"):
         confusion_matrix(np.zeros((4, 4)), np.zeros((4, 5)), 3)
 
 
 # --------------------------------------------------------------------------- label conventions
 
 
-def test_label_modes_follow_the_issue_conventions():
-    assert label_mode([{0, 1}]) == "binary"
-    assert label_mode([{0, 255}, {0}]) == "binary"
-    assert label_mode([{0, 1}, {0, 1, 2}]) == "classes"
-    binary01 = to_labels(np.array([[0, 1, 1]], np.uint8), "binary")
-    binary255 = to_labels(np.array([[0, 255, 255]], np.uint8), "binary")
+def _set_mode(*value_sets: set[int]) -> str:
+    pairs = [None] * len(value_sets)
+    return label_mode(mask_conventions(pairs, list(value_sets))[1])
+
+
+def test_label_modes_follow_the_training_conventions():
+    assert _set_mode({0, 1}) == "binary"
+    assert _set_mode({0, 255}, {0}) == "binary"
+    assert _set_mode({0, 1}, {0, 1, 2}) == "classes"
+    binary01 = to_class_index(np.array([[0, 1, 1]], np.uint8), MaskConvention.BINARY_0_1)
+    binary255 = to_class_index(np.array([[0, 255, 255]], np.uint8), MaskConvention.BINARY_0_255)
     assert binary01.tolist() == binary255.tolist() == [[0, 1, 1]]
-    assert to_labels(np.array([[0, 1, 2]], np.uint16), "classes").dtype == np.uint8
+    assert to_class_index(np.array([[0, 1, 2]], np.uint16), MaskConvention.CLASS_INDEX).dtype == np.uint8
 
 
-@pytest.mark.parametrize(("values", "mode"), [([0, 128], "binary"), ([0, 1, 255], "binary"), ([0, 255], "classes"),
-                                              ([0, 3], "classes")])
-def test_values_outside_the_convention_are_refused(values, mode):
-    with pytest.raises(EvaluationError, match="holds values"):
-        to_labels(np.array([values], np.uint8), mode, source="mask m.png")
+@pytest.mark.parametrize("value_sets", [[{0, 128}], [{0, 1, 255}], [{0, 3}], [{0, 1}, {0, 255}]], ids=str)
+def test_values_outside_one_convention_are_refused(value_sets):
+    pairs = [type("Pair", (), {"mask_path": Path(f"m{i}.png")})() for i in range(len(value_sets))]
+    with pytest.raises(LabelledDataError, match="expected|mix"):
+        mask_conventions(pairs, value_sets)
+
+
+def test_class_indices_beside_binary_255_train_together_but_are_not_scored_as_one_set():
+    with pytest.raises(EvaluationError, match="an evaluation scores one convention"):
+        _set_mode({0, 1, 2}, {0, 255})
 
 
 def test_binary_mode_folds_melted_and_pores_into_the_rest():
@@ -126,23 +139,23 @@ def test_masks_match_by_stem_with_or_without_the_mask_suffix(tmp_path):
     _write_png(masks / "b_mask.png", np.zeros((20, 20), np.uint8))
     _write_png(masks / "c_mask.tif", np.zeros((20, 20), np.uint8))
     (images / "notes.txt").write_text("not an image")
-    pairs = match_pairs(images, masks)
-    assert [(p.stem, p.mask_path.name) for p in pairs] == [("a", "a.png"), ("b", "b_mask.png"), ("c", "c_mask.tif")]
+    pairs = find_pairs(images, masks)
+    assert [(p.sample_id, p.mask_path.name) for p in pairs] == [("a", "a.png"), ("b", "b_mask.png"), ("c", "c_mask.tif")]
 
 
 def test_synth_layout_with_masks_beside_images_pairs_each_image_once(tmp_path):
     synth.write_dataset(tmp_path, 2, 32, 48, seed=1)
-    pairs = match_pairs(tmp_path, tmp_path)
+    pairs = find_pairs(tmp_path, tmp_path)
     assert [(p.image_path.name, p.mask_path.name) for p in pairs] == [
         ("synth_0000.png", "synth_0000_mask.png"), ("synth_0001.png", "synth_0001_mask.png")]
 
 
 def test_no_pair_at_all_is_an_evaluation_error(tmp_path):
     _write_png(tmp_path / "a.png", np.zeros((20, 20), np.uint8))
-    with pytest.raises(EvaluationError, match="has a mask"):
-        match_pairs(tmp_path, tmp_path)
-    with pytest.raises(EvaluationError, match="is not a folder"):
-        match_pairs(tmp_path / "missing", tmp_path)
+    with pytest.raises(LabelledDataError, match="has a mask"):
+        find_pairs(tmp_path, tmp_path)
+    with pytest.raises(LabelledDataError, match="is not a folder"):
+        find_pairs(tmp_path / "missing", tmp_path)
 
 
 # --------------------------------------------------------------------------- evaluate_set with oracle engines
@@ -181,7 +194,7 @@ def _dataset(tmp_path: Path, binary: bool) -> tuple[list, dict[str, np.ndarray]]
         _write_png(tmp_path / f"img{index}_mask.png", mask)
         enhanced = enhance(sample.image, cfg.preprocess, backend="cpu")
         truths[hashlib.sha256(enhanced.tobytes()).hexdigest()] = sample.mask
-    return match_pairs(tmp_path, tmp_path), truths
+    return find_pairs(tmp_path, tmp_path), truths
 
 
 def test_oracle_scores_one_and_inverse_scores_zero_in_binary_mode(tmp_path):
