@@ -20,7 +20,9 @@ Example:
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -33,12 +35,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 
 from inspectd.errors import ConfigError
 from inspectd.regex_safety import check_regex
+
+logger = logging.getLogger(__name__)
 
 # Metrics a rule may name: every key `measure.measure()` puts into `Measurements.metrics`.
 RULE_METRICS = (
@@ -243,46 +248,6 @@ class SlicConfig(StrictModel):
     compactness: float = Field(10.0, gt=0.0, le=10_000.0, description="SLIC compactness (higher = squarer superpixels).")
 
 
-class ClassicalConfig(StrictModel):
-    """The seed's traditional path: threshold + morphology (+ optional SLIC vote)."""
-
-    threshold: ThresholdMethod = Field(
-        ThresholdMethod.MINIMUM_ERROR,
-        description="How unmelted (bright) pixels are split off: minimum_error (Kittler-Illingworth: a narrow bright "
-        "particle population beside a broad matrix one, each with its own spread) | otsu | otsu_upper (Otsu again "
-        "above the first Otsu threshold) | fixed | adaptive.",
-    )
-    fixed_threshold: int = Field(
-        128, ge=0, le=65535, description="Grey level for threshold: fixed, in the frame's own levels (x257 for 16-bit)."
-    )
-    adaptive_block_size: int = Field(51, ge=3, le=4095, description="Odd window size for threshold: adaptive, pixels.")
-    adaptive_offset: float = Field(
-        -20.0, ge=-65535.0, le=65535.0, description="Subtracted from the local mean for threshold: adaptive, in the frame's own grey levels."
-    )
-    smooth_sigma_px: float = Field(
-        0.5, ge=0.0, le=50.0, description="Gaussian sigma applied before thresholding (against single-pixel noise; "
-        "raise it for a coarse grain inside particles)."
-    )
-    pore_level: float = Field(
-        0.2, gt=0.0, lt=1.0,
-        description="Pores are pixels darker than this fraction of the Otsu threshold (near-black).",
-    )
-    pore_min_solidity: float = Field(
-        0.6, ge=0.0, le=1.0, description="Dark regions less solid than this are cracks, not pores (kept as melted)."
-    )
-    open_radius_px: int = Field(0, ge=0, le=50, description="Morphological opening radius (removes bright specks; "
-                                "0 keeps structures a few pixels wide, which real labels mark).")
-    close_radius_px: int = Field(0, ge=0, le=50, description="Morphological closing radius (fills gaps).")
-    slic: SlicConfig = Field(default_factory=SlicConfig)
-
-    @model_validator(mode="after")
-    def _verify_block_size(self) -> ClassicalConfig:
-        if self.adaptive_block_size % 2 == 0:
-            msg = f"adaptive_block_size must be odd, got {self.adaptive_block_size}"
-            raise ValueError(msg)
-        return self
-
-
 class Backend(str, enum.Enum):
     AUTO = "auto"
     CPU = "cpu"
@@ -303,45 +268,11 @@ class ModelPrecision(str, enum.Enum):
     INT8 = "int8"
 
 
-class UnetConfig(StrictModel):
-    """The U-Net engine: ONNX Runtime on the CPU (CUDA provider when present), TensorRT on a GPU."""
+class SegmentFields(StrictModel):
+    """`segment:` without the engines' sections: `SegmentConfig` adds one per engine (`segment_config_class`)."""
 
-    model: Path | None = Field(
-        None, description="ONNX model; null = the bundled inspectd/models/unet-coating-v3 (see precision)."
-    )
-    precision: ModelPrecision = Field(
-        ModelPrecision.AUTO,
-        description="Which bundled file runs when model is null: int8 (same held-out IoU; half the time of "
-        "fp32 on a CPU with VNNI, AMX-INT8 or Arm dotprod, no faster without), fp32, or auto (int8 on such a "
-        "CPU, fp32 on other CPUs and on a GPU). A given model runs as is.",
-    )
-    engine_plan: Path | None = Field(
-        None, description="Serialised TensorRT engine (inspectd build-engine) used when backend is tensorrt."
-    )
-    tile_px: int = Field(1024, ge=64, le=4096, description="Square inference tile, pixels (a multiple of 32).")
-    overlap_px: int = Field(64, ge=0, le=1024, description="Overlap between tiles, blended linearly, pixels.")
-    scale: float = Field(
-        1.0, gt=0.0, le=1.0, description="Internal working scale (1.0 = full resolution; the mask is resized back)."
-    )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = one per core).")
-    graph_optimization: GraphOptimization = Field(GraphOptimization.ALL, description="ONNX Runtime graph optimisation.")
-
-    @model_validator(mode="after")
-    def _verify_tiles(self) -> UnetConfig:
-        if self.tile_px % 32:  # inspectd.analysis.engines.unet_contract.INPUT_MULTIPLE (not imported: config stays light)
-            msg = f"tile_px must be a multiple of 32, got {self.tile_px}"
-            raise ValueError(msg)
-        if self.overlap_px * 2 >= self.tile_px:
-            msg = f"overlap_px ({self.overlap_px}) must be less than half of tile_px ({self.tile_px})"
-            raise ValueError(msg)
-        return self
-
-
-class SegmentConfig(StrictModel):
-    engine: str = Field("classical", description="Segmentation engine: classical | unet.")
+    engine: str = Field("classical", description="Segmentation engine: classical | unet (or an engine plugin's key).")
     backend: Backend = Field(Backend.AUTO, description="Where engines and kernels run: auto | cpu | cuda | tensorrt.")
-    classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
-    unet: UnetConfig = Field(default_factory=UnetConfig)
 
 
 class OodAction(str, enum.Enum):
@@ -401,85 +332,8 @@ def _default_rules() -> list[Rule]:
 # ---- daemon: sources ------------------------------------------------------------------
 
 
-class FolderSourceConfig(StrictModel):
-    """A watched folder (inotify, or polling for network shares); never drops, it waits."""
-
-    kind: Literal["folder"] = "folder"
-    id: str = Field("folder", pattern=r"^[A-Za-z0-9_.-]+$", description="Source id in verdicts and status.")
-    path: Path = Field(description="Folder to watch.")
-    move_done: bool = Field(True, description="Move processed files to <state_dir>/done (false: leave in place).")
-    include: list[str] = Field(
-        ["*.png", "*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.bmp"], description="Glob patterns taken (case-insensitive)."
-    )
-    exclude: list[str] = Field(default_factory=list, description="Glob patterns never taken (hidden, *.part, *.tmp always are).")
-    recursive: bool = Field(False, description="Watch sub-folders too.")
-    polling: bool = Field(False, description="Poll instead of inotify (network shares).")
-    poll_interval_s: float = Field(1.0, ge=0.05, le=3600.0, description="Polling period, seconds.")
-    stable_s: float = Field(0.5, ge=0.0, le=3600.0, description="Size and mtime must stay unchanged this long before a file is taken.")
-    max_open_wait_s: float = Field(30.0, ge=0.0, le=86_400.0, description="A file written without a close event is taken after this long.")
-    rescan_interval_s: float = Field(10.0, ge=0.1, le=86_400.0, description="Full rescan period (inotify drops events under bursts).")
-    part_id_pattern: PartIdPattern | None = Field(
-        None, description="Regex with a (?P<part>...) group applied to the file name; null = the file stem."
-    )
-    follow_symlinks: bool = Field(
-        False, description="Read a symbolic link's target when it is a regular file inside the folder "
-        "(false: a link gets an ERROR verdict and is quarantined, never followed)."
-    )
-    buffer_size: int = Field(8, ge=1, le=10_000, description="Files read ahead of the pipeline.")
-
-
-class CameraSourceFields(StrictModel):
-    id: str = Field("camera", pattern=r"^[A-Za-z0-9_.-]+$", description="Source id in verdicts and status.")
-    mode: Literal["free_run", "triggered"] = Field("free_run", description="free_run (fps-capped) or triggered.")
-    fps_cap: float | None = Field(None, gt=0.0, le=10_000.0, description="Most frames per second handed on in free-run.")
-    frame_timeout_s: float = Field(2.0, ge=0.01, le=3600.0, description="Longest wait for one frame.")
-    lost_after_timeouts: int = Field(3, ge=1, le=10_000, description="Frame timeouts in a row that count as camera lost.")
-    trigger_retries: int = Field(1, ge=0, le=10, description="Triggered: trigger again this many times when no complete "
-                                 "frame came; frame_timeout_s is shared out evenly between the tries.")
-    trigger_endpoint: ZmqEndpoint = Field("tcp://127.0.0.1:5560", description="ZeroMQ REP endpoint for trigger "
-                                          "messages (bound in triggered mode).")
-    max_pending_triggers: int = Field(64, ge=1, le=100_000, description="Triggers queued beyond this are refused.")
-    reconnect_initial_s: float = Field(0.5, ge=0.01, le=3600.0, description="First reconnect back-off, seconds.")
-    reconnect_max_s: float = Field(30.0, ge=0.01, le=3600.0, description="Longest reconnect back-off, seconds.")
-    buffer_size: int = Field(4, ge=1, le=1000, description="Frames queued; free-run drops the OLDEST beyond it.")
-
-    @model_validator(mode="after")
-    def _verify_backoff(self) -> CameraSourceFields:
-        if self.reconnect_initial_s > self.reconnect_max_s:
-            msg = (f"reconnect_initial_s ({self.reconnect_initial_s}) must not exceed reconnect_max_s "
-                   f"({self.reconnect_max_s})")
-            raise ValueError(msg)
-        return self
-
-
-class OpenCVSourceConfig(CameraSourceFields):
-    """cv2.VideoCapture: device index, V4L2 path, video file or RTSP URL."""
-
-    kind: Literal["opencv"] = "opencv"
-    device: int | str = Field(0, description="Device index, /dev/videoN, file path or rtsp:// URL.")
-    backend: Literal["any", "v4l2", "ffmpeg", "gstreamer"] = Field("any", description="VideoCapture API.")
-    at_end: Literal["end", "loop"] = Field("end", description="For files: stop or loop at the end.")
-    width: int | None = Field(None, ge=1, le=65_535, description="Requested frame width.")
-    height: int | None = Field(None, ge=1, le=65_535, description="Requested frame height.")
-    camera_fps: float | None = Field(None, gt=0.0, le=10_000.0, description="Frame rate requested from the device.")
-
-
-class AravisSourceConfig(CameraSourceFields):
-    """GenICam / GigE Vision through Aravis (apt: gir1.2-aravis-0.8; pip: PyGObject)."""
-
-    kind: Literal["aravis"] = "aravis"
-    camera_id: str | None = Field(None, description="Device id or IP address; null = the first camera found.")
-    pixel_format: Literal["Mono8", "Mono10", "Mono12", "Mono14", "Mono16"] = Field("Mono8", description="Pixel format.")
-    exposure_us: float | None = Field(None, gt=0.0, le=1e9, description="Exposure time, microseconds (null = camera's).")
-    gain_db: float | None = Field(None, ge=-1000.0, le=1000.0, description="Gain, dB (null = camera's).")
-    packet_size: int | None = Field(None, ge=576, le=65_535, description="GigE packet size (null = negotiate).")
-    n_buffers: int = Field(8, ge=2, le=1024, description="Stream buffers.")
-
-
-SourceConfig = Annotated[
-    Union[FolderSourceConfig, OpenCVSourceConfig, AravisSourceConfig],  # noqa: UP007
-    Field(discriminator="kind"),
-]
+# The source sections (`kind: folder | opencv | aravis`) are declared by the source plugins
+# (`inspectd.sources.registry`); `Config.sources` is their union, `_source_union`.
 
 
 # ---- daemon: pipeline, outputs, service -----------------------------------------------
@@ -606,6 +460,104 @@ def verify_http_token_for(listen: str, has_token: bool) -> None:
         raise ValueError(msg)
 
 
+# ---- the sections plugins declare ------------------------------------------------------
+
+
+class _PluginTypes:
+    """The config types built from the plugin registries, resolved when first needed.
+
+    `Config` names them as `_plugin_types.SourceConfig` / `.SegmentConfig`. While this module
+    is still being imported they raise NameError, so pydantic leaves `Config` incomplete;
+    the first time `Config` is used, pydantic completes it, these names resolve, and only
+    then are the source and engine plugins imported. So importing `inspectd.config` stays
+    cheap (no OpenCV, numba or ONNX Runtime), and a plugin may import this module.
+    """
+
+    ready = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if not _PluginTypes.ready:
+            raise NameError(name)
+        if name == "SourceConfig":
+            return _source_union()
+        if name == "SegmentConfig":
+            return segment_config_class()
+        raise AttributeError(name)
+
+
+_plugin_types = _PluginTypes()
+
+# Names this module still answers for, declared by a plugin now: name -> (module, attribute).
+_DECLARED_BY_PLUGINS = {
+    "ClassicalConfig": ("inspectd.analysis.engines.classical", "ClassicalConfig"),
+    "UnetConfig": ("inspectd.analysis.engines.unet", "UnetConfig"),
+    "FolderSourceConfig": ("inspectd.sources.folder", "FolderSourceConfig"),
+    "CameraSourceFields": ("inspectd.sources.camera", "CameraSourceFields"),
+    "OpenCVSourceConfig": ("inspectd.sources.opencv_camera", "OpenCVSourceConfig"),
+    "AravisSourceConfig": ("inspectd.sources.aravis_camera", "AravisSourceConfig"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """`SegmentConfig`, `SourceConfig` and the plugins' own sections, built or imported on first use."""
+    if name == "SegmentConfig":
+        return segment_config_class()
+    if name == "SourceConfig":
+        return _source_union()
+    if name in _DECLARED_BY_PLUGINS:
+        import importlib
+
+        module, attribute = _DECLARED_BY_PLUGINS[name]
+        return getattr(importlib.import_module(module), attribute)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+@functools.cache
+def segment_config_class() -> type[SegmentFields]:
+    """`segment:`: `engine`, `backend` and one section per engine plugin that declares a config.
+
+    The section is named after the engine's KEY (`segment.classical`, `segment.unet`) and
+    holds the engine's `config_class`, all defaults when the file leaves it out.
+
+    >>> sorted(segment_config_class().model_fields)
+    ['backend', 'classical', 'engine', 'unet']
+    """
+    from inspectd.analysis.engines.registry import ENGINES
+
+    sections: dict[str, Any] = {}
+    for key, engine_cls in ENGINES.items():
+        section = engine_cls.config_class
+        if section is None:
+            continue
+        if key in SegmentFields.model_fields or not key.isidentifier():
+            logger.error("engine %r cannot have a config section segment.%s; its settings are ignored", key, key)
+            continue
+        sections[key] = (section, Field(default_factory=section, description=f"Settings of the {key} engine."))
+    return create_model("SegmentConfig", __base__=SegmentFields, __module__=__name__,
+                        __doc__="Segmentation: which engine, where it runs, and each engine's settings.", **sections)
+
+
+@functools.cache
+def _source_union() -> Any:
+    """The `sources:` entry: the source plugins' config sections, told apart by `kind`."""
+    from inspectd.sources.registry import SOURCES
+
+    sections = tuple(cls.config_class for cls in SOURCES.values() if cls.config_class is not None)
+    if len(sections) == 1:
+        return sections[0]
+    return Annotated[Union[sections], Field(discriminator="kind")]  # noqa: UP007
+
+
+def source_kinds() -> tuple[str, ...]:
+    """The `kind:` values a `sources:` entry may have here."""
+    from inspectd.sources.registry import SOURCES
+
+    return tuple(key for key, cls in SOURCES.items() if cls.config_class is not None)
+
+
 class Config(StrictModel):
     station: str = Field("station-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                          description="Station name, used in message topics and reports.")
@@ -613,12 +565,13 @@ class Config(StrictModel):
     log_level: LogLevel = Field(LogLevel.INFO, description="Log level of structured log lines.")
     input: InputConfig = Field(default_factory=InputConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    segment: _plugin_types.SegmentConfig = Field(default_factory=lambda: segment_config_class()())
     measure: MeasureConfig = Field(default_factory=MeasureConfig)
     trust: TrustConfig = Field(default_factory=TrustConfig)
     rules: list[Rule] = Field(default_factory=_default_rules, description="All must hold for PASS.")
     state_dir: Path = Field(Path("inspectd-state"), description="Journal, done/ and quarantine/ live here.")
-    sources: list[SourceConfig] = Field(default_factory=list, description="Frame sources of `inspectd run`.")
+    sources: list[_plugin_types.SourceConfig] = Field(default_factory=list,
+                                                      description="Frame sources of `inspectd run`.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
@@ -729,15 +682,16 @@ def load(path: str | Path | None) -> Config:
 
 
 def _verify_engine_known(cfg: Config, root: Callable[[], yaml.Node | None], origin: str) -> None:
-    """`segment.engine` names an engine of this installation (imported here: config stays light otherwise)."""
-    from inspectd.analysis.engines.registry import ENGINES, PLUGIN_IMPORT_ERRORS
+    """`segment.engine` names an engine of this installation, or says why its plugin is not usable."""
+    from inspectd.analysis.engines.registry import ENGINES, REGISTRY
 
     name = cfg.segment.engine
     if name in ENGINES:
         return
     where = _yaml_line(root(), ("segment", "engine"))
     at = f" (line {where})" if where else ""
-    why = f" (its plugin could not be imported: {PLUGIN_IMPORT_ERRORS[name]})" if name in PLUGIN_IMPORT_ERRORS else ""
+    failure = REGISTRY.unavailable(name)
+    why = f" ({failure})" if failure is not None else ""
     msg = f"{origin}{at}: segment.engine = {name!r}: not an engine of this installation{why}; available: " + (
         ", ".join(ENGINES) or "(none)")
     raise ConfigError(msg)
@@ -961,15 +915,25 @@ def _describe(exc: ValidationError, root: yaml.Node | None, origin: str) -> str:
         where = _yaml_line(root, loc)
         at = f" (line {where})" if where else ""
         shown = "" if err["type"] == "missing" or not key_path else f" = {_short(err.get('input'))}"
+        if err["type"] == "union_tag_invalid" and loc and loc[0] == "sources":
+            reason += _unusable_source_kind(err.get("ctx", {}).get("tag"))
         lines.append(f"{origin}{at}: {key_path + shown + ': ' if key_path else ''}{reason}")
     if len(errors) > MAX_ERRORS_SHOWN:
         lines.append(f"{origin}: ... and {len(errors) - MAX_ERRORS_SHOWN} more")
     return "\n".join(lines)
 
 
+def _unusable_source_kind(kind: Any) -> str:
+    """Why a `kind:` no plugin offers here is missing: its plugin's import failure, if it has one."""
+    from inspectd.sources.registry import REGISTRY
+
+    failure = REGISTRY.unavailable(kind) if isinstance(kind, str) else None
+    return f"; {kind!r} is not usable here: {failure}" if failure is not None else ""
+
+
 def _without_union_tags(loc: tuple) -> tuple:
     """pydantic puts the discriminator value into the path (sources.0.folder.path); drop it."""
-    tags = {"folder", "opencv", "aravis"}
+    tags = set(source_kinds())
     return tuple(part for i, part in enumerate(loc) if not (part in tags and i > 0 and isinstance(loc[i - 1], int)))
 
 
@@ -989,3 +953,6 @@ def _yaml_line(node: yaml.Node | None, loc: tuple) -> int | None:
         else:
             break
     return line
+
+
+_PluginTypes.ready = True  # from here on, the first use of Config imports the plugins

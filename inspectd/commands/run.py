@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from inspectd import config
-from inspectd.config import FolderSourceConfig
 from inspectd.daemon import logs
 from inspectd.daemon.app import Daemon
 from inspectd.errors import InspectdError, PermanentError
+from inspectd.sources.folder import FolderSourceConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 import inspectd
 from inspectd import config as config_module
 from inspectd.analysis.analyzer import Analyzer
-from inspectd.config import Config, FolderSourceConfig
+from inspectd.config import Config
 from inspectd.daemon.control_server import ControlServer, replay_handler
 from inspectd.daemon.error_topic import ErrorReporter
 from inspectd.daemon.journal import JOURNAL_FILE, Journal, JournalError
@@ -33,8 +33,8 @@ from inspectd.daemon.metrics import DaemonMetrics
 from inspectd.daemon.pipeline import Pipeline, journaled_outcome
 from inspectd.daemon.service import Notifier, StallWatchdog
 from inspectd.errors import ConfigError, InspectdError, StartupError
-from inspectd.sources.base import FrameSource, Severity, StatusUpdate
-from inspectd.sources.registry import create_source
+from inspectd.sources.base import FrameSource, Severity, SourceContext, StatusUpdate
+from inspectd.sources.registry import build_source
 from inspectd.wire.curve import CurveServer, load_server_keys
 from inspectd.wire.publish import Publisher
 
@@ -183,15 +183,10 @@ class Daemon:
         self.alarms.start()
 
     def _build_source(self, source_cfg: Any) -> FrameSource:
-        settings = source_cfg.model_dump(exclude={"kind", "id"})
-        if isinstance(source_cfg, FolderSourceConfig):
-            state_dir = Path(self.cfg.state_dir)
-            settings.update(done_dir=state_dir / "done", quarantine_dir=state_dir / "quarantine",
-                            max_file_bytes=self.cfg.input.max_file_bytes,
-                            is_done=functools.partial(journaled_outcome, self.journal))
-        else:
-            settings.update(zmq_context=self.context)
-        return create_source(source_cfg.kind, source_id=source_cfg.id, on_status=self._on_source_status, **settings)
+        context = SourceContext(on_status=self._on_source_status, zmq_context=self.context,
+                                state_dir=Path(self.cfg.state_dir), max_file_bytes=self.cfg.input.max_file_bytes,
+                                is_done=functools.partial(journaled_outcome, self.journal))
+        return build_source(source_cfg, context)
 
     def stop(self) -> bool:
         """Stop in reverse order; True when every frame in flight was finished."""

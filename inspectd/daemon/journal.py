@@ -30,8 +30,8 @@ Example:
     >>> journal = Journal(path)
     >>> journal.commit({"station": "s1", "verdict": "PASS"}, "a.png:0123")["seq"]
     1
-    >>> journal.has("a.png:0123"), journal.last_seq(), 0 < journal.epoch <= MAX_EPOCH
-    (True, 1, True)
+    >>> journal.verdict_for("a.png:0123"), journal.last_seq(), 0 < journal.epoch <= MAX_EPOCH
+    ('PASS', 1, True)
     >>> journal.close()
 """
 
@@ -462,16 +462,6 @@ class Journal:
         self._history_written_at = time.monotonic()
         self.history.record(self.epoch, self._last_seq_cached, durable=durable)
 
-    def has(self, dedupe_key: str) -> bool:
-        """Whether an input with this key already got a verdict (exactly-once for folders).
-
-        Example:
-            >>> import tempfile, os
-            >>> Journal(os.path.join(tempfile.mkdtemp(), "j.sqlite3")).has("never-seen")
-            False
-        """
-        return self.verdict_for(dedupe_key) is not None
-
     def verdict_for(self, dedupe_key: str) -> str | None:
         """The verdict ("PASS", "ERROR", ...) journaled for this key, or None if there is none.
 
@@ -552,8 +542,8 @@ class Journal:
             >>> import tempfile, os
             >>> journal = Journal(os.path.join(tempfile.mkdtemp(), "j.sqlite3"), retention_rows=2)
             >>> _ = [journal.commit({"station": "s1", "verdict": "PASS"}, f"k{i}") for i in range(5)]
-            >>> journal.prune(), [m["seq"] for m in journal.range(1)], journal.has("k0")
-            (3, [4, 5], True)
+            >>> journal.prune(), [m["seq"] for m in journal.range(1)], journal.verdict_for("k0")
+            (3, [4, 5], 'PASS')
         """
         conditions, params = [], []
         if self.retention_days is not None:

@@ -130,10 +130,6 @@ class Notifier:
         monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         return self.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}")
 
-    def extend_timeout(self, seconds: float) -> bool:
-        """EXTEND_TIMEOUT_USEC=...: ask for more start/stop time (a long engine build)."""
-        return self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
-
     def close(self) -> None:
         with self._lock:
             if self._sock is not None:

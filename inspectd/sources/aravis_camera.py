@@ -33,14 +33,15 @@ import logging
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zmq
+from pydantic import Field
 
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import Severity, StatusCallback
-from inspectd.sources.camera import CameraMode, CameraSource, Grab
+from inspectd.sources.camera import CameraMode, CameraSource, CameraSourceFields, Grab
 from inspectd.sources.trigger import DEFAULT_TRIGGER_ENDPOINT
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,18 @@ def list_cameras() -> list[str]:
     return [aravis.get_device_id(i) for i in range(aravis.get_n_devices())]
 
 
+class AravisSourceConfig(CameraSourceFields):
+    """GenICam / GigE Vision through Aravis (apt: gir1.2-aravis-0.8; pip: PyGObject)."""
+
+    kind: Literal["aravis"] = "aravis"
+    camera_id: str | None = Field(None, description="Device id or IP address; null = the first camera found.")
+    pixel_format: Literal["Mono8", "Mono10", "Mono12", "Mono14", "Mono16"] = Field("Mono8", description="Pixel format.")
+    exposure_us: float | None = Field(None, gt=0.0, le=1e9, description="Exposure time, microseconds (null = camera's).")
+    gain_db: float | None = Field(None, ge=-1000.0, le=1000.0, description="Gain, dB (null = camera's).")
+    packet_size: int | None = Field(None, ge=576, le=65_535, description="GigE packet size (null = negotiate).")
+    n_buffers: int = Field(8, ge=2, le=1024, description="Stream buffers.")
+
+
 class AravisCameraSource(CameraSource):
     """A GenICam camera through Aravis; see the module docstring.
 
@@ -106,6 +119,7 @@ class AravisCameraSource(CameraSource):
     """
 
     KEY = "aravis"
+    config_class = AravisSourceConfig
 
     def __init__(
         self,

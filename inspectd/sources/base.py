@@ -335,14 +335,25 @@ StatusCallback = Callable[[StatusUpdate], None]
 class FrameSource(abc.ABC):
     """Base of every source: a small state machine feeding a `FrameBuffer`.
 
-    Subclasses set `KEY` (the registry / config `type` name), implement `start()` and
-    `stop(timeout_s)`, run their own threads, call `_set_state`, `_publish(item)`,
-    `_emit(event, ...)` and `_count(name)`; the pipeline calls `get`, then `ack`.
-    `stats()` counters: items, drops, errors, reconnects, queued, plus whatever a subclass
-    counts with `_count`.
+    Subclasses set `KEY` (the config's `kind:` value) and `config_class` (their pydantic
+    config section, with `kind: Literal[KEY]`), implement `start()` and `stop(timeout_s)`,
+    run their own threads, call `_set_state`, `_publish(item)`, `_emit(event, ...)` and
+    `_count(name)`; the pipeline calls `get`, then `ack`. `stats()` counters: items, drops,
+    errors, reconnects, queued, plus whatever a subclass counts with `_count`.
     """
 
     KEY: ClassVar[str] = ""
+    config_class: ClassVar[type[Any] | None] = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, context: SourceContext) -> FrameSource:
+        """Build the source from its validated config section and what the daemon provides.
+
+        The default passes the section's fields (less `kind` and `id`) as keyword settings;
+        a source that needs more of `context` overrides this.
+        """
+        settings = cfg.model_dump(exclude={"kind", "id"})
+        return cls(cfg.id, on_status=context.on_status, **settings)
 
     def __init__(
         self,
@@ -479,6 +490,17 @@ class FileKey(NamedTuple):
 
     path: str
     sha256: str
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What the daemon gives every source it builds, besides the source's own config section."""
+
+    on_status: StatusCallback | None = None
+    zmq_context: Any = None  # the daemon's zmq.Context (cameras bind their trigger socket on it)
+    state_dir: Path = Path("inspectd-state")  # done/ and quarantine/ live here
+    max_file_bytes: int = 1 << 31  # input.max_file_bytes
+    is_done: IsDone | None = None  # the journal's lookup (see IsDone)
 
 
 # The daemon's journal lookup, handed to sources that must not deliver a file twice. Falsy: never processed. An ItemOutcome (or any other truthy

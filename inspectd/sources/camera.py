@@ -40,12 +40,15 @@ from typing import Any, Literal
 
 import numpy as np
 import zmq
+from pydantic import Field, model_validator
 
 from inspectd.clients.backoff import Backoff
+from inspectd.config import StrictModel, ZmqEndpoint
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import (
     FrameSource,
     Severity,
+    SourceContext,
     SourceItem,
     SourceState,
     SourceStateError,
@@ -61,6 +64,32 @@ from inspectd.sources.trigger import (
 logger = logging.getLogger(__name__)
 
 CameraMode = Literal["free_run", "triggered"]
+
+
+class CameraSourceFields(StrictModel):
+    """The config fields every camera source shares (its section adds `kind` and its own)."""
+
+    id: str = Field("camera", pattern=r"^[A-Za-z0-9_.-]+$", description="Source id in verdicts and status.")
+    mode: CameraMode = Field("free_run", description="free_run (fps-capped) or triggered.")
+    fps_cap: float | None = Field(None, gt=0.0, le=10_000.0, description="Most frames per second handed on in free-run.")
+    frame_timeout_s: float = Field(2.0, ge=0.01, le=3600.0, description="Longest wait for one frame.")
+    lost_after_timeouts: int = Field(3, ge=1, le=10_000, description="Frame timeouts in a row that count as camera lost.")
+    trigger_retries: int = Field(1, ge=0, le=10, description="Triggered: trigger again this many times when no complete "
+                                 "frame came; frame_timeout_s is shared out evenly between the tries.")
+    trigger_endpoint: ZmqEndpoint = Field(DEFAULT_TRIGGER_ENDPOINT, description="ZeroMQ REP endpoint for trigger "
+                                          "messages (bound in triggered mode).")
+    max_pending_triggers: int = Field(64, ge=1, le=100_000, description="Triggers queued beyond this are refused.")
+    reconnect_initial_s: float = Field(0.5, ge=0.01, le=3600.0, description="First reconnect back-off, seconds.")
+    reconnect_max_s: float = Field(30.0, ge=0.01, le=3600.0, description="Longest reconnect back-off, seconds.")
+    buffer_size: int = Field(4, ge=1, le=1000, description="Frames queued; free-run drops the OLDEST beyond it.")
+
+    @model_validator(mode="after")
+    def _verify_backoff(self) -> CameraSourceFields:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            msg = (f"reconnect_initial_s ({self.reconnect_initial_s}) must not exceed reconnect_max_s "
+                   f"({self.reconnect_max_s})")
+            raise ValueError(msg)
+        return self
 
 
 class EndOfStream(Exception):  # noqa: N818 - a signal between backend and loop, not a failure
@@ -108,6 +137,12 @@ class CameraSource(FrameSource):
     """
 
     KEY = ""
+
+    @classmethod
+    def from_config(cls, cfg: CameraSourceFields, context: SourceContext) -> CameraSource:
+        """A camera binds its trigger socket on the daemon's ZeroMQ context."""
+        return cls(cfg.id, on_status=context.on_status, zmq_context=context.zmq_context,
+                   **cfg.model_dump(exclude={"kind", "id"}))
 
     def __init__(
         self,
@@ -544,13 +579,24 @@ class CameraSource(FrameSource):
     # ---- helpers -------------------------------------------------------------------------
 
     def _safe_state(self, new: SourceState, *, force: bool = False, **payload: Any) -> None:
-        """State change from the loop thread; a stop racing with it must not raise here."""
+        """State change from the loop thread, which must live on whatever happens.
+
+        A stop racing with the loop wins: once stopping, only ENDED is taken. Any other
+        transition the state machine refuses is a bug: it becomes an `illegal_state_change`
+        status update at ERROR naming the transition (logged, counted in `errors`, the
+        source's last error); the state stays as it was and the loop goes on rather than
+        dying with the exception.
+        """
         if self._stopping.is_set() and not force and new is not SourceState.ENDED:
             return
         try:
             self._set_state(new, **payload)
         except SourceStateError as exc:
-            logger.debug("source %s: %s", self.source_id, exc)
+            if self._stopping.is_set():  # the stop set ENDED between the check and the change
+                logger.debug("source %s: %s", self.source_id, exc)
+                return
+            self._count("errors")
+            self._emit("illegal_state_change", Severity.ERROR, error=str(exc), **payload)
 
     def _emit_throttled(self, event: str, severity: Severity, **payload: Any) -> None:
         """At most one event per name per second; the rest are counted in `suppressed`."""

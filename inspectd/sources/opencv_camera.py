@@ -37,10 +37,11 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import zmq
+from pydantic import Field
 
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import Severity, StatusCallback
-from inspectd.sources.camera import CameraMode, CameraSource, EndOfStream, Grab
+from inspectd.sources.camera import CameraMode, CameraSource, CameraSourceFields, EndOfStream, Grab
 from inspectd.sources.trigger import DEFAULT_TRIGGER_ENDPOINT
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,18 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame, code)
 
 
+class OpenCVSourceConfig(CameraSourceFields):
+    """cv2.VideoCapture: device index, V4L2 path, video file or RTSP URL."""
+
+    kind: Literal["opencv"] = "opencv"
+    device: int | str = Field(0, description="Device index, /dev/videoN, file path or rtsp:// URL.")
+    backend: Literal["any", "v4l2", "ffmpeg", "gstreamer"] = Field("any", description="VideoCapture API.")
+    at_end: Literal["end", "loop"] = Field("end", description="For files: stop or loop at the end.")
+    width: int | None = Field(None, ge=1, le=65_535, description="Requested frame width.")
+    height: int | None = Field(None, ge=1, le=65_535, description="Requested frame height.")
+    camera_fps: float | None = Field(None, gt=0.0, le=10_000.0, description="Frame rate requested from the device.")
+
+
 class OpenCVCameraSource(CameraSource):
     """Frames from `cv2.VideoCapture(device)`; see the module docstring for failure handling.
 
@@ -91,6 +104,7 @@ class OpenCVCameraSource(CameraSource):
     """
 
     KEY = "opencv"
+    config_class = OpenCVSourceConfig
 
     def __init__(
         self,

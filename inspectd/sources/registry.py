@@ -1,8 +1,10 @@
-"""Source registry: every module in `inspectd.sources` that defines a `FrameSource` with a `KEY`.
+"""Source registry: every `FrameSource` with a `KEY` in `inspectd.sources` or in an installed
+package's `inspectd.sources` entry points (`inspectd.plugins.discover`).
 
-Adding a backend = adding one file (frigate `detectors/detector_types.py`). A module whose
-runtime is missing (PyGObject for Aravis, say) is logged and skipped, so a box without it
-still runs folder sources; asking for it then names the import failure.
+A source module declares `KEY`, its config section (`config_class`, a pydantic model with
+`kind: Literal[KEY]`) and how it is built (`from_config`); `inspectd.config` builds the
+`sources:` union from `SOURCES`. A module whose runtime is missing is logged and skipped, so a
+box without it still runs the other sources; asking for it then names the import failure.
 
 >>> from inspectd.sources.registry import SOURCES, create_source
 >>> "folder" in SOURCES
@@ -15,83 +17,53 @@ inspectd.errors.ConfigError: unknown source type 'no-such-kind'; available: ...
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import logging
-import pkgutil
 from typing import Any
 
-import inspectd.sources as _package
 from inspectd.errors import ConfigError, SourceConnectionError
-from inspectd.sources.base import FrameSource
+from inspectd.plugins import PluginFailure, Registry, discover
+from inspectd.sources.base import FrameSource, SourceContext
 
-logger = logging.getLogger(__name__)
-
-_NOT_PLUGINS = frozenset({"base", "registry"})
-
-# module name -> why it could not be imported (shown when someone asks for that kind)
-UNAVAILABLE: dict[str, str] = {}
+ENTRY_POINT_GROUP = "inspectd.sources"
 
 
-def _all_subclasses(cls: type[FrameSource]) -> list[type[FrameSource]]:
-    found: list[type[FrameSource]] = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_all_subclasses(sub))
-    return found
+def load_sources(package: str = "inspectd.sources") -> Registry[type[FrameSource]]:
+    """Discover the source plugins of `package` and of the installed entry points.
 
-
-def load_sources() -> dict[str, type[FrameSource]]:
-    """Import every plugin module of the package and map `KEY` -> class.
-
-    >>> "folder" in load_sources()
+    >>> "folder" in load_sources().classes
     True
     """
-    UNAVAILABLE.clear()
-    for module_info in pkgutil.iter_modules(_package.__path__):
-        if module_info.name in _NOT_PLUGINS or module_info.name.startswith("_"):
-            continue
-        module_name = f"{_package.__name__}.{module_info.name}"
-        try:
-            importlib.import_module(module_name)
-        except Exception as exc:  # ImportError, or a binding that fails while loading
-            UNAVAILABLE[module_info.name] = f"{type(exc).__name__}: {exc}"
-            logger.warning("source plugin %s skipped: %s", module_name, exc)
-    sources: dict[str, type[FrameSource]] = {}
-    for cls in _all_subclasses(FrameSource):
-        if not cls.KEY or not cls.__module__.startswith(f"{_package.__name__}."):
-            continue  # abstract intermediates and classes defined outside the package
-        if cls.KEY in sources and sources[cls.KEY] is not cls:
-            logger.error(
-                "source key %r defined twice (%s, %s); keeping the first",
-                cls.KEY,
-                sources[cls.KEY].__qualname__,
-                cls.__qualname__,
-            )
-            continue
-        sources[cls.KEY] = cls
-    return sources
+    return discover(package, FrameSource, kind="source type", entry_point_group=ENTRY_POINT_GROUP)
 
 
-SOURCES: dict[str, type[FrameSource]] = load_sources()
+REGISTRY: Registry[type[FrameSource]] = load_sources()
+SOURCES: dict[str, type[FrameSource]] = REGISTRY.classes
+# plugin module -> why it could not be imported (shown when someone asks for its kind)
+UNAVAILABLE: dict[str, PluginFailure] = REGISTRY.failures
+
+
+def source_class(kind: str) -> type[FrameSource]:
+    """The class registered under `kind`; `SourceConnectionError` when its plugin could not be
+    imported here, `ConfigError` when no plugin declares it."""
+    cls = SOURCES.get(kind)
+    if cls is None:
+        message = REGISTRY.describe_missing(kind)
+        raise (SourceConnectionError if REGISTRY.unavailable(kind) else ConfigError)(message)
+    return cls
+
+
+def build_source(source_cfg: Any, context: SourceContext) -> FrameSource:
+    """Build the source a validated `sources:` entry describes (`from_config` of its class)."""
+    return source_class(source_cfg.kind).from_config(source_cfg, context)
 
 
 def create_source(kind: str, **settings: Any) -> FrameSource:
-    """Build the source registered under `kind` with keyword `settings`.
+    """Build the source registered under `kind` from keyword `settings` (its constructor's).
 
     Raises `SourceConnectionError` when the backend exists but its runtime is missing, and
     `ConfigError` for an unknown kind or settings the backend does not accept.
     """
-    cls = SOURCES.get(kind)
-    available = ", ".join(sorted(SOURCES)) or "none"
-    if cls is None:
-        missing = {name: why for name, why in UNAVAILABLE.items() if name.startswith(kind)}
-        if missing:
-            details = "; ".join(f"{name}: {why}" for name, why in sorted(missing.items()))
-            msg = f"source type {kind!r} is not usable here ({details}); available: {available}"
-            raise SourceConnectionError(msg)
-        msg = f"unknown source type {kind!r}; available: {available}"
-        raise ConfigError(msg)
+    cls = source_class(kind)
     try:
         inspect.signature(cls).bind(**settings)
     except TypeError as exc:

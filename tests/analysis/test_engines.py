@@ -27,7 +27,7 @@ import pytest
 
 from inspectd.analysis.engines import ENGINES, SegmentationEngine, create_engine
 from inspectd.analysis.engines.classical import ClassicalEngine, upper_otsu_threshold
-from inspectd.analysis.engines.registry import build_registry, import_plugins
+from inspectd.analysis.engines.registry import load_engines
 from inspectd.analysis.preprocess import enhance
 from inspectd.config import (
     ClassicalConfig,
@@ -114,7 +114,13 @@ def test_plugin_with_missing_runtime_is_logged_and_skipped(tmp_path, monkeypatch
     package = tmp_path / "fake_engine_plugins"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "broken.py").write_text("import a_runtime_that_is_not_installed_xyz\n")
+    (package / "broken.py").write_text(textwrap.dedent("""
+        import a_runtime_that_is_not_installed_xyz
+        from inspectd.analysis.engines.base import SegmentationEngine
+
+        class BrokenEngine(SegmentationEngine):
+            KEY = "broken-test-engine"
+    """))
     (package / "working.py").write_text(textwrap.dedent("""
         import numpy as np
         from inspectd.analysis.engines.base import SegmentationEngine
@@ -126,18 +132,20 @@ def test_plugin_with_missing_runtime_is_logged_and_skipped(tmp_path, monkeypatch
                 return np.zeros(prepared.shape, np.uint8)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    import fake_engine_plugins
 
     try:
-        with caplog.at_level(logging.WARNING, logger="inspectd.analysis.engines.registry"):
-            failures = import_plugins(fake_engine_plugins)
-        assert list(failures) == ["broken"]
-        assert "a_runtime_that_is_not_installed_xyz" in failures["broken"]
-        assert "broken" in caplog.text
-        registry = build_registry()
-        assert registry["zero-test-engine"].__module__ == "fake_engine_plugins.working"
-        assert registry["classical"] is ClassicalEngine
-        engine = registry["zero-test-engine"](SegmentConfig())
+        with caplog.at_level(logging.WARNING, logger="inspectd.plugins"):
+            registry = load_engines("fake_engine_plugins")
+        assert list(registry.failures) == ["fake_engine_plugins.broken"]
+        failure = registry.failures["fake_engine_plugins.broken"]
+        assert failure.missing == "a_runtime_that_is_not_installed_xyz"
+        assert failure.keys == ("broken-test-engine",)
+        assert "fake_engine_plugins.broken" in caplog.text and "a_runtime_that_is_not_installed_xyz" in caplog.text
+        message = registry.describe_missing("broken-test-engine")
+        assert "not usable here" in message and "a_runtime_that_is_not_installed_xyz" in message
+        assert registry.classes["zero-test-engine"].__module__ == "fake_engine_plugins.working"
+        assert "classical" not in registry.classes  # only what the scanned modules define
+        engine = registry.classes["zero-test-engine"](SegmentConfig())
         assert engine.segment(np.ones((4, 5), np.uint8)).shape == (4, 5)
     finally:
         for name in [m for m in sys.modules if m.startswith("fake_engine_plugins")]:

@@ -100,7 +100,8 @@ def test_verdicts_of_a_real_daemon_reach_the_plc(tmp_path, plc_server, zmq_conte
             assert wait_for(lambda: len(plc.results) >= 3, timeout_s=120), real.log_text()
     finally:
         bridge.stop()
-        assert real.terminate() == 0
+        exit_code = real.terminate()
+    assert exit_code == 0
     assert plc.seqs() == [1, 2, 3]
     assert sorted(r["part_id"] for r in plc.results) == ["part0", "part1", "part2"]  # from the file names
     assert {r["verdict_code"] for r in plc.results} <= {1, 2}  # PASS / FAIL: every image was analysed

@@ -86,6 +86,8 @@ class DaemonProcess:
         raise AssertionError(msg)
 
     def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait; the exit code. In a `finally`, keep the code and check it after
+        the try statement, so a failure in the body is the one reported."""
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout_s)
         self.log.close()

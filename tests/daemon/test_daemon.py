@@ -65,7 +65,8 @@ def test_files_dropped_give_one_schema_valid_verdict_each_in_order(tmp_path, mic
         messages = _receive(sub, len(dropped))
         status = daemon.wait_processed(len(dropped))
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     assert [m["seq"] for m in messages] == list(range(1, len(dropped) + 1))
     assert sorted(m["source"] for m in messages) == sorted(str(p) for p in dropped)
     assert {m["verdict"] for m in messages} <= {"PASS", "FAIL"}
@@ -96,7 +97,8 @@ def test_bad_files_become_error_verdicts_in_quarantine_and_the_daemon_goes_on(tm
         daemon.wait_processed(len(bad) + 1)
         assert daemon.proc.poll() is None
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     by_name = {Path(m["source"]).name: m for m in messages}
     assert set(by_name) == {*bad, "fine.png"}
     for name in bad:
@@ -134,7 +136,8 @@ def test_kill_nine_mid_batch_then_restart_gives_exactly_one_verdict_per_file(tmp
                     seen.append(message)
         restarted.wait_processed(len(dropped))
     finally:
-        assert restarted.terminate() == 0
+        exit_code = restarted.terminate()
+    assert exit_code == 0
     rows = _journal_rows(daemon.state_dir)
     keys = [row[1] for row in rows]
     assert len(rows) == len(dropped)
@@ -170,7 +173,8 @@ def test_journal_locked_by_another_process_holds_verdicts_back_reports_it_and_lo
         daemon.wait_processed(len(dropped))
     finally:
         blocker.close()
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     for message in held_back:
         validate(message, kind="error")
         assert message["kind"] == "journal_write_failed" and message["source"] is None
@@ -206,7 +210,8 @@ def test_sigterm_while_the_journal_is_locked_exits_zero_and_the_file_waits_for_t
     try:
         restarted.wait_processed(1)
     finally:
-        assert restarted.terminate() == 0
+        exit_code = restarted.terminate()
+    assert exit_code == 0
     assert [row[1] for row in _journal_rows(daemon.state_dir)] == [f"file:{dropped}:{sha256}"]
     assert [p.name for p in (daemon.state_dir / "done").iterdir()] == [dropped.name]
 
@@ -336,7 +341,8 @@ def test_control_status_reload_and_metrics(tmp_path, micrographs) -> None:
         time.sleep(1.0)
         assert daemon.status()["ready"] is True
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     gone = _cli("status", "--control", daemon.control, "--timeout-s", "0.3")
     assert gone.returncode == 3 and "no answer" in gone.stderr
 
@@ -356,7 +362,8 @@ def test_stalled_subscriber_does_not_stall_the_pipeline(tmp_path, micrographs) -
         daemon.wait_processed(len(dropped))  # never reads a message, the pipeline still finishes
     finally:
         stalled.close(linger=0)
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
 
 
 def test_threading_layer_is_thread_safe() -> None:
@@ -379,7 +386,8 @@ def test_burst_while_the_daemon_is_stopped_gives_exactly_one_verdict_each(tmp_pa
         daemon.proc.send_signal(signal.SIGCONT)
         daemon.wait_processed(count, timeout_s=900)
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     rows = _journal_rows(daemon.state_dir)
     assert len(rows) == count
     assert len({row[1] for row in rows}) == count

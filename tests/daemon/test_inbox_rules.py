@@ -708,7 +708,8 @@ def test_daemon_gives_each_hostile_entry_one_verdict_and_stays_healthy(tmp_path:
         assert folder_stats["left_in_place"] == 3 and folder_stats["pending"] == 0
     finally:
         listener.close()
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     with sqlite3.connect(daemon.state_dir / "journal.sqlite3") as conn:
         messages = [json.loads(row[0]) for row in conn.execute("SELECT message_json FROM verdicts")]
     by_name = {os.path.basename(m["source"]): m for m in messages}

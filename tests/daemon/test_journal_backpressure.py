@@ -241,7 +241,8 @@ def test_the_journal_deleted_while_the_daemon_runs_is_rebuilt_and_nothing_is_los
         daemon.wait_processed(6)
     finally:
         listener.close()
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     assert [m["seq"] for m in listener.verdicts] == [1, 2, 3, 4, 5, 6]
     assert {m["epoch"] for m in listener.verdicts} == {epoch}
     assert "rebuilt from the open database" in daemon.log_path.read_text()
@@ -253,7 +254,8 @@ def test_the_journal_deleted_while_the_daemon_runs_is_rebuilt_and_nothing_is_los
         assert (status["epoch"], status["last_seq"], status["journal"]["new_stream"]) == (epoch, 6, None)
         assert _replay(restarted.control) == listener.verdicts  # the journal after the restart holds all six, exactly
     finally:
-        assert restarted.terminate() == 0
+        exit_code = restarted.terminate()
+    assert exit_code == 0
 
 
 def test_a_journal_replaced_while_the_daemon_runs_holds_input_until_the_original_is_back(
@@ -282,7 +284,8 @@ def test_a_journal_replaced_while_the_daemon_runs_holds_input_until_the_original
         assert _cli("status", "--control", daemon.control).returncode == 0
     finally:
         listener.close()
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     assert [m["seq"] for m in listener.verdicts] == [1, 2, 3, 4, 5]
     assert sorted(m["source"] for m in listener.verdicts[2:]) == sorted(str(p) for p in waiting)
 

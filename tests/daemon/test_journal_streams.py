@@ -167,7 +167,8 @@ def test_a_journal_emptied_while_stopped_starts_a_new_stream_loudly_and_a_live_s
             before = _collect(subscriber, 5, timeout_s=120)
             assert [m["seq"] for m in before] == [1, 2, 3, 4, 5]
         finally:
-            assert daemon.terminate() == 0
+            exit_code = daemon.terminate()
+        assert exit_code == 0
         journal = daemon.state_dir / "journal.sqlite3"
         if how == "truncated to 0 bytes":
             os.truncate(journal, 0)
@@ -187,7 +188,8 @@ def test_a_journal_emptied_while_stopped_starts_a_new_stream_loudly_and_a_live_s
                             any(m["kind"] == "journal_new_epoch" for m in seen_errors), timeout_s=30)
         finally:
             errors.close()
-            assert restarted.terminate() == 0
+            exit_code = restarted.terminate()
+        assert exit_code == 0
     new_epoch = status["epoch"]
     assert new_epoch != before[0]["epoch"]
     assert [(m["epoch"], m["seq"]) for m in after] == [(new_epoch, 1), (new_epoch, 2), (new_epoch, 3)]
@@ -244,4 +246,5 @@ def test_a_damaged_journal_stops_start_up_with_exit_2_until_recovered(tmp_path, 
         assert (status["epoch"], status["last_seq"]) == (epoch, 701)  # the stream goes on, seq never repeats
         assert _cli("status", "--control", daemon.control).returncode == 0
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0

@@ -177,6 +177,7 @@ def test_the_daemon_keeps_its_thread_count_under_idle_and_trickling_connections(
         stop.set()
         for client in clients:
             client.close()
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     # The accept loop and the reaper run already at the baseline; connections add at most the limit.
     assert threads.most <= baseline + METRICS_MAX_CONNECTIONS + 2, (baseline, threads.most)

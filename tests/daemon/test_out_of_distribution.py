@@ -71,7 +71,8 @@ def test_flagged_runs_are_reported_once_each_and_verdicts_carry_both_fields(tmp_
         verdicts.close()
         errors.close()
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
 
     assert [m["seq"] for m in live] == list(range(1, len(order) + 1))
     by_name = dict(zip(order, live, strict=True))
@@ -116,7 +117,8 @@ def test_warn_action_publishes_pass_with_the_flag_and_the_warning(tmp_path, fram
         verdicts.close()
         errors.close()
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     for message in (warned, again):
         assert message["verdict"] == "PASS" and message["out_of_distribution"] is True
         assert message["reason"].startswith("warning: out of distribution")

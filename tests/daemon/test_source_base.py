@@ -276,22 +276,24 @@ def test_plugin_with_missing_runtime_is_skipped_and_named(
             """
         )
     )
-    (package / "gigecam_camera.py").write_text("import gi_module_that_is_not_installed\n")
+    (package / "gigecam_camera.py").write_text(
+        "import gi_module_that_is_not_installed\n"
+        "from inspectd.sources.base import FrameSource\n"
+        "class GigECamSource(FrameSource):\n"
+        "    KEY = 'gigecam'\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    import fake_sources_pkg
-
-    monkeypatch.setattr(registry, "_package", fake_sources_pkg)
     try:
-        sources = registry.load_sources()
-        assert set(sources) == {"good"}
-        assert "gi_module_that_is_not_installed" in registry.UNAVAILABLE["gigecam_camera"]
-        monkeypatch.setattr(registry, "SOURCES", sources)
+        found = registry.load_sources("fake_sources_pkg")
+        assert set(found.classes) == {"good"}
+        failure = found.failures["fake_sources_pkg.gigecam_camera"]
+        assert failure.missing == "gi_module_that_is_not_installed" and failure.keys == ("gigecam",)
+        monkeypatch.setattr(registry, "REGISTRY", found)
+        monkeypatch.setattr(registry, "SOURCES", found.classes)
         with pytest.raises(
-            SourceConnectionError, match="gigecam.*not usable here.*available: good"
+            SourceConnectionError, match="gigecam.*not usable here.*gi_module_that_is_not_installed.*available: good"
         ):
             registry.create_source("gigecam")
     finally:
         for name in [m for m in sys.modules if m.startswith("fake_sources_pkg")]:
             del sys.modules[name]
-    monkeypatch.undo()
-    registry.load_sources()  # UNAVAILABLE back to the real package's view

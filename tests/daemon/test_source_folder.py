@@ -28,7 +28,6 @@ from inspectd.sources.base import (
     ItemOutcome,
     SourceItem,
     SourceState,
-    SourceStateError,
     StatusUpdate,
 )
 from inspectd.sources.folder import FolderSource, unique_name
@@ -226,26 +225,6 @@ def test_burst_while_the_consumer_is_not_consuming_is_delivered_exactly_once(
     assert_nothing_more(source)
     assert sorted(item.source for item in items) == sorted(contents)
     assert source.stats()["drops"] == 0
-
-
-def test_burst_while_paused_is_found_by_the_rescan_on_resume(
-    make_source: Callable[..., FolderSource], dirs: dict[str, Path]
-) -> None:
-    """Observer stopped (its events are lost for real), consumer idle, 2,000 files arrive."""
-    source = make_source(rescan_interval_s=600.0)
-    source.start()
-    source.pause()
-    assert source.state is SourceState.PAUSED
-    contents = write_files(dirs["inbox"], 2000)
-    assert source.get(timeout_s=STABLE_S * 3) is None  # paused: nothing delivered
-    with pytest.raises(SourceStateError):
-        source.pause()
-    source.resume()
-    with pytest.raises(SourceStateError):
-        source.resume()
-    items = collect(source, 2000, ack=ItemOutcome.OK)
-    assert_nothing_more(source)
-    assert sorted(item.source for item in items) == sorted(contents)
 
 
 def test_files_whose_events_never_arrive_are_found_by_the_periodic_rescan(

@@ -13,7 +13,7 @@ import zmq
 
 from inspectd.clients.backoff import Backoff
 from inspectd.errors import ConfigError, SourceConnectionError
-from inspectd.sources.base import SourceItem, SourceState, sha256_of_pixels
+from inspectd.sources.base import Severity, SourceItem, SourceState, sha256_of_pixels
 from inspectd.sources.opencv_camera import OpenCVCameraSource, is_live_target, to_grey
 from inspectd.sources.registry import create_source
 from inspectd.sources.trigger import TriggerServer
@@ -71,6 +71,26 @@ def test_video_file_frames_flow_then_end(tmp_path: Path) -> None:
     stats = source.stats()
     assert stats["frames"] == 6 and stats["drops"] == 0 and stats["state"] == "ENDED"
     assert "connected" in events.events() and "end_of_stream" in events.events()
+    source.stop()
+    assert source.state is SourceState.ENDED
+
+
+def test_an_illegal_state_change_in_the_loop_is_reported_not_swallowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = Recorder()
+    source = OpenCVCameraSource("cam-bug", device=str(tmp_path / "none.avi"), on_status=events)
+    with caplog.at_level("ERROR", logger="inspectd.sources"):
+        source._safe_state(SourceState.RUNNING)  # NOT_STARTED -> RUNNING: the machine refuses it
+    assert source.state is SourceState.NOT_STARTED
+    update = events.updates[-1]
+    assert update.event == "illegal_state_change" and update.severity is Severity.ERROR
+    assert update.payload["error"] == "illegal source state transition NOT_STARTED -> RUNNING"
+    assert "illegal source state transition NOT_STARTED -> RUNNING" in caplog.text
+    assert source.stats()["errors"] == 1
+    source._stopping.set()  # a stop racing with the loop: only ENDED is taken, quietly
+    source._safe_state(SourceState.RUNNING)
+    assert source.state is SourceState.NOT_STARTED and len(events.updates) == 1
     source.stop()
     assert source.state is SourceState.ENDED
 

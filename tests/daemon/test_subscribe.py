@@ -357,7 +357,8 @@ def test_a_file_name_cannot_print_a_forged_pass_line(tmp_path):
              daemon.control, "--from-seq", "1", "--count", str(len(names))],
             capture_output=True, text=True, timeout=300, check=True)
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
     lines = printed.stdout.splitlines()
     assert len(lines) == len(names), printed.stdout
     assert [line.split()[:2] for line in lines] == [["seq=1", "ERROR"], ["seq=2", "ERROR"]]

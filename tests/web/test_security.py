@@ -104,7 +104,8 @@ def test_the_daemon_on_a_network_address_with_a_token_serves_only_with_the_token
         cookies = page.context.cookies()
         assert [c["httpOnly"] for c in cookies] == [True] and TOKEN not in cookies[0]["value"]
     finally:
-        assert daemon.terminate() == 0
+        exit_code = daemon.terminate()
+    assert exit_code == 0
 
 
 def test_inspectd_ui_on_a_network_address_starts_with_a_token_file(tmp_path):

@@ -30,12 +30,16 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from inspectd.config import SegmentConfig
 from inspectd.errors import EngineError
+
+if TYPE_CHECKING:  # the full `segment:` model is built from the engine registry
+    from pydantic import BaseModel
+
+    from inspectd.config import SegmentFields as SegmentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +61,12 @@ class SegmentationEngine(abc.ABC):
 
     Subclasses set `KEY` (the `segment.engine` config value) and implement `forward`;
     heavy set-up (model files, sessions, JIT) belongs in `_load`, which `load()` runs once.
+    An engine with settings names its pydantic section in `config_class`: it is read from
+    `segment.<KEY>` and the engine finds it as `segment_cfg.<KEY>` (`settings`).
     """
 
     KEY: ClassVar[str] = ""
+    config_class: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, segment_cfg: SegmentConfig) -> None:
         self.segment_cfg = segment_cfg
@@ -67,6 +74,11 @@ class SegmentationEngine(abc.ABC):
         self._load_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public interface
+
+    @property
+    def settings(self) -> Any:
+        """This engine's own section of `segment:` (None for an engine without `config_class`)."""
+        return getattr(self.segment_cfg, self.KEY, None) if self.config_class is not None else None
 
     @property
     def name(self) -> str:

@@ -59,16 +59,21 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from pydantic import Field, model_validator
 
 import kernels
 from inspectd.analysis.confidence import histogram_separability
 from inspectd.analysis.engines import slic as slic_vote
 from inspectd.analysis.engines.base import SegmentationEngine
-from inspectd.config import ClassicalConfig, SegmentConfig
+from inspectd.config import SlicConfig, StrictModel, ThresholdMethod
 from inspectd.types import PORE
+
+if TYPE_CHECKING:
+    from inspectd.config import SegmentFields
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +91,55 @@ _PORE_GROW_LEVEL_FACTOR = 2.0
 _UPPER_OTSU_STRIDE = 2
 
 
+class ClassicalConfig(StrictModel):
+    """The seed's traditional path: threshold + morphology (+ optional SLIC vote)."""
+
+    threshold: ThresholdMethod = Field(
+        ThresholdMethod.MINIMUM_ERROR,
+        description="How unmelted (bright) pixels are split off: minimum_error (Kittler-Illingworth: a narrow bright "
+        "particle population beside a broad matrix one, each with its own spread) | otsu | otsu_upper (Otsu again "
+        "above the first Otsu threshold) | fixed | adaptive.",
+    )
+    fixed_threshold: int = Field(
+        128, ge=0, le=65535, description="Grey level for threshold: fixed, in the frame's own levels (x257 for 16-bit)."
+    )
+    adaptive_block_size: int = Field(51, ge=3, le=4095, description="Odd window size for threshold: adaptive, pixels.")
+    adaptive_offset: float = Field(
+        -20.0, ge=-65535.0, le=65535.0, description="Subtracted from the local mean for threshold: adaptive, in the frame's own grey levels."
+    )
+    smooth_sigma_px: float = Field(
+        0.5, ge=0.0, le=50.0, description="Gaussian sigma applied before thresholding (against single-pixel noise; "
+        "raise it for a coarse grain inside particles)."
+    )
+    pore_level: float = Field(
+        0.2, gt=0.0, lt=1.0,
+        description="Pores are pixels darker than this fraction of the Otsu threshold (near-black).",
+    )
+    pore_min_solidity: float = Field(
+        0.6, ge=0.0, le=1.0, description="Dark regions less solid than this are cracks, not pores (kept as melted)."
+    )
+    open_radius_px: int = Field(0, ge=0, le=50, description="Morphological opening radius (removes bright specks; "
+                                "0 keeps structures a few pixels wide, which real labels mark).")
+    close_radius_px: int = Field(0, ge=0, le=50, description="Morphological closing radius (fills gaps).")
+    slic: SlicConfig = Field(default_factory=SlicConfig)
+
+    @model_validator(mode="after")
+    def _verify_block_size(self) -> ClassicalConfig:
+        if self.adaptive_block_size % 2 == 0:
+            msg = f"adaptive_block_size must be odd, got {self.adaptive_block_size}"
+            raise ValueError(msg)
+        return self
+
+
 class ClassicalEngine(SegmentationEngine):
     """Threshold + morphology segmentation; no model file, runs on the CPU kernels."""
 
     KEY = "classical"
+    config_class = ClassicalConfig
 
-    def __init__(self, segment_cfg: SegmentConfig) -> None:
+    def __init__(self, segment_cfg: SegmentFields) -> None:
         super().__init__(segment_cfg)
-        self.cfg: ClassicalConfig = segment_cfg.classical
+        self.cfg: ClassicalConfig = self.settings
         requested = segment_cfg.backend.value
         if requested not in ("auto", "cpu"):
             logger.info("classical engine runs on the CPU kernels (backend %s asked for)", requested)

@@ -26,14 +26,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
 
 from inspectd.analysis.engines import unet_contract as contract
-from inspectd.config import GraphOptimization, UnetConfig
+from inspectd.analysis.engines.runtime import OpenedRuntime, UnetRuntime
+from inspectd.config import GraphOptimization
 from inspectd.errors import EngineError
+
+if TYPE_CHECKING:
+    from inspectd.analysis.engines.unet import UnetConfig, UnetEngine
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +210,7 @@ class OnnxRuntimeRunner:
     `InferenceSession.run` is thread-safe, so one runner serves every pipeline worker.
 
     Example:
-        >>> from inspectd.config import UnetConfig
+        >>> from inspectd.analysis.engines.unet import UnetConfig
         >>> try:
         ...     OnnxRuntimeRunner(Path("/nonexistent.onnx"), UnetConfig(), "auto")
         ... except EngineError as exc:
@@ -261,3 +265,21 @@ class OnnxRuntimeRunner:
 
     def describe(self) -> str:
         return f"ONNX Runtime on {', '.join(self.session.get_providers())}"
+
+
+class OnnxRuntime(UnetRuntime):
+    """ONNX Runtime on the provider `segment.backend` asks for (`choose_providers`): the fallback
+    of every backend, so it is tried last and always answers (or raises `EngineError`)."""
+
+    KEY = "onnxruntime"
+    PREFERENCE = 1000
+
+    @classmethod
+    def open(cls, engine: UnetEngine, requested_backend: str) -> OpenedRuntime:
+        if engine.cfg.model is not None:
+            model_path = Path(engine.cfg.model)
+        else:
+            backend = choose_providers(requested_backend, ort.get_available_providers()).backend
+            model_path = engine.bundled_onnx_path(backend)
+        runner = OnnxRuntimeRunner(model_path, engine.cfg, requested_backend)
+        return OpenedRuntime(runner, model_path, runner.fixed_hw)

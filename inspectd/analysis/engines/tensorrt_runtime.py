@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from inspectd.analysis.engines import unet_contract as contract
+from inspectd.analysis.engines.runtime import OpenedRuntime, UnetRuntime
 from inspectd.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -365,3 +366,31 @@ class TensorRTRunner:
 
     def describe(self) -> str:
         return f"TensorRT plan {self.plan_path.name} ({self.memory.name} buffers, batch <= {self.max_batch})"
+
+
+class TensorRTRuntime(UnetRuntime):
+    """A serialised TensorRT plan (`segment.unet.engine_plan`), first choice when one is configured.
+
+    `auto` with a plan that cannot be used here: one warning line, then the next runtime.
+    `tensorrt` with such a plan: an `EngineError`. Without a plan it passes (ONNX Runtime's
+    TensorRT provider serves `tensorrt` then).
+    """
+
+    KEY = "tensorrt"
+    PREFERENCE = 10
+
+    @classmethod
+    def open(cls, engine: Any, requested_backend: str) -> OpenedRuntime | None:
+        if requested_backend not in ("auto", "tensorrt") or engine.cfg.engine_plan is None:
+            return None
+        usable, reason = tensorrt_status()
+        if not usable:
+            if requested_backend == "tensorrt":
+                msg = f"backend tensorrt: {reason}"
+                raise EngineError(msg)
+            logger.warning("segment.unet.engine_plan is set but %s; the U-Net runs on ONNX Runtime instead", reason)
+            return None
+        plan = Path(engine.cfg.engine_plan)
+        runner = TensorRTRunner(plan)
+        side = runner.tile_side_px(engine.cfg.tile_px)
+        return OpenedRuntime(runner, plan, (side, side))

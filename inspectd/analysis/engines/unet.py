@@ -36,7 +36,7 @@ model is probed once there, so it fails at start-up, never on a frame.
 `model_hash` is the sha256 of the file that runs (the ONNX model, or the plan on TensorRT).
 
 Example:
-    >>> from inspectd.config import SegmentConfig, UnetConfig
+    >>> from inspectd.config import SegmentConfig
     >>> engine = UnetEngine(SegmentConfig(engine="unet", unet=UnetConfig(model="/nonexistent.onnx")))
     >>> try:
     ...     engine.load()
@@ -56,7 +56,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-import onnxruntime as ort
+from pydantic import Field, model_validator
 
 import kernels
 from inspectd.analysis.confidence import LOGITS_MARGIN_STEP, guided_margin, logits_margin
@@ -64,9 +64,8 @@ from inspectd.analysis.engines import tiling, unet_device
 from inspectd.analysis.engines import unet_contract as contract
 from inspectd.analysis.engines.base import Segmentation, SegmentationEngine
 from inspectd.analysis.engines.cpu_int8 import int8_dot_product
-from inspectd.analysis.engines.onnx_session import OnnxRuntimeRunner, choose_providers
-from inspectd.analysis.engines.tensorrt_runtime import TensorRTRunner, tensorrt_status
-from inspectd.config import SegmentConfig
+from inspectd.analysis.engines.runtime import open_runtime
+from inspectd.config import GraphOptimization, ModelPrecision, SegmentFields, StrictModel
 from inspectd.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -168,14 +167,49 @@ def output_confidence(output: UnetOutput) -> float:
     return logits_margin(logits, step=1)
 
 
+class UnetConfig(StrictModel):
+    """The U-Net engine: ONNX Runtime on the CPU (CUDA provider when present), TensorRT on a GPU."""
+
+    model: Path | None = Field(
+        None, description="ONNX model; null = the bundled inspectd/models/unet-coating-v3 (see precision)."
+    )
+    precision: ModelPrecision = Field(
+        ModelPrecision.AUTO,
+        description="Which bundled file runs when model is null: int8 (same held-out IoU; half the time of "
+        "fp32 on a CPU with VNNI, AMX-INT8 or Arm dotprod, no faster without), fp32, or auto (int8 on such a "
+        "CPU, fp32 on other CPUs and on a GPU). A given model runs as is.",
+    )
+    engine_plan: Path | None = Field(
+        None, description="Serialised TensorRT engine (inspectd build-engine) used when backend is tensorrt."
+    )
+    tile_px: int = Field(1024, ge=64, le=4096, description="Square inference tile, pixels (a multiple of 32).")
+    overlap_px: int = Field(64, ge=0, le=1024, description="Overlap between tiles, blended linearly, pixels.")
+    scale: float = Field(
+        1.0, gt=0.0, le=1.0, description="Internal working scale (1.0 = full resolution; the mask is resized back)."
+    )
+    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = one per core).")
+    graph_optimization: GraphOptimization = Field(GraphOptimization.ALL, description="ONNX Runtime graph optimisation.")
+
+    @model_validator(mode="after")
+    def _verify_tiles(self) -> UnetConfig:
+        if self.tile_px % contract.INPUT_MULTIPLE:
+            msg = f"tile_px must be a multiple of 32, got {self.tile_px}"
+            raise ValueError(msg)
+        if self.overlap_px * 2 >= self.tile_px:
+            msg = f"overlap_px ({self.overlap_px}) must be less than half of tile_px ({self.tile_px})"
+            raise ValueError(msg)
+        return self
+
+
 class UnetEngine(SegmentationEngine):
-    """Tiled U-Net segmentation on ONNX Runtime (CPU/CUDA) or a TensorRT plan."""
+    """Tiled U-Net segmentation on a U-Net runtime: ONNX Runtime (CPU/CUDA) or a TensorRT plan."""
 
     KEY = "unet"
+    config_class = UnetConfig
 
-    def __init__(self, segment_cfg: SegmentConfig) -> None:
+    def __init__(self, segment_cfg: SegmentFields) -> None:
         super().__init__(segment_cfg)
-        self.cfg = segment_cfg.unet
+        self.cfg: UnetConfig = self.settings
         self._runner: TileRunner | None = None
         self._model_path: Path | None = None
         self._model_hash: str | None = None
@@ -223,13 +257,8 @@ class UnetEngine(SegmentationEngine):
     # ------------------------------------------------------------------ loading
 
     def _load(self) -> None:
-        requested = self.segment_cfg.backend.value
-        runner = self._tensorrt_runner(requested)
-        if runner is None:
-            model_path = self._onnx_path(requested)
-            ort_runner = OnnxRuntimeRunner(model_path, self.cfg, requested)
-            self._fixed_tile_hw = ort_runner.fixed_hw
-            runner, self._model_path = ort_runner, model_path
+        opened = open_runtime(self, self.segment_cfg.backend.value)
+        runner, self._model_path, self._fixed_tile_hw = opened.runner, opened.model_path, opened.fixed_tile_hw
         if runner.max_batch is not None:
             self._tiles_per_run = max(1, min(TILES_PER_RUN, runner.max_batch))
         if self._fixed_tile_hw is not None:
@@ -242,10 +271,8 @@ class UnetEngine(SegmentationEngine):
                     f"guided, output stride {self._output_stride}" if self._output_stride > 1 else "logits",
                     self.tile_px, self._overlap_px, self.cfg.scale)
 
-    def _onnx_path(self, requested_backend: str) -> Path:
-        if self.cfg.model is not None:
-            return Path(self.cfg.model)
-        backend = choose_providers(requested_backend, ort.get_available_providers()).backend
+    def bundled_onnx_path(self, backend: str) -> Path:
+        """The bundled model for `backend` (cpu | cuda | tensorrt) at `segment.unet.precision`."""
         requested_precision = self.cfg.precision.value
         has_dot_product, cpu_reason = int8_dot_product()
         precision = bundled_precision(requested_precision, backend, has_dot_product)
@@ -257,23 +284,6 @@ class UnetEngine(SegmentationEngine):
                    "set segment.unet.model to an ONNX file")
             raise EngineError(msg)
         return path
-
-    def _tensorrt_runner(self, requested: str) -> TensorRTRunner | None:
-        """The TensorRT runner when a plan is configured and usable; None to use ONNX Runtime."""
-        if requested not in ("auto", "tensorrt") or self.cfg.engine_plan is None:
-            return None
-        usable, reason = tensorrt_status()
-        if not usable:
-            if requested == "tensorrt":
-                msg = f"backend tensorrt: {reason}"
-                raise EngineError(msg)
-            logger.warning("segment.unet.engine_plan is set but %s; the U-Net runs on ONNX Runtime instead", reason)
-            return None
-        runner = TensorRTRunner(Path(self.cfg.engine_plan))
-        side = runner.tile_side_px(self.cfg.tile_px)
-        self._fixed_tile_hw = (side, side)
-        self._model_path = Path(self.cfg.engine_plan)
-        return runner
 
     def _probe(self) -> None:
         """One tiny inference at load, so a model with the right names but wrong output fails now."""
