@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml bench/pyproject.toml
 	$(MAKE) --no-print-directory system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,plc]'
+	$(PY) -m pip install -q -e '.[dev,plc,cluster]'
 	# The station benchmark is a distribution of its own (bench/), not part of the daemon.
 	$(PY) -m pip install -q --no-deps -e ./bench
 	# torch for training/export: pin the CPU build (an unpinned torch pulls a multi-GB CUDA build).
