@@ -7,6 +7,7 @@ import numpy as np
 from kernels.clahe import clahe
 from kernels.guided import guided_argmax
 from kernels.otsu import otsu_threshold
+from kernels.regions import region_table
 from kernels.threshold import adaptive_threshold, threshold
 
 
@@ -31,3 +32,6 @@ def warm_up() -> None:
             threshold(img, 100)
             adaptive_threshold(img, 3, 0)
             guided_argmax(np.zeros((6, shape[0], shape[1]), np.float32), img, 4)
+    # measure's region pass: a two-class mask with regions on several bands of rows
+    mask = (np.arange(64 * 64).reshape(64, 64) % 3).astype(np.uint8)
+    region_table(mask, (1, 2))

@@ -241,3 +241,84 @@ def minimum_error_threshold(img: np.ndarray) -> int:
     best = min(criteria.values())
     best_t = min(t for t, value in criteria.items() if value <= best + 1e-9 * abs(best))
     return otsu if best_t in (low, high) else best_t
+
+
+def region_components(mask: np.ndarray, classes: tuple[int, ...], connectivity: int = 8) -> list[dict]:
+    """Connected regions of each listed mask value, found by flood fill one pixel at a time.
+
+    The plain definition ``kernels.region_table`` must meet: a region is a set of pixels of
+    one value joined through their 8 (or 4) neighbours. Regions are listed class by class
+    in ``classes`` order and, within a class, in ``cv2.connectedComponents``' label order:
+    by the first 2x2 block (rows in pairs, then columns in pairs) that holds one of their
+    pixels for 8-connectivity, by their first pixel in raster order for 4-connectivity.
+    Sums are Python integers (exact); the moments are taken about the bbox's top-left
+    pixel. For 8-connectivity each region also gets OpenCV's perimeter (``arcLength`` of
+    the Teh-Chin outer contour traced on the region alone) and its convex hull's area and
+    length, as the definition of those numbers.
+    """
+    import cv2  # here, not at the top: the references above are OpenCV-free
+
+    height, width = mask.shape
+    if connectivity == 8:
+        steps = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+        block = 2
+    else:
+        steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+        block = 1
+    blocks_per_row = (width + block - 1) // block
+    seen = np.zeros(mask.shape, dtype=bool)
+    table: list[dict] = []
+    for class_index, value in enumerate(classes):
+        found = []
+        for y0 in range(height):
+            for x0 in range(width):
+                if seen[y0, x0] or mask[y0, x0] != value:
+                    continue
+                seen[y0, x0] = True
+                pixels = [(y0, x0)]
+                stack = [(y0, x0)]
+                while stack:
+                    y, x = stack.pop()
+                    for dy, dx in steps:
+                        ny, nx = y + dy, x + dx
+                        if 0 <= ny < height and 0 <= nx < width and not seen[ny, nx] and mask[ny, nx] == value:
+                            seen[ny, nx] = True
+                            pixels.append((ny, nx))
+                            stack.append((ny, nx))
+                found.append(pixels)
+        regions = []
+        for pixels in found:
+            ys = [int(p[0]) for p in pixels]
+            xs = [int(p[1]) for p in pixels]
+            area = len(pixels)
+            left, top = min(xs), min(ys)
+            dx = [x - left for x in xs]
+            dy = [y - top for y in ys]
+            m10, m01 = sum(dx), sum(dy)
+            region = {
+                "class_index": class_index,
+                "class_value": value,
+                "area_px": area,
+                "bbox_x": left,
+                "bbox_y": top,
+                "bbox_width_px": max(xs) - left + 1,
+                "bbox_height_px": max(ys) - top + 1,
+                "moments": (area, m10, m01, sum(d * d for d in dx), sum(d * d for d in dy),
+                            sum(a * b for a, b in zip(dx, dy, strict=True))),
+                # (sum about the corner + corner * area) / area: one rounding, as the kernel forms it
+                "centroid_x": (float(m10) + float(left) * float(area)) / float(area),
+                "centroid_y": (float(m01) + float(top) * float(area)) / float(area),
+                "order_key": min((y // block) * blocks_per_row + x // block for y, x in pixels),
+            }
+            if connectivity == 8:
+                crop = np.zeros((region["bbox_height_px"], region["bbox_width_px"]), np.uint8)
+                crop[dy, dx] = 1
+                contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_TC89_L1)
+                contour = max(contours, key=len)
+                hull = cv2.convexHull(contour)
+                region["perimeter_px"] = float(cv2.arcLength(contour, True))
+                region["hull_area_px"] = float(cv2.contourArea(hull))
+                region["hull_perimeter_px"] = float(cv2.arcLength(hull, True))
+            regions.append(region)
+        table.extend(sorted(regions, key=lambda r: r["order_key"]))
+    return table

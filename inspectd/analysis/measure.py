@@ -31,15 +31,21 @@ Extra metrics beyond `config.RULE_METRICS`: `image_area_um2`, `melted_area_um2`,
 `unmelted_mean_aspect_ratio`, `pore_mean_aspect_ratio`, `unmelted_mean_solidity`,
 `pore_mean_solidity`, `unmelted_small_regions_ignored`, `pore_small_regions_ignored`.
 
-Speed: whole-frame passes per class, nothing per pixel in Python and no per-region crops:
-`connectedComponents` for labels, area/bbox/centroid/second moments summed over horizontal
-runs (tens of thousands, not millions of pixels), one `findContours` for every outer
-contour; per region only its hull and perimeter. ~3000 regions on a 2560x1920 frame:
-~55 ms on the loaded 2-core box (the Teh-Chin contour trace alone is ~20 ms of it), where
-one `connectedComponentsWithStats` plus crops per region took ~120 ms. The two classes'
-region passes and the histogram run on three threads at once (OpenCV and numpy release the
-GIL): one analysis worker uses both cores for ~2/3 of that time. The table equals the
-per-region computation (`tests/naive.py: regions`) up to float rounding.
+Speed: the region table comes from one numba kernel, `kernels.regions.region_table`: a
+run-based connected-component labelling of both classes at once, parallel over bands of
+rows, that sums area, bbox, centroid and second moments over runs, then follows each kept
+region's outer border as OpenCV's `findContours` does and reduces it with a port of OpenCV's
+Teh-Chin approximation, so perimeters are OpenCV's to the last bit; the hull is taken over
+those few dominant points only. The grey histogram is one `cv2.calcHist`. No thread pool is
+kept between calls: the kernel runs on numba's threads for the duration of the call, so
+concurrent callers (pipeline workers) share the cores without a hidden shared queue. The
+table equals the former whole-frame OpenCV computation (`_opencv_region_rows`, kept as the
+reference for tests and benchmarks) and the per-region computation (`tests/naive.py:
+regions`) exactly in every field but solidity, whose hull length may differ in summation
+order (~1e-15 relative). On a 2560x1920 frame with ~2,600 regions this takes about 2.3x less
+time and CPU than the former OpenCV passes on the 2-core box (`bench/measure_bench.py`,
+`bench/RESULTS.md`); a frozen `Region` costs ~3 µs through its constructor, so regions are
+built by filling their fields by name (`_new_region`).
 
 Example:
     >>> import numpy as np, cv2
@@ -52,16 +58,17 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from inspectd.types import CLASS_NAMES, MELTED, PORE, UNMELTED, Measurements, Region
+from kernels.regions import RegionTable, region_table
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +94,6 @@ def measure(
     """
     _validate(mask, enhanced, um_per_px, min_region_area_px)
     um2_per_px = um_per_px * um_per_px
-    pool = _pool()
-    pending = [pool.submit(_class_region_columns, (mask == c).view(np.uint8), um_per_px, min_region_area_px)
-               for c in _REGION_CLASSES]
     joint_hist = _class_grey_histogram(mask, enhanced)
     pixel_counts = joint_hist.sum(axis=1)
     total_px = mask.size
@@ -106,27 +110,30 @@ def measure(
         metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = _texture(joint_hist[c])
     metrics["entropy_bits"], metrics["variance"] = _texture(joint_hist.sum(axis=0))
 
-    regions: list[Region] = []
-    for c, future in zip(_REGION_CLASSES, pending, strict=True):
-        rows, ignored = future.result()
-        first_label = len(regions) + 1
-        class_regions = [Region(first_label + i, CLASS_NAMES[c], *row) for i, row in enumerate(rows)]
-        regions.extend(class_regions)
-        metrics.update(_region_summary(CLASS_NAMES[c], class_regions, ignored))
-    return Measurements(metrics=metrics, regions=tuple(regions))
+    table = region_table(mask, _REGION_CLASSES, min_area=min_region_area_px, connectivity=8)
+    regions = _regions(table, um_per_px)
+    first = 0
+    for slot, c in enumerate(_REGION_CLASSES):
+        stop = first + int(np.count_nonzero(table.class_value == c))
+        metrics.update(_region_summary(CLASS_NAMES[c], regions[first:stop], int(table.small_counts[slot])))
+        first = stop
+    return Measurements(metrics=metrics, regions=regions)
 
 
-_POOL_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
+def _opencv_region_rows(mask: np.ndarray, um_per_px: float, min_region_area_px: int) -> tuple[list[dict], dict[str, int]]:
+    """The region table as the former whole-frame OpenCV passes computed it: the reference
+    `measure` is checked and timed against (tests, `bench/measure_bench.py`).
 
-
-def _pool() -> ThreadPoolExecutor:
-    """Threads for the per-class region passes, shared by every caller (pipeline workers too)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=2 * len(_REGION_CLASSES), thread_name_prefix="measure")
-        return _POOL
+    Returns (one dict of `Region` fields per region, numbered as `measure` numbers them, and
+    the number of ignored small regions per class name).
+    """
+    rows: list[dict] = []
+    ignored: dict[str, int] = {}
+    for c in _REGION_CLASSES:
+        class_rows, ignored[CLASS_NAMES[c]] = _opencv_class_rows((mask == c).view(np.uint8), um_per_px, min_region_area_px)
+        for row in class_rows:
+            rows.append({"label": len(rows) + 1, "class_name": CLASS_NAMES[c], **row})
+    return rows, ignored
 
 
 def shannon_entropy_bits(histogram: np.ndarray) -> float:
@@ -187,14 +194,71 @@ def _texture(grey_hist: np.ndarray) -> tuple[float, float]:
     return entropy, variance
 
 
-def _class_region_columns(
-    class_mask: np.ndarray, um_per_px: float, min_area_px: int
-) -> tuple[list[tuple], int]:
-    """One row per region of one class at or above `min_area_px` (the `Region` fields after
-    label and class name), and how many smaller ones were ignored.
+def _regions(table: RegionTable, um_per_px: float) -> tuple[Region, ...]:
+    """`Region`s from the kernel's table (already ordered: unmelted then pores, each in label
+    order), numbered 1..N. Derived columns are whole-array numpy, one Python object per
+    region only at the end."""
+    area = table.area_px.astype(np.float64)
+    eq_diameter_px = np.sqrt(4.0 * area / math.pi)
+    perimeter_px = table.perimeter_px
+    with np.errstate(divide="ignore", invalid="ignore"):
+        circularity = np.where(perimeter_px > 0, np.minimum(1.0, 4.0 * math.pi * area / perimeter_px**2), 1.0)
+    # Pixels inside the hull polygon through pixel centres, by Pick's theorem.
+    hull_pixels = table.hull_area_px + table.hull_perimeter_px / 2.0 + 1.0
+    m00, m10, m01, m20, m02, m11 = table.moments.T
+    n = table.area_px.size
+    columns = {
+        "label": range(1, n + 1),
+        "class_name": _CLASS_NAME_OF_VALUE[table.class_value].tolist(),
+        "area_px": table.area_px.tolist(),
+        "area_um2": (area * um_per_px * um_per_px).tolist(),
+        "bbox_x": table.bbox_x.tolist(),
+        "bbox_y": table.bbox_y.tolist(),
+        "bbox_width_px": table.bbox_width_px.tolist(),
+        "bbox_height_px": table.bbox_height_px.tolist(),
+        "aspect_ratio": _moment_aspect_ratio(m00, m10, m01, m20, m02, m11).tolist(),
+        "equivalent_diameter_px": eq_diameter_px.tolist(),
+        "equivalent_diameter_um": (eq_diameter_px * um_per_px).tolist(),
+        "perimeter_px": perimeter_px.tolist(),
+        "perimeter_um": (perimeter_px * um_per_px).tolist(),
+        "circularity": circularity.tolist(),
+        "solidity": np.minimum(1.0, area / hull_pixels).tolist(),
+        "centroid_x": table.centroid_x.tolist(),
+        "centroid_y": table.centroid_y.tolist(),
+    }
+    names = tuple(columns)
+    if names != _REGION_FIELDS:  # in field order too: the instance dict then reads as the constructor's
+        msg = f"Region fields changed: {_REGION_FIELDS}; update measure._regions"
+        raise RuntimeError(msg)
+    return tuple(_new_region(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True))
 
-    Whole-frame passes only (labels, row runs, one contour trace); the per-region Python
-    work is three cheap OpenCV calls on a contour.
+
+_CLASS_NAME_OF_VALUE = np.array([CLASS_NAMES.get(value, "") for value in range(256)], dtype=object)
+_REGION_FIELDS = tuple(f.name for f in dataclasses.fields(Region))
+# `Region(**fields)` sets a frozen dataclass's 17 fields one `object.__setattr__` call at a
+# time: ~3 µs a region, ~9 ms of a 3,000-region frame. Filling a new instance's __dict__ by
+# field name gives an equal object (same fields, ==, hash, repr, still frozen) in under 1 µs.
+# That holds while Region is a plain dataclass without __post_init__ or __slots__; otherwise
+# the constructor is used. `tests/analysis/test_measure.py` checks both give equal objects.
+_FILL_REGION_DICT = "__slots__" not in vars(Region) and not hasattr(Region, "__post_init__")
+
+
+def _new_region(fields: Iterable[tuple[str, object]]) -> Region:
+    """A `Region` from (field name, value) pairs naming every field."""
+    if not _FILL_REGION_DICT:
+        return Region(**dict(fields))
+    region = object.__new__(Region)
+    region.__dict__.update(fields)
+    return region
+
+
+# ------------------------------------------------------------------ the former OpenCV path (reference)
+
+
+def _opencv_class_rows(class_mask: np.ndarray, um_per_px: float, min_area_px: int) -> tuple[list[dict], int]:
+    """One dict of `Region` fields (all but label and class name) per region of one class at
+    or above `min_area_px`, and how many smaller ones were ignored: connected components,
+    row runs and one contour trace, then three OpenCV calls per region.
     """
     n_labels, labels = cv2.connectedComponents(class_mask, connectivity=8, ltype=cv2.CV_32S)
     if n_labels == 1:
@@ -213,26 +277,25 @@ def _class_region_columns(
     eq_diameter_px = np.sqrt(4.0 * area / math.pi)
     with np.errstate(divide="ignore", invalid="ignore"):
         circularity = np.where(perimeter_px > 0, np.minimum(1.0, 4.0 * math.pi * area / perimeter_px**2), 1.0)
-    # One column per `Region` field after label and class_name, in the dataclass's field order.
-    columns = zip(
-        area_px.tolist(),
-        (area * um_per_px * um_per_px).tolist(),
-        components.bbox_x[kept].tolist(),
-        components.bbox_y[kept].tolist(),
-        components.bbox_width_px[kept].tolist(),
-        components.bbox_height_px[kept].tolist(),
-        components.aspect_ratio[kept].tolist(),
-        eq_diameter_px.tolist(),
-        (eq_diameter_px * um_per_px).tolist(),
-        perimeter_px.tolist(),
-        (perimeter_px * um_per_px).tolist(),
-        circularity.tolist(),
-        np.minimum(1.0, area / hull_pixels).tolist(),
-        components.centroid_x[kept].tolist(),
-        components.centroid_y[kept].tolist(),
-        strict=True,
-    )
-    return list(columns), ignored
+    columns = {
+        "area_px": area_px.tolist(),
+        "area_um2": (area * um_per_px * um_per_px).tolist(),
+        "bbox_x": components.bbox_x[kept].tolist(),
+        "bbox_y": components.bbox_y[kept].tolist(),
+        "bbox_width_px": components.bbox_width_px[kept].tolist(),
+        "bbox_height_px": components.bbox_height_px[kept].tolist(),
+        "aspect_ratio": components.aspect_ratio[kept].tolist(),
+        "equivalent_diameter_px": eq_diameter_px.tolist(),
+        "equivalent_diameter_um": (eq_diameter_px * um_per_px).tolist(),
+        "perimeter_px": perimeter_px.tolist(),
+        "perimeter_um": (perimeter_px * um_per_px).tolist(),
+        "circularity": circularity.tolist(),
+        "solidity": np.minimum(1.0, area / hull_pixels).tolist(),
+        "centroid_x": components.centroid_x[kept].tolist(),
+        "centroid_y": components.centroid_y[kept].tolist(),
+    }
+    rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    return rows, ignored
 
 
 @dataclass(frozen=True)
@@ -364,7 +427,7 @@ def _pixel_area(polygon: np.ndarray) -> float:
     return cv2.contourArea(polygon) + cv2.arcLength(polygon, True) / 2.0 + 1.0
 
 
-def _region_summary(class_name: str, regions: list[Region], ignored: int) -> dict[str, float]:
+def _region_summary(class_name: str, regions: Sequence[Region], ignored: int) -> dict[str, float]:
     def mean(values: list[float]) -> float:
         return math.fsum(values) / len(values) if values else 0.0
 

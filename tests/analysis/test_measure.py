@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,7 @@ import pytest
 
 from inspectd.analysis.measure import measure, shannon_entropy_bits
 from inspectd.config import RULE_METRICS
-from inspectd.types import MELTED, PORE, UNMELTED
+from inspectd.types import MELTED, PORE, UNMELTED, Region
 
 
 def _disc_mask(shape, centres, radius, value):
@@ -279,7 +280,7 @@ def test_region_inside_a_hole_of_its_own_class_is_measured_like_a_lone_one():
 
 
 def test_every_label_gets_the_contour_its_bbox_crop_would_give():
-    from inspectd.analysis import measure as measure_module
+    import inspectd.analysis.measure as measure_module
 
     for mask in _random_masks():
         class_mask = (mask == UNMELTED).view(np.uint8)
@@ -291,3 +292,108 @@ def test_every_label_gets_the_contour_its_bbox_crop_would_give():
         traced = measure_module._outer_contours(class_mask, labels, wanted, components)
         for label, contour in zip(wanted.tolist(), traced, strict=True):
             assert np.array_equal(contour, measure_module._crop_contour(labels, label, components))
+
+
+# ------------------------------------------------- the numba region table vs the former OpenCV passes
+
+
+def _assert_regions_equal_opencv(mask, um_per_px, min_area):
+    """Every field exact, solidity within 1e-12 (its hull length is summed in another order)."""
+    import inspectd.analysis.measure as measure_module
+
+    result = measure(mask, _grey(mask.shape), um_per_px=um_per_px, min_region_area_px=min_area)
+    want, ignored = measure_module._opencv_region_rows(mask, um_per_px, min_area)
+    assert len(result.regions) == len(want)
+    for region, expected in zip(result.regions, want, strict=True):
+        assert set(expected) == {f.name for f in dataclasses.fields(Region)}
+        for field, value in expected.items():
+            actual = getattr(region, field)
+            assert type(actual) is type(value), field
+            if field == "solidity":
+                assert actual == pytest.approx(value, rel=1e-12), (field, region, expected)
+            else:
+                assert actual == value, (field, region, expected)
+    for name, count in ignored.items():
+        assert result.metrics[f"{name}_small_regions_ignored"] == float(count)
+    return result
+
+
+@pytest.mark.parametrize(("generator", "seed"), [("v2", 1), ("v2", 2), ("v3", 1), ("v3", 4)])
+def test_region_table_equals_the_opencv_passes_on_synthetic_frames(generator, seed):
+    from inspectd.data import synth
+
+    make = synth.generate if generator == "v2" else synth.generate_v3
+    mask = make(600, 800, seed=seed).mask
+    for min_area in (1, 30):
+        result = _assert_regions_equal_opencv(mask, 0.7, min_area)
+        assert len(result.regions) > 50
+
+
+def test_region_table_equals_the_opencv_passes_on_a_full_size_frame():
+    from inspectd.data import synth
+
+    mask = synth.generate(1920, 2560, seed=7).mask
+    result = _assert_regions_equal_opencv(mask, 0.5, 30)
+    assert len(result.regions) > 500
+
+
+def test_region_table_equals_the_opencv_passes_on_random_masks():
+    for mask in _random_masks():
+        for min_area in (1, 4, 30):
+            _assert_regions_equal_opencv(mask, 0.7, min_area)
+
+
+def test_measure_keeps_no_threads_between_calls():
+    import threading
+
+    import inspectd.analysis.measure as measure_module
+
+    mask = np.zeros((300, 300), np.uint8)
+    mask[10:100, 10:100] = UNMELTED
+    before = {t.ident for t in threading.enumerate()}
+    measure(mask, _grey(mask.shape), um_per_px=1.0, min_region_area_px=1)
+    started = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert not [name for name in started if name.startswith("measure")]
+    assert not hasattr(measure_module, "_pool")
+
+
+def test_measure_from_two_threads_at_once_gives_serial_results():
+    import threading
+
+    from inspectd.data import synth
+
+    masks = [synth.generate(300, 400, seed=s).mask for s in range(3)]
+    expected = [measure(m, _grey(m.shape), um_per_px=1.0, min_region_area_px=5) for m in masks]
+    failures = []
+    start = threading.Barrier(2)
+
+    def worker(order):
+        start.wait()
+        for _ in range(5):
+            for i in order:
+                if measure(masks[i], _grey(masks[i].shape), um_per_px=1.0, min_region_area_px=5) != expected[i]:
+                    failures.append(i)
+
+    threads = [threading.Thread(target=worker, args=(order,)) for order in ([0, 1, 2], [2, 1, 0])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_regions_built_by_field_name_equal_the_constructors():
+    import inspectd.analysis.measure as measure_module
+
+    mask = _disc_mask((80, 80), [(30, 30)], 9, PORE)
+    mask[60:70, 5:40] = UNMELTED
+    for region in measure(mask, _grey(mask.shape), um_per_px=0.5, min_region_area_px=1).regions:
+        fields = dataclasses.asdict(region)
+        rebuilt = Region(**fields)
+        assert rebuilt == region
+        assert hash(rebuilt) == hash(region)
+        assert repr(rebuilt) == repr(region)
+        assert measure_module._new_region(fields.items()) == rebuilt
+        assert list(vars(region)) == list(vars(rebuilt))  # same attribute order as the constructor's
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            region.area_px = 0  # type: ignore[misc]

@@ -1,0 +1,188 @@
+"""Time `measure` per frame: the numba region kernel against the former OpenCV passes and
+scikit-image's regionprops, on the same synthetic 2560x1920 frames, in one run.
+
+Rows (milliseconds per frame, median and best over repeats, the methods interleaved so a
+burst of load from other processes hits all of them alike; plus the process's CPU time per
+frame, all threads together, which other processes' load does not inflate):
+
+* ``measure (numba)``: today's `inspectd.analysis.measure.measure`, everything it returns.
+* ``measure (OpenCV passes)``: the same fractions, texture and `Region` table computed the
+  former way: the two classes' OpenCV region passes (`measure._opencv_class_rows`)
+  on a two-thread pool while the grey histogram runs, as `measure` did before the kernel.
+* ``scikit-image regionprops``: `skimage.measure.label` + `regionprops_table` for the same
+  per-region numbers (area, bbox, centroid, perimeter, solidity, axis lengths), per class;
+  only where scikit-image is installed. Its perimeter is its own 4-neighbour estimate, not
+  OpenCV's, so it is a speed reference only.
+* ``region_table kernel``: the kernel call alone, for the share of the total it takes.
+
+Like `bench/cpu_kernels.py`, this sets ``OMP_WAIT_POLICY=PASSIVE`` (as the daemon does)
+unless the environment sets it: numba's OpenMP workers then sleep instead of spinning, so a
+busy second core costs a fallback to one-thread speed instead of a scheduler tick per
+parallel region.
+
+Usage::
+
+    .venv/bin/python bench/measure_bench.py                 # 3 frames x 15 repeats, ~1-2 min
+    .venv/bin/python bench/measure_bench.py --frames 2 --repeats 5 --generator v2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its OpenMP pool
+
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import cv2  # noqa: E402
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import inspectd.analysis.measure as measure_module  # noqa: E402
+from inspectd.data import synth  # noqa: E402
+from inspectd.types import CLASS_NAMES, MELTED, PORE, UNMELTED, Measurements, Region  # noqa: E402
+from kernels.regions import region_table  # noqa: E402
+
+UM_PER_PX = 0.5
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown CPU"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def opencv_measure(pool: ThreadPoolExecutor, mask: np.ndarray, enhanced: np.ndarray, min_area: int) -> Measurements:
+    """`measure` as computed before the kernel: per-class OpenCV passes beside the histogram."""
+    pending = [
+        pool.submit(measure_module._opencv_class_rows, (mask == c).view(np.uint8), UM_PER_PX, min_area)
+        for c in (UNMELTED, PORE)
+    ]
+    joint_hist = measure_module._class_grey_histogram(mask, enhanced)
+    pixel_counts = joint_hist.sum(axis=1)
+    um2 = UM_PER_PX * UM_PER_PX
+    metrics: dict[str, float] = {"image_area_um2": mask.size * um2}
+    for c in (MELTED, UNMELTED, PORE):
+        name = CLASS_NAMES[c]
+        key = "porosity_pct" if c == PORE else f"{name}_fraction_pct"
+        metrics[key] = 100.0 * float(pixel_counts[c]) / mask.size
+        metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2
+        metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = measure_module._texture(joint_hist[c])
+    metrics["entropy_bits"], metrics["variance"] = measure_module._texture(joint_hist.sum(axis=0))
+    regions: list[Region] = []
+    for c, future in zip((UNMELTED, PORE), pending, strict=True):
+        rows, ignored = future.result()
+        # Positional, as the former code built them (the rows hold the fields in field order).
+        class_regions = [Region(len(regions) + i + 1, CLASS_NAMES[c], *row.values()) for i, row in enumerate(rows)]
+        regions.extend(class_regions)
+        metrics.update(measure_module._region_summary(CLASS_NAMES[c], class_regions, ignored))
+    return Measurements(metrics=metrics, regions=tuple(regions))
+
+
+def skimage_regionprops(mask: np.ndarray) -> int:
+    """scikit-image's label + regionprops_table for the same per-region numbers; region count."""
+    from skimage.measure import label, regionprops_table
+
+    count = 0
+    for c in (UNMELTED, PORE):
+        labels = label(mask == c, connectivity=2)
+        table = regionprops_table(
+            labels,
+            properties=("area", "bbox", "centroid", "perimeter", "solidity",
+                        "axis_major_length", "axis_minor_length"),
+        )
+        count += len(table["area"])
+    return count
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall ms, CPU ms of this process: every thread's time, so work done, whatever the load)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - start) * 1000.0, (time.process_time() - start_cpu) * 1000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=3, help="synthetic frames (seeds 1..N)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per frame and method")
+    parser.add_argument("--generator", choices=("v2", "v3"), default="v3")
+    parser.add_argument("--size", default="2560x1920", help="WIDTHxHEIGHT")
+    parser.add_argument("--min-area", type=int, default=1,
+                        help="min_region_area_px (1: every region; the shipped config uses 30)")
+    parser.add_argument("--no-skimage", action="store_true", help="skip scikit-image (slow)")
+    args = parser.parse_args()
+    width, height = (int(n) for n in args.size.lower().split("x"))
+
+    try:
+        import skimage
+
+        skimage_version = None if args.no_skimage else skimage.__version__
+    except ImportError:
+        skimage_version = None
+
+    make = synth.generate if args.generator == "v2" else synth.generate_v3
+    frames = []
+    for seed in range(1, args.frames + 1):
+        sample = make(height, width, seed=seed)
+        frames.append((np.ascontiguousarray(sample.mask), np.ascontiguousarray(sample.image)))
+
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}")
+    print(f"numba {numba.__version__} ({numba.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}), OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads)"
+          + (f", scikit-image {skimage_version}" if skimage_version else ", scikit-image: not run"))
+    print(f"frames: {len(frames)} x {width}x{height} synthetic {args.generator}, "
+          f"min_region_area_px={args.min_area}, {args.repeats} repeats each")
+
+    names = ["measure (numba)", "measure (OpenCV passes)", "region_table kernel"]
+    if skimage_version:
+        names.append("scikit-image regionprops")
+    medians: dict[str, list[float]] = {name: [] for name in names}
+    bests: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="bench-opencv") as pool:
+        for mask, enhanced in frames:
+            new = measure_module.measure(mask, enhanced, um_per_px=UM_PER_PX, min_region_area_px=args.min_area)
+            old = opencv_measure(pool, mask, enhanced, args.min_area)
+            if len(new.regions) != len(old.regions):
+                msg = f"region counts differ: numba {len(new.regions)}, OpenCV {len(old.regions)}"
+                raise SystemExit(msg)
+            print(f"  frame: {len(new.regions)} regions "
+                  f"({int(new.metrics['unmelted_count'])} unmelted, {int(new.metrics['pore_count'])} pores)")
+            per_frame: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+            for _ in range(args.repeats):
+                per_frame["measure (numba)"].append(timed(lambda m=mask, e=enhanced: measure_module.measure(
+                    m, e, um_per_px=UM_PER_PX, min_region_area_px=args.min_area)))
+                per_frame["measure (OpenCV passes)"].append(timed(lambda m=mask, e=enhanced: opencv_measure(pool, m, e, args.min_area)))
+                per_frame["region_table kernel"].append(timed(lambda m=mask: region_table(
+                    m, (UNMELTED, PORE), min_area=args.min_area)))
+                if skimage_version:
+                    per_frame["scikit-image regionprops"].append(timed(lambda m=mask: skimage_regionprops(m)))
+            for name, times in per_frame.items():
+                medians[name].append(statistics.median(wall for wall, _ in times))
+                bests[name].append(min(wall for wall, _ in times))
+                cpu[name].append(statistics.median(cpu_ms for _, cpu_ms in times))
+
+    # Mean over frames of each frame's median (and best) time.
+    base = statistics.mean(medians["measure (numba)"])
+    print()
+    print("| method | ms per frame (median) | best | ratio to numba measure | CPU ms (all threads) |")
+    print("|---|---:|---:|---:|---:|")
+    for name in names:
+        median = statistics.mean(medians[name])
+        print(f"| {name} | {median:.1f} | {statistics.mean(bests[name]):.1f} | {median / base:.2f}x "
+              f"| {statistics.mean(cpu[name]):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
