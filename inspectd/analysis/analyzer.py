@@ -6,7 +6,8 @@ frame also gets an `Assessment` (`inspectd.analysis.trust`): the engine's confid
 frame lies outside the engine's training envelope; by default such a frame is an ERROR.
 
 Example:
-    >>> from inspectd import config, synth
+    >>> from inspectd import config
+    >>> from inspectd.data import synth
     >>> from inspectd.types import Frame
     >>> analyzer = Analyzer(config.load(None))
     >>> sample = synth.generate(256, 256, seed=1)

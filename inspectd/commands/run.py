@@ -1,4 +1,4 @@
-"""`inspectd run`: the inspection daemon (systemd service `inspectd.daemon.service`)."""
+"""`inspectd run`: the inspection daemon (systemd service `inspectd.service`)."""
 
 from __future__ import annotations
 

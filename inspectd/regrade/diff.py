@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +35,7 @@ from urllib.parse import quote
 from inspectd.analysis.fieldstats import FRACTION_METRICS, summarize_fields
 from inspectd.errors import InspectdError
 from inspectd.escaping import html_text, markdown_code, printable
+from inspectd.metric_values import finite_or_none
 
 DIFF_SCHEMA_VERSION = "1.0"
 HEADLINE_METRICS = FRACTION_METRICS
@@ -123,7 +123,7 @@ def build_diff(rows: Sequence[Mapping[str, Any]], originals: Mapping[tuple[str, 
 
 def _before_metrics(message: Mapping[str, Any]) -> dict[str, float | None]:
     parameters = message.get("parameters") or {}
-    return {name: _number(entry.get("value") if isinstance(entry, Mapping) else entry)
+    return {name: finite_or_none(entry.get("value") if isinstance(entry, Mapping) else entry)
             for name, entry in parameters.items()}
 
 
@@ -131,7 +131,7 @@ def _frame_entry(row: Mapping[str, Any], before: Mapping[str, Any], lot: str) ->
     before_metrics = _before_metrics(before)
     delta = {}
     for name, old in before_metrics.items():
-        new = _number(row.get(name))
+        new = finite_or_none(row.get(name))
         if old is not None and new is not None:
             delta[name] = new - old
     return {
@@ -143,7 +143,7 @@ def _frame_entry(row: Mapping[str, Any], before: Mapping[str, Any], lot: str) ->
                    "engine": before.get("engine"),
                    **{m: before_metrics.get(m) for m in HEADLINE_METRICS}},
         "after": {"verdict": row["verdict"], "reason": row.get("reason", ""),
-                  **{m: _number(row.get(m)) for m in HEADLINE_METRICS}},
+                  **{m: finite_or_none(row.get(m)) for m in HEADLINE_METRICS}},
         "delta": delta,
     }
 
@@ -152,7 +152,7 @@ def _lot_entry(lot: str, pairs: list[tuple[Mapping[str, Any], Mapping[str, Any]]
     before_verdicts = [str(before.get("verdict")) for before, _ in pairs]
     after_verdicts = [str(row["verdict"]) for _, row in pairs]
     before_fields = [_before_metrics(b) for b in (b for b, _ in pairs) if b.get("verdict") in ("PASS", "FAIL")]
-    after_fields = [{m: _number(row.get(m)) for m in HEADLINE_METRICS}
+    after_fields = [{m: finite_or_none(row.get(m)) for m in HEADLINE_METRICS}
                     for _, row in pairs if row["verdict"] in ("PASS", "FAIL")]
     before_verdict, after_verdict = lot_verdict(before_verdicts), lot_verdict(after_verdicts)
     return {
@@ -184,16 +184,6 @@ def _statistics(fields: list[dict[str, float | None]]) -> dict[str, Any]:
     clean = [{k: v for k, v in f.items() if v is not None} for f in fields]
     stats = summarize_fields(clean, names=HEADLINE_METRICS)
     return {name: stat.to_dict() for name, stat in stats.items()}
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 # ---------------------------------------------------------------------------- reports

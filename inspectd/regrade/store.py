@@ -33,7 +33,6 @@ import functools
 import hashlib
 import io
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from inspectd.durable_files import write_atomically
+from inspectd.metric_values import finite_or_none
 from inspectd.regrade.keys import RunKey
 from inspectd.types import Region
 
@@ -150,12 +150,12 @@ def frame_row(result: Any, facts: FileFacts, *, engine_name: str, backend: str) 
         "verdict": verdict.result.value,
         "reason": verdict.reason,
         "unreadable": facts.unreadable,
-        "failed_rules": [{"metric": r.metric, "op": r.op, "limit": _finite(r.limit), "value": _finite(r.value)}
+        "failed_rules": [{"metric": r.metric, "op": r.op, "limit": finite_or_none(r.limit), "value": finite_or_none(r.value)}
                          for r in verdict.failed_rules],
         "warnings": list(verdict.warnings),
-        "confidence": None if assessment is None else _finite(assessment.confidence),
+        "confidence": None if assessment is None else finite_or_none(assessment.confidence),
         "out_of_distribution": None if assessment is None else bool(assessment.out_of_distribution),
-        "ood_distance": None if assessment is None else _finite(assessment.ood_distance),
+        "ood_distance": None if assessment is None else finite_or_none(assessment.ood_distance),
         "width": None if frame.pixels is None else int(frame.pixels.shape[1]),
         "height": None if frame.pixels is None else int(frame.pixels.shape[0]),
         "bit_depth": None if frame.pixels is None else int(frame.bit_depth),
@@ -163,7 +163,7 @@ def frame_row(result: Any, facts: FileFacts, *, engine_name: str, backend: str) 
         "ood_reasons": [] if assessment is None else list(assessment.ood_reasons),
     }
     for name in metric_names():
-        row[name] = _finite(metrics.get(name))
+        row[name] = finite_or_none(metrics.get(name))
     row.update(engine=engine_name, backend=backend,
                analysis_ms=round(sum(verdict.timings_ms.values()), 3))
     return row
@@ -176,14 +176,6 @@ def region_rows(result: Any, facts: FileFacts) -> list[dict[str, Any]]:
     key = {"path": facts.path, "sha256": facts.sha256, "field_index": int(result.frame.field_index),
            "part": facts.part, "lot": facts.lot}
     return [{**key, **dataclasses.asdict(region)} for region in result.measurements.regions]
-
-
-def _finite(value: Any) -> float | None:
-    """NaN, infinities and non-numbers as null, as in the verdict JSON."""
-    if value is None or isinstance(value, bool):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 # ---------------------------------------------------------------------------- files

@@ -278,4 +278,4 @@ def test_write_dataset_generator_v2_is_the_default_byte_for_byte(tmp_path):
     for first, second in zip(default, explicit, strict=True):
         for suffix in (".png", ".json"):
             assert first.with_suffix(suffix).read_bytes() == second.with_suffix(suffix).read_bytes()
-        assert json.loads(first.with_suffix(".json").read_text())["generator"] == "inspectd.data.synth"
+        assert json.loads(first.with_suffix(".json").read_text())["generator"] == "inspectd.synth"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT_PATH = Path(__file__).resolve().parents[2] / "systemd" / "inspectd.daemon.service"
+UNIT_PATH = Path(__file__).resolve().parents[2] / "systemd" / "inspectd.service"
 INSTALLED_BINARY = "/opt/inspectd/.venv/bin/inspectd"
 MAX_EXPOSURE = 2.0
 
@@ -43,7 +43,7 @@ def _settings(text: str) -> dict[str, list[str]]:
 def checkable_unit(tmp_path: Path) -> Path:
     text = UNIT_PATH.read_text(encoding="utf-8")
     assert INSTALLED_BINARY in text
-    copy = tmp_path / "inspectd.daemon.service"
+    copy = tmp_path / "inspectd.service"
     copy.write_text(text.replace(INSTALLED_BINARY, sys.executable), encoding="utf-8")
     return copy
 

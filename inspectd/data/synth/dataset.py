@@ -84,7 +84,7 @@ def write_dataset(
             return lamellar.generate(height, width, sample_seed, sample_params)
 
         # v2 sidecars have always named the version second; the truth repeats the same value.
-        sidecar_head = {"generator": "inspectd.data.synth", "generator_version": lamellar.GENERATOR_VERSION}
+        sidecar_head = {"generator": "inspectd.synth", "generator_version": lamellar.GENERATOR_VERSION}
     else:
         if params is not None and not isinstance(params, RealisticParams):
             msg = f"generator 'v3' takes RealisticParams, got {type(params).__name__}"
