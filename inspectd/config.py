@@ -26,7 +26,7 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
@@ -44,6 +44,8 @@ from inspectd.errors import ConfigError
 from inspectd.regex_safety import check_regex
 
 logger = logging.getLogger(__name__)
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 # Metrics a rule may name: every key `measure.measure()` puts into `Measurements.metrics`.
 RULE_METRICS = (
@@ -662,6 +664,23 @@ def _validated(raw: Any, root: Callable[[], yaml.Node | None], origin: str) -> C
         raise ConfigError(_describe(exc, root(), origin)) from exc
     _verify_engine_known(cfg, root, origin)
     return cfg
+
+
+def validate_section(section: type[SectionT], raw: dict[str, Any], *, origin: str) -> SectionT:
+    """Validate one section on its own (a source built in code rather than from a file).
+
+    The same rules as in a file, and a `ConfigError` worded as `parse_object` words it:
+    origin, key path, value, reason.
+
+    >>> validate_section(InputConfig, {"max_file_bytes": 0}, origin="input")
+    Traceback (most recent call last):
+    ...
+    inspectd.errors.ConfigError: input: max_file_bytes = 0: Input should be greater than or equal to 1
+    """
+    try:
+        return section.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, None, origin)) from exc
 
 
 def parse(text: str, *, origin: str = "<config>") -> Config:

@@ -21,7 +21,7 @@ source without it raises `SourceConnectionError` with the install line. Set-up o
 
 Example (needs a camera; the simulator is `arv-fake-gv-camera-0.8 -i 127.0.0.1`)::
 
-    src = AravisCameraSource("line1-cam", camera_id="Aravis-Fake-GV01", fps_cap=5)
+    src = AravisCameraSource.from_settings(id="line1-cam", camera_id="Aravis-Fake-GV01", fps_cap=5)
     src.start()
     item = src.get(timeout_s=5)      # item.pixels: (512, 512) uint8
     src.stop()
@@ -36,13 +36,11 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import numpy as np
-import zmq
 from pydantic import Field
 
 from inspectd.errors import ConfigError, SourceConnectionError
-from inspectd.sources.base import Severity, StatusCallback
-from inspectd.sources.camera import CameraMode, CameraSource, CameraSourceFields, Grab
-from inspectd.sources.trigger import DEFAULT_TRIGGER_ENDPOINT
+from inspectd.sources.base import Severity, SourceContext
+from inspectd.sources.camera import CameraSource, CameraSourceFields, Grab
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +111,10 @@ class AravisSourceConfig(CameraSourceFields):
 class AravisCameraSource(CameraSource):
     """A GenICam camera through Aravis; see the module docstring.
 
-    Settings beyond `CameraSource`'s: `camera_id` (device id or IP; None = first found),
-    `pixel_format` (Mono8 | Mono10 | Mono12 | Mono14 | Mono16), `exposure_us`, `gain_db`,
-    `packet_size` (GigE; None = negotiate with the camera), `n_buffers` (stream buffers).
+    Settings beyond `CameraSource`'s (`AravisSourceConfig`): `camera_id` (device id or IP;
+    None = first found), `pixel_format` (Mono8 | Mono10 | Mono12 | Mono14 | Mono16),
+    `exposure_us`, `gain_db`, `packet_size` (GigE; None = negotiate with the camera),
+    `n_buffers` (stream buffers).
     """
 
     KEY = "aravis"
@@ -123,58 +122,20 @@ class AravisCameraSource(CameraSource):
 
     def __init__(
         self,
-        source_id: str,
+        settings: AravisSourceConfig,
+        context: SourceContext | None = None,
         *,
-        camera_id: str | None = None,
-        pixel_format: str = "Mono8",
-        exposure_us: float | None = None,
-        gain_db: float | None = None,
-        packet_size: int | None = None,
-        n_buffers: int = 8,
-        mode: CameraMode = "free_run",
-        fps_cap: float | None = None,
-        frame_timeout_s: float = 2.0,
-        lost_after_timeouts: int = 3,
-        trigger_retries: int = 1,
-        trigger_endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
-        max_pending_triggers: int = 64,
-        reconnect_initial_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
-        buffer_size: int = 4,
         start_wait_s: float = 5.0,
-        on_status: StatusCallback | None = None,
-        zmq_context: zmq.Context | None = None,
     ) -> None:
         self._aravis, self._glib = load_aravis()
-        if pixel_format not in MONO_FORMATS:
-            msg = f"{source_id}: pixel_format must be one of {sorted(MONO_FORMATS)}, got {pixel_format!r}"
-            raise ConfigError(msg)
-        if n_buffers < 2:
-            msg = f"{source_id}: n_buffers must be >= 2, got {n_buffers}"
-            raise ConfigError(msg)
-        super().__init__(
-            source_id,
-            camera_id=camera_id or "aravis:first",
-            mode=mode,
-            fps_cap=fps_cap,
-            frame_timeout_s=frame_timeout_s,
-            lost_after_timeouts=lost_after_timeouts,
-            trigger_retries=trigger_retries,
-            trigger_endpoint=trigger_endpoint,
-            max_pending_triggers=max_pending_triggers,
-            reconnect_initial_s=reconnect_initial_s,
-            reconnect_max_s=reconnect_max_s,
-            buffer_size=buffer_size,
-            start_wait_s=start_wait_s,
-            on_status=on_status,
-            zmq_context=zmq_context,
-        )
-        self.requested_camera_id = camera_id
-        self.pixel_format = pixel_format
-        self.exposure_us = exposure_us
-        self.gain_db = gain_db
-        self.packet_size = packet_size
-        self.n_buffers = n_buffers
+        super().__init__(settings, context, camera_id=settings.camera_id or "aravis:first",
+                         start_wait_s=start_wait_s)
+        self.requested_camera_id = settings.camera_id
+        self.pixel_format = settings.pixel_format
+        self.exposure_us = settings.exposure_us
+        self.gain_db = settings.gain_db
+        self.packet_size = settings.packet_size
+        self.n_buffers = settings.n_buffers
         self._camera: Any = None
         self._stream: Any = None
         self._device: Any = None

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
 import enum
 import hashlib
+import inspect
 import logging
 import threading
 import time
@@ -42,11 +44,13 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
+from inspectd.config import validate_section
 from inspectd.errors import InspectdError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SourceT = TypeVar("SourceT", bound="FrameSource")
 
 
 class SourceStateError(InspectdError):
@@ -340,6 +344,11 @@ class FrameSource(abc.ABC):
     run their own threads, call `_set_state`, `_publish(item)`, `_emit(event, ...)` and
     `_count(name)`; the pipeline calls `get`, then `ack`. `stats()` counters: items, drops,
     errors, reconnects, queued, plus whatever a subclass counts with `_count`.
+
+    A source with a `config_class` is constructed as `cls(settings, context, **runtime)`:
+    its validated section, the `SourceContext`, and keyword-only objects that exist only at
+    run time. The section is the one place where a setting's default and checks live; the
+    constructor reads it and checks nothing again. Build one in code with `from_settings`.
     """
 
     KEY: ClassVar[str] = ""
@@ -349,11 +358,40 @@ class FrameSource(abc.ABC):
     def from_config(cls, cfg: Any, context: SourceContext) -> FrameSource:
         """Build the source from its validated config section and what the daemon provides.
 
-        The default passes the section's fields (less `kind` and `id`) as keyword settings;
-        a source that needs more of `context` overrides this.
+        The default is `cls(cfg, context)`; a source whose constructor wants more than the
+        context holds directly (the folder: done/ and quarantine/ under the state dir)
+        overrides this.
         """
-        settings = cfg.model_dump(exclude={"kind", "id"})
-        return cls(cfg.id, on_status=context.on_status, **settings)
+        return cls(cfg, context)  # type: ignore[call-arg]
+
+    @classmethod
+    def from_settings(cls: type[SourceT], **settings: Any) -> SourceT:
+        """Build the source in code from keyword settings, checked by its config section.
+
+        A key naming a `SourceContext` field (`on_status`, `zmq_context`, `max_file_bytes`,
+        `is_done` ...) goes to the context, a keyword-only parameter of the constructor (a
+        run-time object such as the folder's `done_dir`) to the constructor, and every other
+        key is a config key: `config_class` validates it by the rules a `sources:` entry of
+        the config file obeys, so a wrong value is a `ConfigError` naming its key.
+
+        >>> from inspectd.sources.folder import FolderSource
+        >>> FolderSource.from_settings(id="inbox", path="/srv/in", stable_s=-1)
+        Traceback (most recent call last):
+        ...
+        inspectd.errors.ConfigError: folder source: stable_s = -1: Input should be greater than or equal to 0
+        >>> FolderSource.from_settings(id="inbox", path="/srv/in", create_dirs=True).settings.stable_s
+        0.5
+        """
+        if cls.config_class is None:
+            msg = f"{cls.__name__} declares no config_class to build it from settings"
+            raise TypeError(msg)
+        context_keys = {f.name for f in dataclasses.fields(SourceContext)} & settings.keys()
+        context = SourceContext(**{key: settings.pop(key) for key in context_keys})
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        runtime_keys = {p.name for p in parameters if p.kind is p.KEYWORD_ONLY} & settings.keys()
+        runtime = {key: settings.pop(key) for key in runtime_keys}
+        section = validate_section(cls.config_class, settings, origin=f"{cls.KEY or cls.__name__} source")
+        return cls(section, context, **runtime)  # type: ignore[call-arg]
 
     def __init__(
         self,

@@ -39,7 +39,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-import zmq
 from pydantic import Field, model_validator
 
 from inspectd.clients.backoff import Backoff
@@ -52,7 +51,6 @@ from inspectd.sources.base import (
     SourceItem,
     SourceState,
     SourceStateError,
-    StatusCallback,
 )
 from inspectd.sources.trigger import (
     DEFAULT_TRIGGER_ENDPOINT,
@@ -121,7 +119,8 @@ _CAMERA_COUNTERS = (
 class CameraSource(FrameSource):
     """The acquisition loop every camera backend shares (see the module docstring).
 
-    Settings (keyword arguments; the config layer passes them through):
+    Its settings are a `CameraSourceFields` section (a backend's section extends it), where
+    each one's default and range live:
       mode: "free_run" | "triggered".
       fps_cap: most frames per second handed on in free-run (None = as delivered).
       frame_timeout_s: longest wait for one frame (free-run read, or after a trigger).
@@ -133,73 +132,45 @@ class CameraSource(FrameSource):
       max_pending_triggers: triggers queued beyond this are refused in the REP reply.
       reconnect_initial_s / reconnect_max_s: exponential reconnect backoff.
       buffer_size: frames queued for the pipeline (free-run drops the oldest beyond it).
-      start_wait_s: how long `start()` waits for the first connection attempt.
+    The constructor adds what only exists at run time: the `SourceContext` (status callback,
+    the ZeroMQ context the trigger socket binds on), the `camera_id` a backend names its
+    device by, and `start_wait_s`, how long `start()` waits for the first connection attempt.
     """
 
     KEY = ""
 
-    @classmethod
-    def from_config(cls, cfg: CameraSourceFields, context: SourceContext) -> CameraSource:
-        """A camera binds its trigger socket on the daemon's ZeroMQ context."""
-        return cls(cfg.id, on_status=context.on_status, zmq_context=context.zmq_context,
-                   **cfg.model_dump(exclude={"kind", "id"}))
-
     def __init__(
         self,
-        source_id: str,
+        settings: CameraSourceFields,
+        context: SourceContext | None = None,
         *,
         camera_id: str,
-        mode: CameraMode = "free_run",
-        fps_cap: float | None = None,
-        frame_timeout_s: float = 2.0,
-        lost_after_timeouts: int = 3,
-        trigger_retries: int = 1,
-        trigger_endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
-        max_pending_triggers: int = 64,
-        reconnect_initial_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
-        buffer_size: int = 4,
         start_wait_s: float = 5.0,
-        on_status: StatusCallback | None = None,
-        zmq_context: zmq.Context | None = None,
     ) -> None:
-        if mode not in ("free_run", "triggered"):
-            msg = f"{source_id}: mode must be 'free_run' or 'triggered', got {mode!r}"
-            raise ConfigError(msg)
-        if fps_cap is not None and fps_cap <= 0:
-            msg = f"{source_id}: fps_cap must be > 0, got {fps_cap}"
-            raise ConfigError(msg)
-        if trigger_retries < 0:
-            msg = f"{source_id}: trigger_retries must be >= 0, got {trigger_retries}"
-            raise ConfigError(msg)
-        if frame_timeout_s <= 0 or lost_after_timeouts < 1:
-            msg = (
-                f"{source_id}: frame_timeout_s must be > 0 and lost_after_timeouts >= 1, got "
-                f"{frame_timeout_s} and {lost_after_timeouts}"
-            )
-            raise ConfigError(msg)
+        context = context or SourceContext()
         # Free-run keeps the freshest frames; triggered never drops (each trigger is owed one).
         super().__init__(
-            source_id,
-            buffer_size=buffer_size,
-            drop_oldest=(mode == "free_run"),
-            on_status=on_status,
+            settings.id,
+            buffer_size=settings.buffer_size,
+            drop_oldest=(settings.mode == "free_run"),
+            on_status=context.on_status,
         )
+        self.settings = settings
         self.camera_id = camera_id
-        self.mode: CameraMode = mode
-        self.fps_cap = fps_cap
-        self.frame_timeout_s = frame_timeout_s
-        self.lost_after_timeouts = lost_after_timeouts
-        self.trigger_retries = trigger_retries
+        self.mode: CameraMode = settings.mode
+        self.fps_cap = settings.fps_cap
+        self.frame_timeout_s = settings.frame_timeout_s
+        self.lost_after_timeouts = settings.lost_after_timeouts
+        self.trigger_retries = settings.trigger_retries
         self.start_wait_s = start_wait_s
-        self._backoff = Backoff(reconnect_initial_s, reconnect_max_s)
+        self._backoff = Backoff(settings.reconnect_initial_s, settings.reconnect_max_s)
         self._triggers: TriggerServer | None = None
-        if mode == "triggered":
+        if settings.mode == "triggered":
             self._triggers = TriggerServer(
-                trigger_endpoint,
-                source_id=source_id,
-                max_pending=max_pending_triggers,
-                context=zmq_context,
+                settings.trigger_endpoint,
+                source_id=settings.id,
+                max_pending=settings.max_pending_triggers,
+                context=context.zmq_context,
             )
         self._stopping = threading.Event()
         self._first_attempt = threading.Event()

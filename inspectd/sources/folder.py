@@ -46,7 +46,7 @@ Example::
     >>> import tempfile, pathlib
     >>> from inspectd.sources.base import ItemOutcome
     >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> src = FolderSource(path=root / "in", stable_s=0.1, create_dirs=True)
+    >>> src = FolderSource.from_settings(path=root / "in", stable_s=0.1, create_dirs=True)
     >>> src.start()
     >>> _ = (root / "in" / "P-17_a.png").write_bytes(b"not really a png")
     >>> item = src.get(timeout_s=10.0)
@@ -61,9 +61,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,7 +71,7 @@ from pydantic import Field
 from watchdog.observers.api import BaseObserver
 
 from inspectd.config import PartIdPattern, StrictModel
-from inspectd.errors import ConfigError, SourceConnectionError
+from inspectd.errors import SourceConnectionError
 from inspectd.sources.base import (
     FileKey,
     FrameSource,
@@ -80,7 +80,6 @@ from inspectd.sources.base import (
     SourceContext,
     SourceItem,
     SourceState,
-    StatusCallback,
 )
 from inspectd.sources.folder_ack import Acknowledging
 from inspectd.sources.folder_delivery import Delivery
@@ -90,7 +89,6 @@ from inspectd.sources.folder_filing import unique_name
 from inspectd.sources.folder_names import (
     ALWAYS_IGNORED,
     DEFAULT_INCLUDE,
-    compile_part_id_pattern,
     part_id_from_name,
 )
 from inspectd.sources.folder_stability import Candidate, StabilityChecks
@@ -102,7 +100,6 @@ __all__ = [
     "FolderSource",
     "FolderSourceConfig",
     "IsDone",
-    "compile_part_id_pattern",
     "part_id_from_name",
     "unique_name",
 ]
@@ -145,65 +142,46 @@ class FolderSource(EventWatching, StabilityChecks, Delivery, Acknowledging, Fram
     def from_config(cls, cfg: FolderSourceConfig, context: SourceContext) -> FolderSource:
         """Files go to `<state_dir>/done` and `<state_dir>/quarantine`; the journal says what is done."""
         state_dir = Path(context.state_dir)
-        return cls(cfg.id, on_status=context.on_status, done_dir=state_dir / "done",
-                   quarantine_dir=state_dir / "quarantine", max_file_bytes=context.max_file_bytes,
-                   is_done=context.is_done, **cfg.model_dump(exclude={"kind", "id"}))
+        return cls(cfg, context, done_dir=state_dir / "done", quarantine_dir=state_dir / "quarantine")
 
     def __init__(
         self,
-        source_id: str = "folder",
+        settings: FolderSourceConfig,
+        context: SourceContext | None = None,
         *,
-        path: str | os.PathLike[str],
         done_dir: str | os.PathLike[str] | None = None,
         quarantine_dir: str | os.PathLike[str] | None = None,
-        move_done: bool = True,
-        include: Iterable[str] = DEFAULT_INCLUDE,
-        exclude: Iterable[str] = (),
-        recursive: bool = False,
-        polling: bool = False,
-        poll_interval_s: float = 1.0,
-        stable_s: float = 0.5,
-        max_open_wait_s: float = 30.0,
-        rescan_interval_s: float = 10.0,
-        part_id_pattern: str | None = None,
-        follow_symlinks: bool = False,
-        max_file_bytes: int = 1 << 31,
-        is_done: IsDone | None = None,
-        buffer_size: int = 8,
         create_dirs: bool = False,
-        on_status: StatusCallback | None = None,
     ) -> None:
-        super().__init__(source_id, buffer_size=buffer_size, drop_oldest=False, on_status=on_status)
-        self.watch_dir = Path(os.path.abspath(os.fspath(path)))
+        """Watch `settings.path`; every setting's default and range is `FolderSourceConfig`'s.
+
+        `context` gives the status callback, `max_file_bytes` and the journal's `is_done`.
+        `done_dir` / `quarantine_dir` default to `done/` and `quarantine/` inside the watched
+        folder (the daemon puts them under its state dir); `create_dirs` creates the watched
+        folder at `start()`.
+        """
+        context = context or SourceContext()
+        super().__init__(settings.id, buffer_size=settings.buffer_size, drop_oldest=False,
+                         on_status=context.on_status)
+        self.settings = settings
+        self.watch_dir = Path(os.path.abspath(os.fspath(settings.path)))
         self.done_dir = Path(os.path.abspath(done_dir or self.watch_dir / "done"))
         self.quarantine_dir = Path(os.path.abspath(quarantine_dir or self.watch_dir / "quarantine"))
-        self.move_done = move_done
-        self.include = tuple(include)
-        self.exclude = tuple(exclude)
-        self.recursive = recursive
-        self.polling = polling
-        self.poll_interval_s = poll_interval_s
-        self.stable_s = stable_s
-        self.max_open_wait_s = max_open_wait_s
-        self.rescan_interval_s = rescan_interval_s
-        self.follow_symlinks = follow_symlinks
-        self.max_file_bytes = max_file_bytes
+        self.move_done = settings.move_done
+        self.include = tuple(settings.include)
+        self.exclude = tuple(settings.exclude)
+        self.recursive = settings.recursive
+        self.polling = settings.polling
+        self.poll_interval_s = settings.poll_interval_s
+        self.stable_s = settings.stable_s
+        self.max_open_wait_s = settings.max_open_wait_s
+        self.rescan_interval_s = settings.rescan_interval_s
+        self.follow_symlinks = settings.follow_symlinks
+        self.max_file_bytes = context.max_file_bytes
         self.create_dirs = create_dirs
-        self._part_id_regex = compile_part_id_pattern(part_id_pattern)
-        self._is_done = is_done
-        for name, value in (
-            ("poll_interval_s", poll_interval_s),
-            ("rescan_interval_s", rescan_interval_s),
-            ("max_file_bytes", max_file_bytes),
-        ):
-            if value <= 0:
-                msg = f"source.{name} must be > 0, got {value}"
-                raise ConfigError(msg)
-        if stable_s < 0 or max_open_wait_s < 0:
-            msg = (
-                f"source.stable_s / max_open_wait_s must be >= 0, got {stable_s}, {max_open_wait_s}"
-            )
-            raise ConfigError(msg)
+        # the section checked the pattern (a `part` group, no runaway backtracking)
+        self._part_id_regex = None if settings.part_id_pattern is None else re.compile(settings.part_id_pattern)
+        self._is_done = context.is_done
 
         self._lock = threading.Lock()
         # filing and giving claims back at a stop touch the same claimed entries from two threads
@@ -224,7 +202,7 @@ class FolderSource(EventWatching, StabilityChecks, Delivery, Acknowledging, Fram
         self._next_rescan = 0.0
         self._distrust_open_until = 0.0
         # How often pending files are stat'ed: a few looks per stability window, <= 10 Hz.
-        self._tick_s = min(0.1, max(0.02, stable_s / 4))
+        self._tick_s = min(0.1, max(0.02, self.stable_s / 4))
 
     # ---- lifecycle ----------------------------------------------------------------------
 

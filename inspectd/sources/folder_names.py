@@ -16,8 +16,6 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from inspectd.errors import ConfigError
-
 DEFAULT_INCLUDE: tuple[str, ...] = ("*.png", "*.tif", "*.tiff", "*.jpg", "*.jpeg", "*.bmp")
 # Names a writer uses while a file is incomplete, or editors' leftovers: never taken.
 ALWAYS_IGNORED: tuple[str, ...] = (
@@ -56,18 +54,3 @@ def part_id_from_name(name: str, pattern: re.Pattern[str] | None) -> str | None:
     if match is None:
         return None
     return match.group("part") or None
-
-
-def compile_part_id_pattern(pattern: str | None) -> re.Pattern[str] | None:
-    """Compile `part_id_pattern`; ConfigError if invalid or without a `(?P<part>...)` group."""
-    if pattern is None:
-        return None
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        msg = f"source.part_id_pattern {pattern!r} is not a valid regular expression: {exc}"
-        raise ConfigError(msg) from exc
-    if "part" not in compiled.groupindex:
-        msg = f"source.part_id_pattern {pattern!r} needs a named group (?P<part>...)"
-        raise ConfigError(msg)
-    return compiled

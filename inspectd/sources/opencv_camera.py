@@ -20,7 +20,7 @@ Example::
     >>> out = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (32, 24))
     >>> for i in range(3): _ = out.write(np.full((24, 32, 3), 40 * i, np.uint8))
     >>> out.release()
-    >>> src = OpenCVCameraSource("line1-cam", device=path, buffer_size=8)
+    >>> src = OpenCVCameraSource(OpenCVSourceConfig(id="line1-cam", device=path, buffer_size=8))
     >>> src.start()
     >>> [src.get(timeout_s=5).frame_number for _ in range(3)]
     [0, 1, 2]
@@ -36,13 +36,11 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-import zmq
 from pydantic import Field
 
-from inspectd.errors import ConfigError, SourceConnectionError
-from inspectd.sources.base import Severity, StatusCallback
-from inspectd.sources.camera import CameraMode, CameraSource, CameraSourceFields, EndOfStream, Grab
-from inspectd.sources.trigger import DEFAULT_TRIGGER_ENDPOINT
+from inspectd.errors import SourceConnectionError
+from inspectd.sources.base import Severity, SourceContext
+from inspectd.sources.camera import CameraSource, CameraSourceFields, EndOfStream, Grab
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +96,8 @@ class OpenCVSourceConfig(CameraSourceFields):
 class OpenCVCameraSource(CameraSource):
     """Frames from `cv2.VideoCapture(device)`; see the module docstring for failure handling.
 
-    Settings beyond `CameraSource`'s: `device` (index, path or URL), `backend`
-    (any | v4l2 | ffmpeg | gstreamer), `at_end` (end | loop, files only), `width`,
+    Settings beyond `CameraSource`'s (`OpenCVSourceConfig`): `device` (index, path or URL),
+    `backend` (any | v4l2 | ffmpeg | gstreamer), `at_end` (end | loop, files only), `width`,
     `height`, `camera_fps` (requested from the device; `fps_cap` is what we hand on).
     """
 
@@ -108,59 +106,19 @@ class OpenCVCameraSource(CameraSource):
 
     def __init__(
         self,
-        source_id: str,
+        settings: OpenCVSourceConfig,
+        context: SourceContext | None = None,
         *,
-        device: int | str = 0,
-        backend: str = "any",
-        at_end: Literal["end", "loop"] = "end",
-        width: int | None = None,
-        height: int | None = None,
-        camera_fps: float | None = None,
-        mode: CameraMode = "free_run",
-        fps_cap: float | None = None,
-        frame_timeout_s: float = 2.0,
-        lost_after_timeouts: int = 3,
-        trigger_retries: int = 1,
-        trigger_endpoint: str = DEFAULT_TRIGGER_ENDPOINT,
-        max_pending_triggers: int = 64,
-        reconnect_initial_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
-        buffer_size: int = 4,
         start_wait_s: float = 5.0,
-        on_status: StatusCallback | None = None,
-        zmq_context: zmq.Context | None = None,
     ) -> None:
-        if backend not in _BACKENDS:
-            msg = f"{source_id}: backend must be one of {sorted(_BACKENDS)}, got {backend!r}"
-            raise ConfigError(msg)
-        if at_end not in ("end", "loop"):
-            msg = f"{source_id}: at_end must be 'end' or 'loop', got {at_end!r}"
-            raise ConfigError(msg)
-        super().__init__(
-            source_id,
-            camera_id=str(device),
-            mode=mode,
-            fps_cap=fps_cap,
-            frame_timeout_s=frame_timeout_s,
-            lost_after_timeouts=lost_after_timeouts,
-            trigger_retries=trigger_retries,
-            trigger_endpoint=trigger_endpoint,
-            max_pending_triggers=max_pending_triggers,
-            reconnect_initial_s=reconnect_initial_s,
-            reconnect_max_s=reconnect_max_s,
-            buffer_size=buffer_size,
-            start_wait_s=start_wait_s,
-            on_status=on_status,
-            zmq_context=zmq_context,
-        )
-        self.device: int | str = (
-            int(device) if isinstance(device, str) and device.isdigit() else device
-        )
-        self.backend = backend
-        self.at_end = at_end
-        self.width = width
-        self.height = height
-        self.camera_fps = camera_fps
+        super().__init__(settings, context, camera_id=str(settings.device), start_wait_s=start_wait_s)
+        device = settings.device
+        self.device: int | str = int(device) if isinstance(device, str) and device.isdigit() else device
+        self.backend = settings.backend
+        self.at_end = settings.at_end
+        self.width = settings.width
+        self.height = settings.height
+        self.camera_fps = settings.camera_fps
         self._live = is_live_target(self.device)
         self._capture: cv2.VideoCapture | None = None
         self._frames_this_pass = 0

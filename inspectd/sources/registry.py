@@ -2,8 +2,9 @@
 package's `inspectd.sources` entry points (`inspectd.plugins.discover`).
 
 A source module declares `KEY`, its config section (`config_class`, a pydantic model with
-`kind: Literal[KEY]`) and how it is built (`from_config`); `inspectd.config` builds the
-`sources:` union from `SOURCES`. A module whose runtime is missing is logged and skipped, so a
+`kind: Literal[KEY]`) and a constructor that takes that validated section (`from_config`
+overridden only when the default `cls(section, context)` does not fit); `inspectd.config`
+builds the `sources:` union from `SOURCES`. A module whose runtime is missing is logged and skipped, so a
 box without it still runs the other sources; asking for it then names the import failure.
 
 >>> from inspectd.sources.registry import SOURCES, create_source
@@ -17,7 +18,6 @@ inspectd.errors.ConfigError: unknown source type 'no-such-kind'; available: ...
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from inspectd.errors import ConfigError, SourceConnectionError
@@ -58,15 +58,15 @@ def build_source(source_cfg: Any, context: SourceContext) -> FrameSource:
 
 
 def create_source(kind: str, **settings: Any) -> FrameSource:
-    """Build the source registered under `kind` from keyword `settings` (its constructor's).
+    """Build the source registered under `kind` from keyword `settings` (`from_settings`:
+    config keys, checked by its config section, plus run-time objects).
 
     Raises `SourceConnectionError` when the backend exists but its runtime is missing, and
     `ConfigError` for an unknown kind or settings the backend does not accept.
     """
     cls = source_class(kind)
     try:
-        inspect.signature(cls).bind(**settings)
-    except TypeError as exc:
+        return cls.from_settings(**settings)
+    except ConfigError as exc:
         msg = f"source type {kind!r}: bad settings {sorted(settings)}: {exc}"
         raise ConfigError(msg) from exc
-    return cls(**settings)

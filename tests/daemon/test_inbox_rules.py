@@ -82,7 +82,7 @@ def make_source(
             "on_status": updates.append,
         }
         options.update(settings)
-        source = FolderSource(**options)  # type: ignore[arg-type]
+        source = FolderSource.from_settings(**options)
         started.append(source)
         return source
 
@@ -502,8 +502,8 @@ _UNPRIVILEGED_CHILD = textwrap.dedent(
     from inspectd.sources.folder import FolderSource
 
     root = sys.argv[1]
-    source = FolderSource(path=root + "/inbox", done_dir=root + "/done",
-                          quarantine_dir=root + "/quarantine", stable_s=0.2, rescan_interval_s=0.3)
+    source = FolderSource.from_settings(path=root + "/inbox", done_dir=root + "/done",
+                                        quarantine_dir=root + "/quarantine", stable_s=0.2, rescan_interval_s=0.3)
     source.start()
     items = []
     while len(items) < 2:

@@ -38,15 +38,16 @@ class CounterSource(FrameSource):
     KEY = KEY
     config_class = CounterSourceConfig
 
-    def __init__(self, source_id, *, frames=3, size_px=64, on_status=None):
-        super().__init__(source_id, buffer_size=frames, on_status=on_status)
-        self.frames, self.size_px = frames, size_px
+    def __init__(self, settings, context=None):
+        super().__init__(settings.id, buffer_size=settings.frames, on_status=context and context.on_status)
+        self.settings = settings
 
     def start(self):
         self._set_state(SourceState.INITIALISING)
         self._set_state(SourceState.RUNNING)
-        for number in range(self.frames):
-            pixels = np.full((self.size_px, self.size_px), 40 * (number + 1), np.uint8)
+        size_px = self.settings.size_px
+        for number in range(self.settings.frames):
+            pixels = np.full((size_px, size_px), 40 * (number + 1), np.uint8)
             self._publish(SourceItem.from_pixels(self.source_id, pixels, number))
         self._set_state(SourceState.ENDED)
 

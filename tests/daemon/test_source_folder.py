@@ -57,7 +57,7 @@ def make_source(dirs: dict[str, Path]) -> Iterator[Callable[..., FolderSource]]:
             "rescan_interval_s": 0.5,
         }
         options.update(settings)
-        source = FolderSource(**options)  # type: ignore[arg-type]
+        source = FolderSource.from_settings(**options)
         started.append(source)
         return source
 
@@ -509,9 +509,9 @@ def test_part_id_pattern(make_source: Callable[..., FolderSource], dirs: dict[st
     parts = {Path(item.source).name: item.part_id for item in collect(source, 2)}
     assert parts == {"AB-12_field3.png": "AB-12", "overview.png": None}
     with pytest.raises(ConfigError, match="named group"):
-        FolderSource(path=dirs["inbox"], part_id_pattern=r"^(\d+)")
+        FolderSource.from_settings(path=dirs["inbox"], part_id_pattern=r"^(\d+)")
     with pytest.raises(ConfigError, match="not a valid regular expression"):
-        FolderSource(path=dirs["inbox"], part_id_pattern=r"(?P<part>")
+        FolderSource.from_settings(path=dirs["inbox"], part_id_pattern=r"(?P<part>")
 
 
 def test_recursive_mode_takes_subfolders_but_never_done_or_quarantine(
@@ -557,7 +557,7 @@ def test_non_recursive_mode_ignores_subfolders(
 
 def test_missing_folder_fails_start_with_a_connection_error(tmp_path: Path) -> None:
     updates: list[StatusUpdate] = []
-    source = FolderSource(path=tmp_path / "absent", on_status=updates.append)
+    source = FolderSource.from_settings(path=tmp_path / "absent", on_status=updates.append)
     with pytest.raises(SourceConnectionError, match="absent"):
         source.start()
     assert source.state is SourceState.ERROR
@@ -628,7 +628,7 @@ _CHILD = textwrap.dedent(
     # must be heard from the event stream itself
     logging.basicConfig(level=logging.ERROR)
     inbox, done, expected = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    source = FolderSource(path=inbox, done_dir=done, stable_s=0.2, rescan_interval_s=1.0)
+    source = FolderSource.from_settings(path=inbox, done_dir=done, stable_s=0.2, rescan_interval_s=1.0)
     source.start()
     print("ready", flush=True)
     seen = 0

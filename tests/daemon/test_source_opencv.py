@@ -14,7 +14,12 @@ import zmq
 from inspectd.clients.backoff import Backoff
 from inspectd.errors import ConfigError, SourceConnectionError
 from inspectd.sources.base import Severity, SourceItem, SourceState, sha256_of_pixels
-from inspectd.sources.opencv_camera import OpenCVCameraSource, is_live_target, to_grey
+from inspectd.sources.opencv_camera import (
+    OpenCVCameraSource,
+    OpenCVSourceConfig,
+    is_live_target,
+    to_grey,
+)
 from inspectd.sources.registry import create_source
 from inspectd.sources.trigger import TriggerServer
 from tests.daemon.conftest import Recorder, send_trigger, wait_for
@@ -52,7 +57,7 @@ def take(source: OpenCVCameraSource, n: int, timeout_s: float = 10.0) -> list[So
 def test_video_file_frames_flow_then_end(tmp_path: Path) -> None:
     video = write_video(tmp_path / "clip.avi", 6)
     events = Recorder()
-    source = OpenCVCameraSource("cam-a", device=str(video), buffer_size=16, on_status=events)
+    source = OpenCVCameraSource.from_settings(id="cam-a", device=str(video), buffer_size=16, on_status=events)
     source.start()
     items = take(source, 6)
     assert wait_for(lambda: source.state is SourceState.ENDED)
@@ -79,7 +84,7 @@ def test_an_illegal_state_change_in_the_loop_is_reported_not_swallowed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     events = Recorder()
-    source = OpenCVCameraSource("cam-bug", device=str(tmp_path / "none.avi"), on_status=events)
+    source = OpenCVCameraSource.from_settings(id="cam-bug", device=str(tmp_path / "none.avi"), on_status=events)
     with caplog.at_level("ERROR", logger="inspectd.sources"):
         source._safe_state(SourceState.RUNNING)  # NOT_STARTED -> RUNNING: the machine refuses it
     assert source.state is SourceState.NOT_STARTED
@@ -97,7 +102,7 @@ def test_an_illegal_state_change_in_the_loop_is_reported_not_swallowed(
 
 def test_loop_rewinds_and_frame_numbers_keep_increasing(tmp_path: Path) -> None:
     video = write_video(tmp_path / "loop.avi", 4)
-    source = OpenCVCameraSource("cam-loop", device=str(video), at_end="loop", buffer_size=64)
+    source = OpenCVCameraSource.from_settings(id="cam-loop", device=str(video), at_end="loop", buffer_size=64)
     source.start()
     try:
         items = take(source, 10)
@@ -116,7 +121,7 @@ def test_loop_rewinds_and_frame_numbers_keep_increasing(tmp_path: Path) -> None:
 
 def test_free_run_drops_the_oldest_frames_when_the_pipeline_lags(tmp_path: Path) -> None:
     video = write_video(tmp_path / "burst.avi", 12)
-    source = OpenCVCameraSource("cam-burst", device=str(video), buffer_size=3)
+    source = OpenCVCameraSource.from_settings(id="cam-burst", device=str(video), buffer_size=3)
     source.start()
     assert wait_for(lambda: source.state is SourceState.ENDED)  # nobody consumed meanwhile
     stats = source.stats()
@@ -131,8 +136,8 @@ def test_free_run_drops_the_oldest_frames_when_the_pipeline_lags(tmp_path: Path)
 def test_absent_camera_reconnects_with_backoff_until_it_appears(tmp_path: Path) -> None:
     target = tmp_path / "later.avi"
     events = Recorder()
-    source = OpenCVCameraSource(
-        "cam-late",
+    source = OpenCVCameraSource.from_settings(
+        id="cam-late",
         device=str(target),
         reconnect_initial_s=0.05,
         reconnect_max_s=0.2,
@@ -159,8 +164,8 @@ def test_triggered_part_ids_round_trip_and_end_gives_no_inspection(
     tmp_path: Path, zmq_context: zmq.Context
 ) -> None:
     video = write_video(tmp_path / "parts.avi", 3)
-    source = OpenCVCameraSource(
-        "cam-trig",
+    source = OpenCVCameraSource.from_settings(
+        id="cam-trig",
         device=str(video),
         mode="triggered",
         trigger_endpoint="tcp://127.0.0.1:*",
@@ -228,8 +233,8 @@ def test_trigger_endpoint_in_use_fails_at_start(zmq_context: zmq.Context) -> Non
     holder = TriggerServer("tcp://127.0.0.1:*", context=zmq_context)
     holder.start()
     try:
-        source = OpenCVCameraSource(
-            "cam-clash",
+        source = OpenCVCameraSource.from_settings(
+            id="cam-clash",
             device="missing.avi",
             mode="triggered",
             trigger_endpoint=holder.bound_endpoint,
@@ -245,21 +250,27 @@ def test_trigger_endpoint_in_use_fails_at_start(zmq_context: zmq.Context) -> Non
 
 def test_registry_builds_the_opencv_source(tmp_path: Path) -> None:
     video = write_video(tmp_path / "reg.avi", 2)
-    source = create_source("opencv", source_id="cam-reg", device=str(video), buffer_size=8)
+    source = create_source("opencv", id="cam-reg", device=str(video), buffer_size=8)
     assert isinstance(source, OpenCVCameraSource)
     with source:
         assert len(take(source, 2)) == 2
     with pytest.raises(ConfigError):
-        create_source("opencv", source_id="cam-bad", device=0, fps=10)
+        create_source("opencv", id="cam-bad", device=0, fps=10)
 
 
-def test_settings_are_checked() -> None:
-    with pytest.raises(ConfigError):
-        OpenCVCameraSource("c", device=0, mode="sometimes")
-    with pytest.raises(ConfigError):
-        OpenCVCameraSource("c", device=0, fps_cap=0)
-    with pytest.raises(ConfigError):
-        OpenCVCameraSource("c", device=0, at_end="bounce")
+def test_settings_are_checked_by_the_config_section() -> None:
+    with pytest.raises(ConfigError, match="opencv source: mode = 'sometimes': Input should be 'free_run' or 'triggered'"):
+        OpenCVCameraSource.from_settings(id="c", device=0, mode="sometimes")
+    with pytest.raises(ConfigError, match="fps_cap = 0: Input should be greater than 0"):
+        OpenCVCameraSource.from_settings(id="c", device=0, fps_cap=0)
+    with pytest.raises(ConfigError, match="at_end = 'bounce'"):
+        OpenCVCameraSource.from_settings(id="c", device=0, at_end="bounce")
+    with pytest.raises(ConfigError, match="reconnect_initial_s .* must not exceed reconnect_max_s"):
+        OpenCVCameraSource.from_settings(id="c", device=0, reconnect_initial_s=5.0, reconnect_max_s=1.0)
+    # the section's defaults are the source's: the constructor has none of its own
+    source = OpenCVCameraSource(OpenCVSourceConfig(id="c", device="3"))
+    assert (source.source_id, source.device, source.mode, source.frame_timeout_s) == ("c", 3, "free_run", 2.0)
+    assert source._buffer.maxsize == OpenCVSourceConfig.model_fields["buffer_size"].default
 
 
 def test_helpers() -> None:
