@@ -6,6 +6,9 @@ burst of load from other processes hits all of them alike; plus the process's CP
 frame, all threads together, which other processes' load does not inflate):
 
 * ``measure (numba)``: today's `inspectd.analysis.measure.measure`, everything it returns.
+* ``measure (former: calcHist, BLAS, Region means)``: today's `measure` as it was before its last
+  changes: the joint histogram by `cv2.calcHist` for 16-bit frames too, the texture by BLAS
+  dots (`former_texture`), the per-class means over the `Region` objects (same table).
 * ``measure (OpenCV passes)``: the same fractions, texture and `Region` table computed the
   former way: the two classes' OpenCV region passes (`measure._opencv_class_rows`)
   on a two-thread pool while the grey histogram runs, as `measure` did before the kernel.
@@ -29,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its OpenMP pool
@@ -68,7 +72,7 @@ def opencv_measure(pool: ThreadPoolExecutor, mask: np.ndarray, enhanced: np.ndar
         pool.submit(measure_module._opencv_class_rows, (mask == c).view(np.uint8), UM_PER_PX, min_area)
         for c in (UNMELTED, PORE)
     ]
-    joint_hist = measure_module._class_grey_histogram(mask, enhanced)
+    joint_hist = measure_module._opencv_class_grey_histogram(mask, enhanced)
     pixel_counts = joint_hist.sum(axis=1)
     um2 = UM_PER_PX * UM_PER_PX
     metrics: dict[str, float] = {"image_area_um2": mask.size * um2}
@@ -77,8 +81,8 @@ def opencv_measure(pool: ThreadPoolExecutor, mask: np.ndarray, enhanced: np.ndar
         key = "porosity_pct" if c == PORE else f"{name}_fraction_pct"
         metrics[key] = 100.0 * float(pixel_counts[c]) / mask.size
         metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2
-        metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = measure_module._texture(joint_hist[c])
-    metrics["entropy_bits"], metrics["variance"] = measure_module._texture(joint_hist.sum(axis=0))
+        metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = former_texture(joint_hist[c])
+    metrics["entropy_bits"], metrics["variance"] = former_texture(joint_hist.sum(axis=0))
     regions: list[Region] = []
     for c, future in zip((UNMELTED, PORE), pending, strict=True):
         rows, ignored = future.result()
@@ -87,6 +91,45 @@ def opencv_measure(pool: ThreadPoolExecutor, mask: np.ndarray, enhanced: np.ndar
         regions.extend(class_regions)
         metrics.update(measure_module._region_summary(CLASS_NAMES[c], class_regions, ignored))
     return Measurements(metrics=metrics, regions=tuple(regions))
+
+
+def former_texture(grey_hist: np.ndarray) -> tuple[float, float]:
+    """`measure._texture` as it was: BLAS dots (`@`) for every histogram, 65536 bins included,
+    which woke BLAS's thread pool on 16-bit frames (the reference rows' texture)."""
+    n = float(grey_hist.sum())
+    if n <= 0:
+        return 0.0, 0.0
+    levels = grey_hist.size
+    entropy = measure_module.shannon_entropy_bits(grey_hist.reshape(256, levels // 256).sum(axis=1))
+    grey = np.arange(levels, dtype=np.float64) / (levels - 1)
+    mean = float(grey @ grey_hist) / n
+    variance = float(((grey - mean) ** 2) @ grey_hist) / n
+    return entropy, variance
+
+
+def summaries_from_regions_measure(mask: np.ndarray, enhanced: np.ndarray, min_area: int) -> Measurements:
+    """`measure` as it was before its per-class means were read from the columns: the same
+    table and `Region`s, the means then taken over the `Region` objects (`_region_summary`)."""
+    measure_module._validate(mask, enhanced, UM_PER_PX, min_area)
+    joint_hist = measure_module._opencv_class_grey_histogram(mask, enhanced)
+    pixel_counts = joint_hist.sum(axis=1)
+    um2 = UM_PER_PX * UM_PER_PX
+    metrics: dict[str, float] = {"image_area_um2": mask.size * um2}
+    for c in (MELTED, UNMELTED, PORE):
+        name = CLASS_NAMES[c]
+        key = "porosity_pct" if c == PORE else f"{name}_fraction_pct"
+        metrics[key] = 100.0 * float(pixel_counts[c]) / mask.size
+        metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2
+        metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = former_texture(joint_hist[c])
+    metrics["entropy_bits"], metrics["variance"] = former_texture(joint_hist.sum(axis=0))
+    table = region_table(mask, (UNMELTED, PORE), min_area=min_area, connectivity=8)
+    regions = measure_module._regions_from_columns(measure_module._region_columns(table, UM_PER_PX))
+    first = 0
+    for slot, c in enumerate((UNMELTED, PORE)):
+        stop = first + int(np.count_nonzero(table.class_value == c))
+        metrics.update(measure_module._region_summary(CLASS_NAMES[c], regions[first:stop], int(table.small_counts[slot])))
+        first = stop
+    return Measurements(metrics=metrics, regions=regions)
 
 
 def skimage_regionprops(mask: np.ndarray) -> int:
@@ -121,6 +164,8 @@ def main() -> None:
     parser.add_argument("--min-area", type=int, default=1,
                         help="min_region_area_px (1: every region; the shipped config uses 30)")
     parser.add_argument("--no-skimage", action="store_true", help="skip scikit-image (slow)")
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8,
+                        help="grey levels of the enhanced frame (16: the 8-bit frame x 257, as a 16-bit camera's)")
     args = parser.parse_args()
     width, height = (int(n) for n in args.size.lower().split("x"))
 
@@ -135,16 +180,17 @@ def main() -> None:
     frames = []
     for seed in range(1, args.frames + 1):
         sample = make(height, width, seed=seed)
-        frames.append((np.ascontiguousarray(sample.mask), np.ascontiguousarray(sample.image)))
+        image = sample.image if args.bits == 8 else sample.image.astype(np.uint16) * 257
+        frames.append((np.ascontiguousarray(sample.mask), np.ascontiguousarray(image)))
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"numba {numba.__version__} ({numba.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}), OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads)"
           + (f", scikit-image {skimage_version}" if skimage_version else ", scikit-image: not run"))
-    print(f"frames: {len(frames)} x {width}x{height} synthetic {args.generator}, "
+    print(f"frames: {len(frames)} x {width}x{height} synthetic {args.generator}, {args.bits}-bit, "
           f"min_region_area_px={args.min_area}, {args.repeats} repeats each")
 
-    names = ["measure (numba)", "measure (OpenCV passes)", "region_table kernel"]
+    names = ["measure (numba)", "measure (former: calcHist, BLAS, Region means)", "measure (OpenCV passes)", "region_table kernel"]
     if skimage_version:
         names.append("scikit-image regionprops")
     medians: dict[str, list[float]] = {name: [] for name in names}
@@ -154,6 +200,13 @@ def main() -> None:
         for mask, enhanced in frames:
             new = measure_module.measure(mask, enhanced, um_per_px=UM_PER_PX, min_region_area_px=args.min_area)
             old = opencv_measure(pool, mask, enhanced, args.min_area)
+            former = summaries_from_regions_measure(mask, enhanced, args.min_area)
+            if former.regions != new.regions or any(
+                not math.isclose(former.metrics[key], value, rel_tol=1e-12, abs_tol=1e-15)
+                for key, value in new.metrics.items()
+            ):
+                msg = "measure differs from the former one (histogram by calcHist, means over the Region objects)"
+                raise SystemExit(msg)
             if len(new.regions) != len(old.regions):
                 msg = f"region counts differ: numba {len(new.regions)}, OpenCV {len(old.regions)}"
                 raise SystemExit(msg)
@@ -163,6 +216,8 @@ def main() -> None:
             for _ in range(args.repeats):
                 per_frame["measure (numba)"].append(timed(lambda m=mask, e=enhanced: measure_module.measure(
                     m, e, um_per_px=UM_PER_PX, min_region_area_px=args.min_area)))
+                per_frame["measure (former: calcHist, BLAS, Region means)"].append(timed(
+                    lambda m=mask, e=enhanced: summaries_from_regions_measure(m, e, args.min_area)))
                 per_frame["measure (OpenCV passes)"].append(timed(lambda m=mask, e=enhanced: opencv_measure(pool, m, e, args.min_area)))
                 per_frame["region_table kernel"].append(timed(lambda m=mask: region_table(
                     m, (UNMELTED, PORE), min_area=args.min_area)))

@@ -133,6 +133,78 @@ def grey_histogram(img):
     return checked_histogram(check_image(img, "grey_histogram"))
 
 
+@njit(parallel=True, nogil=True, cache=True)
+def _class_histogram(classes, grey, n_classes, n_levels, n_chunks):
+    """[n_classes, n_levels] counts of (class, grey level) pairs of two equal-length buffers.
+
+    One partial histogram per chunk of pixels, in parallel; a class value >= n_classes lands
+    in one extra row that is dropped, so the counting loop has no branch. Partials are merged
+    in parallel over classes. Memory: (n_classes + 1) x n_levels int32 per chunk (1 MiB for
+    three classes of a uint16 frame).
+    """
+    n_pixels = classes.shape[0]
+    partial = np.empty((n_chunks, n_classes + 1, n_levels), dtype=np.int32)
+    for chunk in prange(n_chunks):
+        counts = partial[chunk]
+        counts[:] = 0
+        for i in range(chunk * n_pixels // n_chunks, (chunk + 1) * n_pixels // n_chunks):
+            counts[min(np.int64(classes[i]), n_classes), grey[i]] += 1
+    hist = np.zeros((n_classes, n_levels), dtype=np.int64)
+    for c in prange(n_classes):
+        for chunk in range(n_chunks):
+            for level in range(n_levels):
+                hist[c, level] += partial[chunk, c, level]
+    return hist
+
+
+def class_grey_histogram(classes, img, n_classes):
+    """Pixel count per (class, grey level): int64 [n_classes, 256] for uint8, [n_classes, 65536] for uint16.
+
+    ``classes``: a uint8 class-index mask of ``img``'s shape; pixels whose class is
+    ``n_classes`` or more are not counted. The same counts as ``cv2.calcHist([classes, img],
+    [0, 1], None, [n_classes, levels], [0, n_classes, 0, levels])``. For a uint16 frame
+    it takes ~2.8 ms on a 2560x1920 frame where calcHist takes ~22 ms (65536 bins); for
+    uint8, calcHist's ~1.6 ms is as fast.
+
+    >>> import numpy as np, kernels.otsu as ko
+    >>> mask = np.array([[0, 1, 1, 7]], np.uint8); img = np.array([[5, 5, 9, 9]], np.uint8)
+    >>> h = ko.class_grey_histogram(mask, img, 2)
+    >>> h.shape, int(h[0, 5]), int(h[1, 5]), int(h[1, 9]), int(h.sum())
+    ((2, 256), 1, 1, 1, 3)
+    """
+    img = check_image(img, "class_grey_histogram")
+    if not isinstance(classes, np.ndarray) or classes.dtype != np.uint8 or classes.shape != img.shape:
+        got = f"{classes.dtype} {classes.shape}" if isinstance(classes, np.ndarray) else type(classes).__name__
+        msg = f"class_grey_histogram: classes must be a uint8 mask of shape {img.shape}, got {got}"
+        raise ValueError(msg)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 1 <= n_classes <= 255:
+        msg = f"class_grey_histogram: n_classes must be an integer in 1..255, got {n_classes!r}"
+        raise ValueError(msg)
+    flat_classes = np.ascontiguousarray(classes).reshape(-1)
+    flat = img.reshape(-1)
+    with threads_for(flat.size) as threads:
+        n_chunks = max(1, min(threads, flat.size // OTSU_MIN_CHUNK_PIXELS))
+        return _class_histogram(flat_classes, flat, np.int64(n_classes), 256 if img.dtype == np.uint8 else 65536, n_chunks)
+
+
+def otsu_from_histogram(hist):
+    """``otsu_threshold`` of the image a ``grey_histogram`` counted, without counting it again.
+
+    For a caller that needs the histogram for more than one threshold (the classical engine
+    takes Otsu's and the minimum-error threshold of the same frame).
+
+    >>> import numpy as np, kernels
+    >>> img = np.array([[10, 10, 200, 200]], dtype=np.uint8)
+    >>> otsu_from_histogram(kernels.grey_histogram(img)) == kernels.otsu_threshold(img)
+    True
+    """
+    counts = np.ascontiguousarray(hist, dtype=np.int64)
+    if counts.ndim != 1 or counts.size not in (256, 65536):
+        msg = f"otsu_from_histogram: expected 256 or 65536 counts (a grey_histogram), got shape {counts.shape}"
+        raise ValueError(msg)
+    return int(_otsu_from_histogram(counts, max(int(counts.sum()), 1)))
+
+
 def checked_histogram(img):
     """``grey_histogram`` of an image ``check_image`` already returned (no second check)."""
     flat = img.reshape(-1)

@@ -36,7 +36,8 @@ run-based connected-component labelling of both classes at once, parallel over b
 rows, that sums area, bbox, centroid and second moments over runs, then follows each kept
 region's outer border as OpenCV's `findContours` does and reduces it with a port of OpenCV's
 Teh-Chin approximation, so perimeters are OpenCV's to the last bit; the hull is taken over
-those few dominant points only. The grey histogram is one `cv2.calcHist`. No thread pool is
+those few dominant points only. The grey histogram is one `cv2.calcHist` (a numba count for
+uint16 frames, where calcHist's 65536 bins cost ~8x more). No thread pool is
 kept between calls: the kernel runs on numba's threads for the duration of the call, so
 concurrent callers (pipeline workers) share the cores without a hidden shared queue. The
 table equals the former whole-frame OpenCV computation (`_opencv_region_rows`, kept as the
@@ -68,6 +69,7 @@ import cv2
 import numpy as np
 
 from inspectd.types import CLASS_NAMES, MELTED, PORE, UNMELTED, Measurements, Region
+from kernels.otsu import class_grey_histogram
 from kernels.regions import RegionTable, region_table
 
 logger = logging.getLogger(__name__)
@@ -111,13 +113,13 @@ def measure(
     metrics["entropy_bits"], metrics["variance"] = _texture(joint_hist.sum(axis=0))
 
     table = region_table(mask, _REGION_CLASSES, min_area=min_region_area_px, connectivity=8)
-    regions = _regions(table, um_per_px)
+    columns = _region_columns(table, um_per_px)
     first = 0
     for slot, c in enumerate(_REGION_CLASSES):
         stop = first + int(np.count_nonzero(table.class_value == c))
-        metrics.update(_region_summary(CLASS_NAMES[c], regions[first:stop], int(table.small_counts[slot])))
+        metrics.update(_column_summary(CLASS_NAMES[c], columns, first, stop, int(table.small_counts[slot])))
         first = stop
-    return Measurements(metrics=metrics, regions=regions)
+    return Measurements(metrics=metrics, regions=_regions_from_columns(columns))
 
 
 def _opencv_region_rows(mask: np.ndarray, um_per_px: float, min_region_area_px: int) -> tuple[list[dict], dict[str, int]]:
@@ -172,9 +174,19 @@ def _validate(mask: np.ndarray, enhanced: np.ndarray, um_per_px: float, min_regi
 def _class_grey_histogram(mask: np.ndarray, enhanced: np.ndarray) -> np.ndarray:
     """Joint histogram [class, grey level] in one pass (3x256 for uint8, 3x65536 for uint16).
 
-    One 2-D `cv2.calcHist` is ~5 ms on a 2560x1920 uint8 frame, where per-class masked
-    histograms plus `meanStdDev` took four passes and ~20 ms.
+    uint8: one 2-D `cv2.calcHist`, ~1.6 ms on a 2560x1920 frame, where per-class masked
+    histograms plus `meanStdDev` took four passes and ~20 ms. uint16: calcHist's 65536-bin
+    path takes ~22 ms there, `kernels.otsu.class_grey_histogram` the same counts in ~2.7 ms.
     """
+    image = np.ascontiguousarray(enhanced)
+    if image.dtype == np.uint16:
+        return class_grey_histogram(mask, image, 3).astype(np.float64)
+    return _opencv_class_grey_histogram(mask, image)
+
+
+def _opencv_class_grey_histogram(mask: np.ndarray, enhanced: np.ndarray) -> np.ndarray:
+    """The joint histogram by one `cv2.calcHist`, for both dtypes: what `measure` used for uint16
+    frames too before the kernel, kept as the reference (tests, `bench/measure_bench.py`)."""
     image = np.ascontiguousarray(enhanced)
     levels = 65536 if image.dtype == np.uint16 else 256
     classes = mask if image.dtype == np.uint8 else mask.astype(np.uint16)
@@ -189,15 +201,23 @@ def _texture(grey_hist: np.ndarray) -> tuple[float, float]:
     levels = grey_hist.size
     entropy = shannon_entropy_bits(grey_hist.reshape(_HIST_BINS, levels // _HIST_BINS).sum(axis=1))
     grey = np.arange(levels, dtype=np.float64) / (levels - 1)
-    mean = float(grey @ grey_hist) / n
-    variance = float(((grey - mean) ** 2) @ grey_hist) / n
+    if levels > _HIST_BINS:
+        # Plain sums, not `@`: a BLAS dot of 65536 elements wakes BLAS's thread pool, whose
+        # threads then spin on the cores and made the next frame's region kernel take twice
+        # the CPU (measured: 10 -> 20 ms). 256 bins stay below BLAS's threading threshold.
+        mean = float((grey * grey_hist).sum()) / n
+        variance = float(((grey - mean) ** 2 * grey_hist).sum()) / n
+    else:
+        mean = float(grey @ grey_hist) / n
+        variance = float(((grey - mean) ** 2) @ grey_hist) / n
     return entropy, variance
 
 
-def _regions(table: RegionTable, um_per_px: float) -> tuple[Region, ...]:
-    """`Region`s from the kernel's table (already ordered: unmelted then pores, each in label
-    order), numbered 1..N. Derived columns are whole-array numpy, one Python object per
-    region only at the end."""
+def _region_columns(table: RegionTable, um_per_px: float) -> dict[str, list]:
+    """Every `Region` field as a list of plain Python values, one entry per region, in field
+    order, from the kernel's table (already ordered: unmelted then pores, each in label order),
+    numbered 1..N. Derived columns are whole-array numpy; `_regions_from_columns` makes one
+    Python object per region only at the end."""
     area = table.area_px.astype(np.float64)
     eq_diameter_px = np.sqrt(4.0 * area / math.pi)
     perimeter_px = table.perimeter_px
@@ -226,11 +246,35 @@ def _regions(table: RegionTable, um_per_px: float) -> tuple[Region, ...]:
         "centroid_x": table.centroid_x.tolist(),
         "centroid_y": table.centroid_y.tolist(),
     }
-    names = tuple(columns)
-    if names != _REGION_FIELDS:  # in field order too: the instance dict then reads as the constructor's
-        msg = f"Region fields changed: {_REGION_FIELDS}; update measure._regions"
+    if tuple(columns) != _REGION_FIELDS:  # in field order too: the instance dict then reads as the constructor's
+        msg = f"Region fields changed: {_REGION_FIELDS}; update measure._region_columns"
         raise RuntimeError(msg)
+    return columns
+
+
+def _regions_from_columns(columns: dict[str, list]) -> tuple[Region, ...]:
+    names = tuple(columns)
     return tuple(_new_region(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True))
+
+
+def _column_summary(class_name: str, columns: dict[str, list], first: int, stop: int, ignored: int) -> dict[str, float]:
+    """`_region_summary` of the regions first..stop-1, read from the columns instead of the
+    `Region` objects (the same values: `math.fsum` is exact, whatever the order): ~1 ms less
+    on a frame of ~2,600 regions than six passes of attribute look-ups."""
+    def mean(name: str) -> float:
+        values = columns[name][first:stop]
+        return math.fsum(values) / len(values) if values else 0.0
+
+    return {
+        f"{class_name}_count": float(stop - first),
+        f"{class_name}_small_regions_ignored": float(ignored),
+        f"{class_name}_mean_eq_diameter_um": mean("equivalent_diameter_um"),
+        f"{class_name}_max_eq_diameter_um": max(columns["equivalent_diameter_um"][first:stop], default=0.0),
+        f"{class_name}_mean_area_um2": mean("area_um2"),
+        f"{class_name}_mean_circularity": mean("circularity"),
+        f"{class_name}_mean_aspect_ratio": mean("aspect_ratio"),
+        f"{class_name}_mean_solidity": mean("solidity"),
+    }
 
 
 _CLASS_NAME_OF_VALUE = np.array([CLASS_NAMES.get(value, "") for value in range(256)], dtype=object)

@@ -397,3 +397,37 @@ def test_regions_built_by_field_name_equal_the_constructors():
         assert list(vars(region)) == list(vars(rebuilt))  # same attribute order as the constructor's
         with pytest.raises(dataclasses.FrozenInstanceError):
             region.area_px = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("generator", "seed"), [("v2", 3), ("v3", 2)])
+def test_region_summaries_from_columns_equal_those_from_the_regions(generator, seed):
+    """`measure` reads the per-class means from its columns; the `Region` objects give the same numbers."""
+    import inspectd.analysis.measure as measure_module
+    from inspectd.data import synth
+
+    make = synth.generate if generator == "v2" else synth.generate_v3
+    mask = make(600, 800, seed=seed).mask
+    for min_area in (1, 30):
+        result = measure(mask, _grey(mask.shape), um_per_px=0.7, min_region_area_px=min_area)
+        for name in ("unmelted", "pore"):
+            regions = [r for r in result.regions if r.class_name == name]
+            ignored = int(result.metrics[f"{name}_small_regions_ignored"])
+            want = measure_module._region_summary(name, regions, ignored)
+            assert {key: result.metrics[key] for key in want} == want
+            assert len(regions) > 10
+
+
+def test_uint16_class_histogram_equals_calchist():
+    """uint16 frames are counted by a numba kernel; the former `cv2.calcHist` gives the same counts."""
+    import inspectd.analysis.measure as measure_module
+    from inspectd.data import synth
+
+    sample = synth.generate_v3(300, 400, seed=5)
+    enhanced = sample.image.astype(np.uint16) * 257 + 100
+    got = measure_module._class_grey_histogram(sample.mask, enhanced)
+    want = measure_module._opencv_class_grey_histogram(sample.mask, enhanced)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    bad = sample.mask.copy()
+    bad[0, 0] = 3
+    with pytest.raises(ValueError, match="outside"):
+        measure(bad, enhanced, um_per_px=1.0, min_region_area_px=1)

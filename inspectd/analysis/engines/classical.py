@@ -37,12 +37,14 @@ both). On synthetic v3 frames, whose particles are often no brighter than the ma
 grey threshold is not enough whatever the method (held-out IoU ~0.45); telling those apart
 by texture and outline is the U-Net's job.
 
-Speed, 2560x1920 uint8 on the shared 2-core development box, one thread, measured with the
-earlier defaults: ~30 ms of CPU (blur 5, Otsu twice + threshold 4, open+close 7 (now off by
-default), pore blur 2, pores 11: contours, hulls, fill, hysteresis), all in OpenCV or `kernels` calls; 26-36 ms per call with the default
-threads, and up to ~2x that when numba's OpenMP threads spin between the `kernels` calls
-while OpenCV's own threads want the cores (`analysis.choose_threading_layer` sets them
-passive).
+Speed, 2560x1920 uint8 v3 frames on the shared 2-core development box, default settings
+(`bench/classical_bench.py`): ~11 ms per call (smooth 1.4, one histogram for both
+thresholds 1.3, threshold 1.8, pores 6.6: the dark compare and OpenCV's opening ~3.5, then
+`kernels.compact_fill` ~3 for the labelling, the solidity test on ~800 dark components and
+the growth into the rim), where the former path (a second blur for the pores, the histogram
+counted twice, contours, hulls, a filled drawing and whole-frame dilations) took ~20 ms.
+numba's OpenMP threads must not spin between the `kernels` calls while OpenCV's own threads
+want the cores (`analysis.choose_threading_layer` sets them passive).
 
 Example:
     >>> import numpy as np
@@ -71,6 +73,9 @@ from inspectd.analysis.engines import slic as slic_vote
 from inspectd.analysis.engines.base import SegmentationEngine
 from inspectd.config import SlicConfig, StrictModel, ThresholdMethod
 from inspectd.types import PORE
+from kernels.min_error import minimum_error_from_histogram
+from kernels.otsu import otsu_from_histogram
+from kernels.pores import compact_fill
 
 if TYPE_CHECKING:
     from inspectd.config import SegmentFields
@@ -172,15 +177,19 @@ def classify(enhanced: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
         1
     """
     smoothed = _smooth(enhanced, cfg.smooth_sigma_px)
-    otsu = kernels.otsu_threshold(smoothed)
-    mask = _bright(smoothed, otsu, cfg)
+    # One histogram serves Otsu's threshold and the minimum-error one (one pass over the frame less).
+    histogram = kernels.grey_histogram(smoothed)
+    otsu = otsu_from_histogram(histogram)
+    mask = _bright(smoothed, otsu, cfg, histogram)
     mask = _refine_bright(mask, cfg.open_radius_px, cfg.close_radius_px)
     if cfg.slic.enabled:
         mask = slic_vote.slic_vote(
             enhanced, mask, n_segments=cfg.slic.n_segments, compactness=cfg.slic.compactness,
             implementation=cfg.slic.implementation.value,
         )
-    pores = _pores(_smooth(enhanced, _PORE_SMOOTH_SIGMA_PX), cfg.pore_level * otsu, cfg.pore_min_solidity)
+    # With the default sigma (0.5) both passes want the same blur: it is computed once.
+    pore_source = smoothed if cfg.smooth_sigma_px == _PORE_SMOOTH_SIGMA_PX else _smooth(enhanced, _PORE_SMOOTH_SIGMA_PX)
+    pores = _pores(pore_source, cfg.pore_level * otsu, cfg.pore_min_solidity)
     # mask is 0/1 (melted/unmelted) and pores 0/PORE with PORE > 1: the maximum lays pores over.
     return cv2.max(mask, pores)
 
@@ -207,7 +216,8 @@ def _smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma_px, sigmaY=sigma_px, borderType=cv2.BORDER_REFLECT_101)
 
 
-def _bright(smoothed: np.ndarray, otsu: int, cfg: ClassicalConfig) -> np.ndarray:
+def _bright(smoothed: np.ndarray, otsu: int, cfg: ClassicalConfig, histogram: np.ndarray | None = None) -> np.ndarray:
+    """The bright (unmelted) candidates; `histogram`: the frame's `kernels.grey_histogram`, if counted."""
     method = cfg.threshold.value
     if method == "fixed":
         return kernels.threshold(smoothed, cfg.fixed_threshold)
@@ -216,7 +226,9 @@ def _bright(smoothed: np.ndarray, otsu: int, cfg: ClassicalConfig) -> np.ndarray
     if method == "otsu_upper":
         return kernels.threshold(smoothed, upper_otsu_threshold(smoothed, otsu))
     if method == "minimum_error":
-        return kernels.threshold(smoothed, kernels.minimum_error_threshold(smoothed))
+        level = (kernels.minimum_error_threshold(smoothed) if histogram is None
+                 else minimum_error_from_histogram(histogram))
+        return kernels.threshold(smoothed, level)
     return kernels.threshold(smoothed, otsu)
 
 
@@ -248,9 +260,35 @@ def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float) -> n
 
     Drawn with the class index itself, so laying them over the bright mask is one maximum.
 
+    `kernels.pores.compact_fill` labels the opened dark mask once, keeps the outermost
+    components whose solidity passes, filled, and grows each into the rim around it only:
+    exactly what external contours, the per-contour test, a filled drawing and two
+    whole-frame dilations (`_pores_by_contours`, the former path) give.
+    """
+    dark = _dark(pore_source, dark_level)
+    if not cv2.hasNonZero(dark):  # stops at the first dark pixel, where `any` reads the whole frame
+        return dark  # all zeros
+    dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, _disk(_PORE_OPEN_RADIUS_PX))
+    # Optics blur a pore's edge: grow it into the adjacent, still fairly dark pixels, never
+    # further than _PORE_GROW_PX (so it cannot run along a crack or a boundary).
+    rim = _dark(pore_source, _PORE_GROW_LEVEL_FACTOR * dark_level)
+    return compact_fill(dark, min_solidity, value=255, fill_value=PORE, grow_into=rim, grow_px=_PORE_GROW_PX)
+
+
+def _grow_into_rim(pores: np.ndarray, pore_source: np.ndarray, dark_level: float) -> np.ndarray:
+    """The former growth of `_pores_by_contours`, on the whole frame."""
+    rim = _dark(pore_source, _PORE_GROW_LEVEL_FACTOR * dark_level)
+    step = _disk(1)
+    for _ in range(_PORE_GROW_PX):
+        pores = cv2.bitwise_and(cv2.dilate(pores, step), rim)
+    return pores
+
+
+def _pores_by_contours(pore_source: np.ndarray, dark_level: float, min_solidity: float) -> np.ndarray:
+    """`_pores` the former way, kept as the reference tests and `bench/classical_bench.py` compare with.
+
     External contours plus a convex hull only where the bbox does not already prove the
-    solidity: ~10 ms on a 2560x1920 frame with ~3000 dark specks, where labelled
-    component statistics cost 20-40 ms.
+    solidity, then the kept contours drawn filled.
     """
     dark = _dark(pore_source, dark_level)
     if not dark.any():
@@ -262,13 +300,7 @@ def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float) -> n
     if not compact:
         return pores
     cv2.drawContours(pores, compact, -1, PORE, thickness=cv2.FILLED)
-    # Optics blur a pore's edge: grow it into the adjacent, still fairly dark pixels, never
-    # further than _PORE_GROW_PX (so it cannot run along a crack or a boundary).
-    rim = _dark(pore_source, _PORE_GROW_LEVEL_FACTOR * dark_level)
-    step = _disk(1)
-    for _ in range(_PORE_GROW_PX):
-        pores = cv2.bitwise_and(cv2.dilate(pores, step), rim)
-    return pores
+    return _grow_into_rim(pores, pore_source, dark_level)
 
 
 def _pixel_area(contour: np.ndarray) -> float:
