@@ -24,11 +24,13 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numba
 import numpy as np
 
 import kernels
+from inspectd.analysis.engines.base import Segmentation
 from inspectd.analysis.engines.registry import create_engine
 from inspectd.analysis.measure import measure
 from inspectd.analysis.preprocess import enhance, enhance_on_device
@@ -110,55 +112,152 @@ class Analyzer:
         return "auto" if backend == "tensorrt" else backend
 
     def analyze(self, frame: Frame) -> FrameResult:
-        timings_ms: dict[str, float] = {}
-        try:
-            start = time.perf_counter()
+        """The frame's result: its stages one after the other (the pipeline runs the same
+        stages, segment and out-of-distribution side by side; see `FrameJob`)."""
+        job = FrameJob(frame)
+        self.preprocess(job)
+        result = self.settle(job)
+        if result is None:
+            self.segment(job)
+            if "segment" not in job.failures:  # its result would be the segment's ERROR anyway
+                self.assess(job)
+            result = self.settle(job)
+        if result is None:
+            self.measure(job)
+            result = self.settle(job)
+        assert result is not None  # measure settles every frame
+        return result
+
+    # ---- the stages, for a caller that schedules them itself --------------------------------
+    # Each stage fills its part of the `FrameJob` and never raises for a bad frame: a failure is
+    # kept in `job.failures` and `settle` turns the first one, in stage order, into the ERROR
+    # `analyze` always gave, whichever stage happened to finish first.
+
+    def preprocess(self, job: FrameJob) -> None:
+        """Denoise + CLAHE: `job.enhanced` (and the frame on the GPU when frames stay there)."""
+        with job.stage("preprocess"):
             if self.device_frames:
-                on_device = enhance_on_device(frame.pixels, self.cfg.preprocess)
-                enhanced = kernels.to_host(on_device)  # measure reads its grey levels
+                job.on_device = enhance_on_device(job.frame.pixels, self.cfg.preprocess)
+                job.enhanced = kernels.to_host(job.on_device)  # measure reads its grey levels
             else:
-                enhanced = enhance(frame.pixels, self.cfg.preprocess, backend=self.kernel_backend)
-            timings_ms["preprocess"] = _ms_since(start)
+                job.enhanced = enhance(job.frame.pixels, self.cfg.preprocess, backend=self.kernel_backend)
 
-            start = time.perf_counter()
+    def segment(self, job: FrameJob) -> None:
+        """The engine's mask and confidence (after `preprocess`)."""
+        with job.stage("segment"):
             if self.device_frames:
-                segmentation = self.engine.segment_device_assessed(on_device)
+                job.segmentation = self.engine.segment_device_assessed(job.on_device)
             else:
-                segmentation = self.engine.segment_assessed(enhanced)
-            mask = segmentation.mask
-            timings_ms["segment"] = _ms_since(start)
+                job.segmentation = self.engine.segment_assessed(job.enhanced)
 
-            start = time.perf_counter()
-            assessment = self.assessor.assess(frame.pixels, enhanced, segmentation.confidence)
-            timings_ms["ood"] = _ms_since(start)
-            if self.assessor.rejects(assessment):
-                # An ERROR carries no numbers anyone could take for a measurement; the mask stays,
-                # so `inspectd analyze` can still show the engine's proposal for review.
-                reason = self.assessor.describe(assessment)
-                logger.warning("%s field %d: %s", frame.source, frame.field_index, reason)
-                return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms),
-                                   enhanced=enhanced, mask=mask, assessment=assessment)
+    def assess(self, job: FrameJob) -> None:
+        """The out-of-distribution statistics (after `preprocess`; independent of `segment`,
+        whose confidence `settle` adds)."""
+        with job.stage("ood"):
+            job.assessment = self.assessor.assess(job.frame.pixels, job.enhanced, None)
 
-            start = time.perf_counter()
-            measurements = measure(
-                mask,
-                enhanced,
+    def measure(self, job: FrameJob) -> None:
+        """Measurements and the verdict (after `segment` and `assess`, once `settle` said go on)."""
+        with job.stage("measure"):
+            job.measurements = measure(
+                job.segmentation.mask,
+                job.enhanced,
                 um_per_px=self.cfg.um_per_px,
                 min_region_area_px=self.cfg.measure.min_region_area_px,
             )
-            timings_ms["measure"] = _ms_since(start)
+        if "measure" in job.failures:
+            return
+        with job.stage("verdict"):
+            job.verdict = self.assessor.apply(decide(job.measurements, self.cfg.rules), self._assessment(job))
 
-            start = time.perf_counter()
-            verdict = self.assessor.apply(decide(measurements, self.cfg.rules), assessment)
-            timings_ms["verdict"] = _ms_since(start)
-        except InspectdError as exc:
-            logger.warning("analysis failed for %s field %d: %s", frame.source, frame.field_index, exc)
-            return FrameResult(frame, replace(error_verdict(str(exc)), timings_ms=timings_ms))
+    def settle(self, job: FrameJob) -> FrameResult | None:
+        """The frame's result once it is decided (a stage failed, the frame is out of distribution
+        under `action: error`, or it is measured), else None: more stages to run. Decided once."""
+        if job.result is not None:
+            return job.result
+        frame = job.frame
+        for stage in _STAGES:
+            if stage in job.failures:
+                exc = job.failures[stage]
+                timings_ms = job.timings_before(stage)
+                if isinstance(exc, InspectdError):
+                    logger.warning("analysis failed for %s field %d: %s", frame.source, frame.field_index, exc)
+                    reason = str(exc)
+                else:
+                    logger.error("unexpected failure analysing %s field %d", frame.source, frame.field_index,
+                                 exc_info=exc)
+                    reason = f"internal error: {type(exc).__name__}: {exc}"
+                job.result = FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms))
+                return job.result
+            if stage not in job.timings_ms:
+                return None  # not run yet
+            if stage == "ood":
+                assessment = self._assessment(job)
+                if self.assessor.rejects(assessment):
+                    # An ERROR carries no numbers anyone could take for a measurement; the mask stays,
+                    # so `inspectd analyze` can still show the engine's proposal for review.
+                    reason = self.assessor.describe(assessment)
+                    logger.warning("%s field %d: %s", frame.source, frame.field_index, reason)
+                    job.result = FrameResult(frame, replace(error_verdict(reason),
+                                                            timings_ms=job.timings_before("measure")),
+                                             enhanced=job.enhanced, mask=job.segmentation.mask, assessment=assessment)
+                    return job.result
+        job.result = FrameResult(frame, replace(job.verdict, timings_ms=job.timings_before(None)), job.measurements,
+                                 job.enhanced, job.segmentation.mask, self._assessment(job))
+        return job.result
+
+    def _assessment(self, job: FrameJob) -> Assessment:
+        return replace(job.assessment, confidence=job.segmentation.confidence)
+
+
+# The stages of one frame in the order `analyze` runs them; segment and ood both need only
+# the enhanced frame, so a scheduler may run them side by side.
+_STAGES = ("preprocess", "segment", "ood", "measure", "verdict")
+
+
+class FrameJob:
+    """One frame on its way through the `Analyzer`'s stages; what each stage made, its time, or its failure.
+
+    Example (the stages `analyze` runs, one after the other):
+        >>> from inspectd import config
+        >>> from inspectd.data import synth
+        >>> analyzer = Analyzer(config.load(None))
+        >>> job = FrameJob(Frame(synth.generate(128, 128, seed=2).image, "synthetic"))
+        >>> analyzer.preprocess(job); analyzer.settle(job) is None
+        True
+        >>> analyzer.segment(job); analyzer.assess(job); analyzer.settle(job) is None
+        True
+        >>> analyzer.measure(job); list(analyzer.settle(job).verdict.timings_ms)
+        ['preprocess', 'segment', 'ood', 'measure', 'verdict']
+    """
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+        self.timings_ms: dict[str, float] = {}
+        self.failures: dict[str, Exception] = {}
+        self.enhanced: np.ndarray | None = None
+        self.on_device: Any = None
+        self.segmentation: Segmentation | None = None
+        self.assessment: Assessment | None = None
+        self.measurements: Measurements | None = None
+        self.verdict: Verdict | None = None
+        self.result: FrameResult | None = None
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time one stage; keep its failure instead of raising (the per-frame boundary)."""
+        start = time.perf_counter()
+        try:
+            yield
         except Exception as exc:  # noqa: BLE001 - the per-frame boundary: one bad frame never stops the run
-            logger.exception("unexpected failure analysing %s field %d", frame.source, frame.field_index)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            return FrameResult(frame, replace(error_verdict(reason), timings_ms=timings_ms))
-        return FrameResult(frame, replace(verdict, timings_ms=timings_ms), measurements, enhanced, mask, assessment)
+            self.failures[name] = exc
+        else:
+            self.timings_ms[name] = _ms_since(start)
+
+    def timings_before(self, stage: str | None) -> dict[str, float]:
+        """The timings of the stages before `stage` (all of them for None), in stage order."""
+        names = _STAGES if stage is None else _STAGES[:_STAGES.index(stage)]
+        return {name: self.timings_ms[name] for name in names if name in self.timings_ms}
 
 
 @contextlib.contextmanager

@@ -4,8 +4,26 @@ Why this shape:
 * One acquire thread per source moves items into one bounded work queue. A folder source
   blocks there (it never drops); a free-running camera's own drop-oldest buffer fills and
   drops instead, so the pipeline always works on the newest frames.
-* `workers` analysis threads run decode + `Analyzer.analyze`; the numba kernels and ONNX
-  Runtime release the GIL, so they overlap.
+* `workers` analysis threads share the stages of the items in analysis: an item's decode, then
+  per frame preprocess, segment beside the out-of-distribution statistics (both need only the
+  enhanced frame), measure + verdict (the `Analyzer`'s own stages, so the numbers are those of
+  `Analyzer.analyze`, bit for bit). A thread always takes the next stage of the OLDEST item that
+  has one ready and admits a new item only when none has: with many frames waiting, frame N+1 is
+  decoded and segmented while frame N is measured; with one frame in flight, its segment and
+  out-of-distribution stages run side by side. At most `workers + 1` items are in analysis, and
+  results leave for the journal in the order the items were taken (the order of `seq`), whatever
+  order their stages finish in. The numba kernels, OpenCV and ONNX Runtime release the GIL.
+* Threads per kernel: the analysis threads are the parallelism. A stage that runs alone gets
+  every core for its numba kernels; stages running side by side get one thread each
+  (`numba.set_num_threads` is per thread), so two workers never start four kernel threads on
+  two cores. With more than one worker OpenCV runs on the calling thread only: its own pool saved
+  ~1 ms of a classical frame's 25 ms segment on 2 cores for ~10 ms of extra CPU, which the other
+  worker needs. Full-frame buffers are not pooled: the arrays a frame allocates cost ~1 ms of
+  page faults per 2560x1920 frame, and the enhanced frame and mask leave with the verdict
+  (observers, the web UI) so they could not be reused safely anyway.
+* A bug outside the per-frame error handling (a stage that raises) gives its item an ERROR
+  verdict ("internal error") and then restarts the thread (see THREAD_CRASH_LIMIT), so the
+  items behind it are not held back and a bug on every frame still stops the daemon.
 * One publish thread commits each verdict to the journal (durable) BEFORE publishing it, then
   acks the source (a file moves to done/ or quarantine/ only after its verdict is durable).
   A crash between commit and ack leaves the file in the inbox; on restart the journal says it
@@ -30,16 +48,20 @@ Why this shape:
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from inspectd.analysis.analyzer import Analyzer, FrameResult
+import cv2
+import numba
+
+from inspectd.analysis.analyzer import Analyzer, FrameJob, FrameResult
 from inspectd.analysis.decode import decode_bytes
 from inspectd.analysis.verdict import error_verdict
 from inspectd.daemon.error_topic import OUT_OF_DISTRIBUTION, OutOfDistributionRuns
@@ -109,6 +131,68 @@ class _Outcome:
     analyzer: Analyzer | None = None
 
 
+@dataclass
+class _Decoded:
+    """An item's frames, ready for the analysis stages, and the analyzer that analyses them all."""
+
+    analyzer: Analyzer
+    frames: list[Frame]
+    timings_ms: dict[str, float]
+
+
+# Stages of one frame after the item's decode, and the Analyzer method of each.
+_FRAME_STAGES = {"preprocess": "preprocess", "segment": "segment", "ood": "assess", "measure": "measure"}
+
+
+class _ItemJob:
+    """One item in analysis: its frames' jobs, which stages are claimed and finished, its outcome.
+
+    Only touched under `Pipeline._cond`, except the `FrameJob`s, each stage of which writes its
+    own fields from the thread that runs it."""
+
+    def __init__(self, work: _Work) -> None:
+        self.work = work
+        self.decoded: _Decoded | None = None
+        self.decode_started = False
+        self.frames: list[FrameJob] = []
+        self.started: list[set[str]] = []
+        self.finished: list[set[str]] = []
+        self.running = 0  # its stages running now
+        self.outcome: _Outcome | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.outcome is not None and self.running == 0
+
+    def ready_stages(self) -> Iterator[tuple[int, str]]:
+        """(frame index, stage) for every stage that may start now; (-1, "decode") first."""
+        if self.outcome is not None:
+            return
+        if not self.decode_started:
+            yield -1, "decode"
+            return
+        for index, frame_job in enumerate(self.frames):
+            if frame_job.result is not None:
+                continue
+            started, finished = self.started[index], self.finished[index]
+            if "preprocess" not in started:
+                yield index, "preprocess"
+            elif "preprocess" in finished:
+                for stage in ("segment", "ood"):
+                    if stage not in started:
+                        yield index, stage
+                if "measure" not in started and {"segment", "ood"} <= finished:
+                    yield index, "measure"
+
+
+@dataclass
+class _Task:
+    job: _ItemJob
+    index: int  # frame index; -1 for the item's decode
+    stage: str
+    kernel_threads: int
+
+
 class Pipeline:
     """Owns the threads between the sources and the publisher; see the module docstring."""
 
@@ -144,6 +228,13 @@ class Pipeline:
         self._done: queue.Queue[_Outcome | None] = queue.Queue()
         self._stop_input = threading.Event()
         self._stop_workers = threading.Event()
+        # The analysis schedule: items in analysis, oldest first (results leave in this order).
+        self._cond = threading.Condition()
+        self._active: deque[_ItemJob] = deque()
+        self._max_active = workers + 1
+        self._running = 0  # stages running now, all items
+        self._cores = max(1, min(len(os.sched_getaffinity(0)), numba.config.NUMBA_NUM_THREADS))
+        self._opencv_threads_before: int | None = None
         self._threads: list[threading.Thread] = []
         self._publish_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -172,6 +263,9 @@ class Pipeline:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
+        if self.workers > 1:
+            self._opencv_threads_before = cv2.getNumThreads()
+            cv2.setNumThreads(1)  # the workers are the parallelism (module docstring)
         self._publish_thread = self._spawn(self._publish_loop, "publish")
         for index in range(self.workers):
             self._threads.append(self._spawn(self._worker_loop, f"analyse-{index}"))
@@ -191,10 +285,15 @@ class Pipeline:
             logger.warning("shutdown grace of %.1f s over with %d item(s) unfinished; their files stay in the "
                            "inbox and are inspected after the restart", grace_s, self._in_flight + self._work.qsize())
         self._stop_workers.set()
+        with self._cond:
+            self._cond.notify_all()
         self._done.put(None)
         for thread in [*self._threads, self._publish_thread]:
             if thread is not None:
                 thread.join(timeout=5.0)
+        if self._opencv_threads_before is not None:
+            cv2.setNumThreads(self._opencv_threads_before)
+            self._opencv_threads_before = None
         return drained
 
     def busy(self) -> bool:
@@ -327,18 +426,145 @@ class Pipeline:
                         with self._lock:
                             self._in_flight -= 1  # not acked: a file stays in the inbox for the next start
                         return
+            with self._cond:
+                self._cond.notify()  # an analysis thread may wait for work
             self.metrics.queue_depth.labels(queue="analyse").set(self._work.qsize())
 
     def _worker_loop(self) -> None:
         while not self._stop_workers.is_set():
-            try:
-                work = self._work.get(timeout=_POLL_S)
-            except queue.Empty:
+            task = self._next_task()
+            if task is None:
                 continue
-            self.metrics.queue_depth.labels(queue="analyse").set(self._work.qsize())
-            self._done.put(self._analyse(work))
+            numba.set_num_threads(task.kernel_threads)
+            try:
+                value = self._run(task)
+            except Exception as exc:
+                self._task_failed(task, exc)
+                raise  # the item has its ERROR verdict; the thread restarts (_guarded)
+            self._task_done(task, value)
 
-    def _analyse(self, work: _Work) -> _Outcome:
+    def _next_task(self) -> _Task | None:
+        """Claim the next stage to run: the oldest item's first, else a newly admitted item's
+        decode; None after a wait of up to _POLL_S with nothing to do, or when stopping."""
+        with self._cond:
+            while not self._stop_workers.is_set():
+                candidates = self._ready()
+                claimed = next(candidates, None)
+                if claimed is None and len(self._active) < self._max_active:
+                    try:
+                        work = self._work.get_nowait()
+                    except queue.Empty:
+                        pass
+                    else:
+                        self.metrics.queue_depth.labels(queue="analyse").set(self._work.qsize())
+                        self._active.append(_ItemJob(work))
+                        claimed = (self._active[-1], -1, "decode")
+                if claimed is not None:
+                    job, index, stage = claimed
+                    if stage == "decode":
+                        job.decode_started = True
+                    else:
+                        job.started[index].add(stage)
+                    job.running += 1
+                    self._running += 1
+                    # Another stage ready now will run beside this one (if a thread is free).
+                    waiting = next(candidates, None) is not None or (
+                        not self._work.empty() and len(self._active) < self._max_active)
+                    sharing = min(self.workers, self._running + (1 if waiting else 0))
+                    return _Task(job, index, stage, max(1, self._cores // sharing))
+                if not self._cond.wait(_POLL_S):
+                    return None
+            return None
+
+    def _ready(self) -> Iterator[tuple[_ItemJob, int, str]]:
+        for job in self._active:
+            for index, stage in job.ready_stages():
+                yield job, index, stage
+
+    def _run(self, task: _Task) -> _Outcome | _Decoded | None:
+        if task.stage == "decode":
+            return self._analyse(task.job.work)
+        decoded = task.job.decoded
+        assert decoded is not None
+        getattr(decoded.analyzer, _FRAME_STAGES[task.stage])(task.job.frames[task.index])
+        return None
+
+    def _task_done(self, task: _Task, value: _Outcome | _Decoded | None) -> None:
+        job = task.job
+        settled: list[FrameResult] = []
+        with self._cond:
+            job.running -= 1
+            self._running -= 1
+            if task.stage == "decode":
+                if isinstance(value, _Outcome):
+                    job.outcome = value
+                else:
+                    assert value is not None
+                    job.decoded = value
+                    job.frames = [FrameJob(frame) for frame in value.frames]
+                    job.started = [set() for _ in value.frames]
+                    job.finished = [set() for _ in value.frames]
+                    self._complete_if_settled(job)
+            elif job.outcome is None:  # else: the item failed meanwhile and has its ERROR already
+                finished = job.finished[task.index]
+                finished.add(task.stage)
+                if task.stage in ("preprocess", "measure") or {"segment", "ood"} <= finished:
+                    assert job.decoded is not None
+                    result = self._settle(job.decoded.analyzer, job.frames[task.index])
+                    if result is not None:
+                        settled.append(result)
+                self._complete_if_settled(job)
+            self._emit_ready()
+            self._cond.notify_all()
+        for result in settled:
+            for stage, ms in result.verdict.timings_ms.items():
+                self.metrics.stage_latency.labels(stage=stage).observe(ms / 1000.0)
+
+    def _task_failed(self, task: _Task, exc: Exception) -> None:
+        """A stage raised past the per-frame error handling: every frame of its item not yet
+        settled gets an ERROR verdict naming the failure."""
+        reason = f"internal error: {type(exc).__name__}: {exc}"
+        job, item = task.job, task.job.work.item
+        logger.error("analysis of %s failed in its %s stage: %s", item.source, task.stage, reason)
+        with self._cond:
+            job.running -= 1
+            self._running -= 1
+            if job.outcome is None:
+                if job.decoded is None:
+                    failed = Frame(pixels=None, source=item.source, sha256=item.sha256, part_id=item.part_id)
+                    job.outcome = _Outcome(job.work, [FrameResult(failed, error_verdict(reason))], {})
+                else:
+                    results = [frame_job.result or FrameResult(frame_job.frame, error_verdict(reason))
+                               for frame_job in job.frames]
+                    job.outcome = _Outcome(job.work, results, job.decoded.timings_ms, analyzer=job.decoded.analyzer)
+            self._emit_ready()
+            self._cond.notify_all()
+
+    @staticmethod
+    def _settle(analyzer: Analyzer, frame_job: FrameJob) -> FrameResult | None:
+        try:
+            return analyzer.settle(frame_job)
+        except Exception as exc:  # noqa: BLE001 - the per-frame boundary: the frame gets its ERROR, the item goes on
+            logger.exception("could not settle the result of %s field %d", frame_job.frame.source,
+                             frame_job.frame.field_index)
+            frame_job.result = FrameResult(frame_job.frame, error_verdict(f"internal error: {type(exc).__name__}: {exc}"))
+            return frame_job.result
+
+    def _complete_if_settled(self, job: _ItemJob) -> None:
+        if job.outcome is None and job.decoded is not None and all(f.result is not None for f in job.frames):
+            results = [f.result for f in job.frames if f.result is not None]
+            job.outcome = _Outcome(job.work, results, job.decoded.timings_ms, analyzer=job.decoded.analyzer)
+
+    def _emit_ready(self) -> None:
+        """Hand finished items to the publish thread in the order they were taken (under _cond)."""
+        while self._active and self._active[0].complete:
+            outcome = self._active.popleft().outcome
+            assert outcome is not None
+            self._done.put(outcome)
+
+    def _analyse(self, work: _Work) -> _Outcome | _Decoded:
+        """An item's first stage: its outcome when it cannot be analysed (the source's error, an
+        unreadable file), else its decoded frames and the analyzer for all of them."""
         item = work.item
         timings_ms = {"queue": _ms(time.perf_counter() - work.queued_at)}
         if item.error is not None:
@@ -356,13 +582,7 @@ class Pipeline:
         finally:
             timings_ms["decode"] = _ms(time.perf_counter() - start)
         self.metrics.stage_latency.labels(stage="decode").observe(timings_ms["decode"] / 1000.0)
-        results = []
-        for frame in frames:
-            result = analyzer.analyze(frame)
-            for stage, ms in result.verdict.timings_ms.items():
-                self.metrics.stage_latency.labels(stage=stage).observe(ms / 1000.0)
-            results.append(result)
-        return _Outcome(work, results, timings_ms, analyzer=analyzer)
+        return _Decoded(analyzer, frames, timings_ms)
 
     def _frames_of(self, item: SourceItem) -> list[Frame]:
         cfg = self.analyzer.cfg.input
