@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"analysis", "kernels"},
     "training": {"analysis", "data", "kernels"},
     "reports": {"analysis", "data", "kernels"},
-    "regrade": {"analysis", "data", "reports", "kernels"},
+    "regrade": {"analysis", "clients", "data", "reports", "kernels"},
     "web": {"analysis", "clients", "daemon", "data", "reports", "wire"},
     "daemon": {"analysis", "clients", "data", "reports", "sources", "web", "wire"},
 }

@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from inspectd.clients.backoff import Backoff
 from inspectd.errors import InspectdError
 from inspectd.regrade.inputs import InputFile
 from inspectd.regrade.keys import RunKey
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH_FILES = 32  # files per batch (one Parquet file per batch): small enough to spread, large enough to be cheap
 LOCAL = "local"
+CLIENT_CONNECT_ATTEMPTS = 3  # a Ray Client server that refuses a connection is asked again (`_connect`)
 
 
 class RegradeWorkerError(RuntimeError):
@@ -234,11 +236,33 @@ def ray_session(address: str | None, *, verbose: bool) -> Iterator[Any]:
 
     level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("ray").setLevel(level)
-    ray.init(address=address or LOCAL, log_to_driver=verbose, logging_level=level)
+    _connect(ray, address or LOCAL, verbose=verbose, level=level)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _connect(ray: Any, address: str, *, verbose: bool, level: int) -> None:
+    """`ray.init`, tried again a few times when a Ray Client server refuses the connection.
+
+    A Ray Client server starts one server process per client; when that process is not up
+    yet (or has just died) the proxy answers "Initialization failure from server" and the
+    next attempt usually gets a fresh one. Other failures, and the last attempt, raise.
+    """
+    backoff = Backoff(1.0, 8.0)
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, log_to_driver=verbose, logging_level=level)
+            return
+        except ConnectionError as exc:
+            if not address.startswith("ray://") or attempt == CLIENT_CONNECT_ATTEMPTS:
+                raise
+            delay = backoff.next()
+            logger.warning("Ray Client at %s refused the connection (%s); trying again in %.0f s",
+                           address, " ".join(str(exc).split())[:200], delay)
+            ray.shutdown()
+            time.sleep(delay)
 
 
 @dataclass(frozen=True)
