@@ -63,16 +63,16 @@ from kernels._threads import threads_for
 from kernels.regions import (
     _DX,
     _DY,
+    _TRACE_START_CAPACITY,
+    _border_offsets,
     _closed_length,
     _convex_hull,
     _find,
+    _point_buffers,
     _polygon_area,
-    _trace_outer_border,
+    _trace_fitting,
     _union,
 )
-
-# Chain-code buffer a region's trace starts with; it doubles when a border is longer.
-_TRACE_START_CAPACITY = 1024
 
 
 @njit(inline="always")
@@ -255,30 +255,18 @@ def _compact(mask, value, starts, first_run, bbox, min_solidity):
     height, width = mask.shape
     n = first_run.shape[0]
     keep = np.zeros(n, dtype=np.bool_)
-    offsets = np.empty(16, dtype=np.int64)
-    for s in range(16):
-        offsets[s] = _DY[s & 7] * width + _DX[s & 7]
+    offsets = _border_offsets(width)
     capacity = _TRACE_START_CAPACITY
     codes = np.empty(capacity, dtype=np.int8)
-    px = np.empty(capacity + 1, dtype=np.int64)
-    py = np.empty(capacity + 1, dtype=np.int64)
-    order = np.empty(capacity + 1, dtype=np.int64)
-    hx = np.empty(capacity + 2, dtype=np.int64)
-    hy = np.empty(capacity + 2, dtype=np.int64)
+    px, py, order, hx, hy = _point_buffers(capacity)
     for c in range(n):
         x0 = np.int64(starts[first_run[c]])
         y0 = bbox[c, 1]
         clear = bbox[c, 0] >= 1 and y0 >= 1 and bbox[c, 2] <= width - 2 and bbox[c, 3] <= height - 2
-        length = _trace_outer_border(mask, value, x0, y0, codes, clear, offsets)
-        while length < 0:
-            capacity *= 2
-            codes = np.empty(capacity, dtype=np.int8)
-            px = np.empty(capacity + 1, dtype=np.int64)
-            py = np.empty(capacity + 1, dtype=np.int64)
-            order = np.empty(capacity + 1, dtype=np.int64)
-            hx = np.empty(capacity + 2, dtype=np.int64)
-            hy = np.empty(capacity + 2, dtype=np.int64)
-            length = _trace_outer_border(mask, value, x0, y0, codes, clear, offsets)
+        codes, length = _trace_fitting(mask, value, x0, y0, codes, clear, offsets)
+        if codes.shape[0] > capacity:
+            capacity = codes.shape[0]
+            px, py, order, hx, hy = _point_buffers(capacity)
         # CHAIN_APPROX_SIMPLE: the points where the chain turns (a lone pixel is one point).
         m = 0
         if length == 0:

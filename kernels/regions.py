@@ -324,6 +324,37 @@ def _select(n_slots, min_area, slot, area, left, top, right, bottom, sums, key, 
 
 
 @njit(inline="always")
+def _border_offsets(width):
+    """Flat-index steps of the 8 Freeman directions, listed twice so a trace can wrap around."""
+    offsets = np.empty(16, dtype=np.int64)
+    for s in range(16):
+        offsets[s] = _DY[s & 7] * width + _DX[s & 7]
+    return offsets
+
+
+@njit(inline="always")
+def _point_buffers(capacity):
+    """(px, py, order, hx, hy): the points of a border of up to ``capacity`` steps and its hull."""
+    return (np.empty(capacity + 1, dtype=np.int64), np.empty(capacity + 1, dtype=np.int64),
+            np.empty(capacity + 1, dtype=np.int64), np.empty(capacity + 2, dtype=np.int64),
+            np.empty(capacity + 2, dtype=np.int64))
+
+
+@njit(nogil=True, cache=True)
+def _trace_fitting(mask, value, x0, y0, codes, inside, offsets):
+    """``_trace_outer_border`` into ``codes``, doubled until the border fits: (codes, length).
+
+    Callers keep their buffers across regions, so memory follows the longest border met,
+    and grow their point buffers when ``codes`` grew.
+    """
+    length = _trace_outer_border(mask, value, x0, y0, codes, inside, offsets)
+    while length < 0:
+        codes = np.empty(codes.shape[0] * 2, dtype=np.int8)
+        length = _trace_outer_border(mask, value, x0, y0, codes, inside, offsets)
+    return codes, length
+
+
+@njit(inline="always")
 def _is_region(mask, value, x, y):
     """True when (x, y) is inside the frame and holds ``value`` (outside counts as background,
     as OpenCV's one-pixel zero frame around the image makes it)."""
@@ -672,37 +703,24 @@ def _shapes(mask, values, start_xy, inside, n_items, perimeter, hull_area, hull_
     not the frame.
     """
     n = values.shape[0]
-    width = mask.shape[1]
-    offsets = np.empty(16, dtype=np.int64)
-    for s in range(16):
-        offsets[s] = _DY[s & 7] * width + _DX[s & 7]
+    offsets = _border_offsets(mask.shape[1])
     for item in prange(n_items):
         capacity = _TRACE_START_CAPACITY
         codes = np.empty(capacity, dtype=np.int8)
-        px = np.empty(capacity + 1, dtype=np.int64)
-        py = np.empty(capacity + 1, dtype=np.int64)
+        px, py, order, hx, hy = _point_buffers(capacity)
         support = np.empty(capacity + 1, dtype=np.int64)
         curvature = np.empty(capacity + 1, dtype=np.int64)
         removed = np.empty(capacity + 1, dtype=np.bool_)
-        order = np.empty(capacity + 1, dtype=np.int64)
-        hx = np.empty(capacity + 2, dtype=np.int64)
-        hy = np.empty(capacity + 2, dtype=np.int64)
         for r in range(item, n, n_items):
             x0 = start_xy[r, 0]
             y0 = start_xy[r, 1]
-            length = _trace_outer_border(mask, values[r], x0, y0, codes, inside[r], offsets)
-            while length < 0:
-                capacity *= 2
-                codes = np.empty(capacity, dtype=np.int8)
-                px = np.empty(capacity + 1, dtype=np.int64)
-                py = np.empty(capacity + 1, dtype=np.int64)
+            codes, length = _trace_fitting(mask, values[r], x0, y0, codes, inside[r], offsets)
+            if codes.shape[0] > capacity:
+                capacity = codes.shape[0]
+                px, py, order, hx, hy = _point_buffers(capacity)
                 support = np.empty(capacity + 1, dtype=np.int64)
                 curvature = np.empty(capacity + 1, dtype=np.int64)
                 removed = np.empty(capacity + 1, dtype=np.bool_)
-                order = np.empty(capacity + 1, dtype=np.int64)
-                hx = np.empty(capacity + 2, dtype=np.int64)
-                hy = np.empty(capacity + 2, dtype=np.int64)
-                length = _trace_outer_border(mask, values[r], x0, y0, codes, inside[r], offsets)
             m = _teh_chin_l1(codes, length, x0, y0, px, py, support, curvature, removed)
             perimeter[r] = _closed_length(px, py, m)
             h = _convex_hull(px, py, m, order, hx, hy)
