@@ -97,3 +97,42 @@ def test_cli_on_a_file_that_is_not_onnx(calib_dir, tmp_path, capsys) -> None:
     code = cli.main(["quantize", "--onnx", str(bogus), "--calib", str(calib_dir), "--out", str(tmp_path / "x.onnx")])
     assert code == 3
     assert "could not quantise" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("in_scale", "in_zero", "out_scale"), [(0.07468504, 124, 0.03844143), (0.0453, 127, 0.0453),
+                                                                 (0.012, 0, 0.2), (0.2, 255, 0.0011)])
+def test_lookup_requantize_gives_the_same_codes_for_every_input_code(in_scale, in_zero, out_scale) -> None:
+    """DequantizeLinear -> Relu -> QuantizeLinear and its QLinearLeakyRelu (alpha 0) lookup agree on all 256 codes."""
+    from onnx import TensorProto, helper
+
+    scalars = [helper.make_tensor("s_in", TensorProto.FLOAT, [], [in_scale]),
+               helper.make_tensor("z_in", TensorProto.UINT8, [], [in_zero]),
+               helper.make_tensor("s_out", TensorProto.FLOAT, [], [out_scale]),
+               helper.make_tensor("z_out", TensorProto.UINT8, [], [0])]
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["x", "s_in", "z_in"], ["xf"]),
+         helper.make_node("Relu", ["xf"], ["r"], name="relu"),
+         helper.make_node("QuantizeLinear", ["r", "s_out", "z_out"], ["y"])],
+        "requantize", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 16, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, [1, 2, 16, 8])], scalars)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    codes = {"x": np.arange(256, dtype=np.uint8).reshape(1, 2, 16, 8)}
+
+    def run(proto) -> np.ndarray:
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, codes)[0]
+
+    expected = run(model)
+    assert quantize.lookup_requantize(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["QLinearLeakyRelu"]
+    np.testing.assert_array_equal(run(model), expected)
+    assert quantize.lookup_requantize(model) == 0
+
+
+def test_bundled_int8_file_holds_lookups_not_float_requantisations() -> None:
+    from inspectd.analysis.engines.unet import bundled_model_path
+
+    model = onnx.load(str(bundled_model_path("int8")))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QLinearLeakyRelu") == 11
+    assert quantize.lookup_requantize(model) == 0
