@@ -15,6 +15,7 @@ from inspectd.analysis import fieldstats
 from inspectd.analysis.analyzer import Analyzer, FrameResult
 from inspectd.analysis.decode import decode_file
 from inspectd.analysis.verdict import error_verdict
+from inspectd.commands.engine_choice import apply_engine_options
 from inspectd.errors import ConfigError, EngineError, ImageDecodeError, KernelResourceError
 from inspectd.escaping import printable
 from inspectd.reports.report import HEADLINE_METRICS, field_stem, result_record, write_field_outputs
@@ -43,15 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    if args.engine:
-        cfg.segment.engine = args.engine
-    if args.model:
-        if args.engine not in (None, "unet"):
-            print(f"inspectd analyze: --model is a U-Net model; it cannot run with --engine {args.engine}",
-                  file=sys.stderr)
-            return EXIT_USAGE
-        cfg.segment.engine = "unet"
-        cfg.segment.unet.model = Path(args.model)
+    usage_error = apply_engine_options(cfg, args.engine, args.model)
+    if usage_error:
+        print(f"inspectd analyze: {usage_error}", file=sys.stderr)
+        return EXIT_USAGE
     paths = [Path(p) for p in args.images]
     clashes = [stem for stem, count in Counter(p.stem for p in paths).items() if count > 1]
     if clashes:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from inspectd import config
+from inspectd.commands.engine_choice import apply_engine_options
 from inspectd.errors import ConfigError, EngineError, KernelResourceError
 from inspectd.escaping import printable
 
@@ -78,15 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from inspectd.regrade.keys import run_key_of
 
     cfg = config.load(args.config)
-    if args.engine:
-        cfg.segment.engine = args.engine
-    if args.model:
-        if args.engine not in (None, "unet"):
-            print(f"inspectd regrade: --model is a U-Net model; it cannot run with --engine {args.engine}",
-                  file=sys.stderr)
-            return EXIT_USAGE
-        cfg.segment.engine = "unet"
-        cfg.segment.unet.model = Path(args.model)
+    usage_error = apply_engine_options(cfg, args.engine, args.model)
+    if usage_error:
+        print(f"inspectd regrade: {usage_error}", file=sys.stderr)
+        return EXIT_USAGE
     _absolute_paths(cfg)  # the workers of a cluster do not run in this folder
     try:
         inputs = collect_inputs(args.inputs)
