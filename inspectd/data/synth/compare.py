@@ -264,15 +264,15 @@ def compare(
         return np.concatenate([image.ravel() for image in images]).astype(np.float64)
 
     def gradients(images: list[np.ndarray]) -> np.ndarray:
+        # Sobel of 8-bit grey is exact in integers; the magnitude is taken in float64 by numpy
+        # because cv2.magnitude's float32 result can differ in the last bit with the buffer's
+        # alignment, and two equal sets must be at distance 0.
         parts = []
         for image in images:
-            grey = image.astype(np.float32)
-            parts.append(
-                cv2.magnitude(
-                    cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
-                ).ravel()
-            )
-        return np.concatenate(parts).astype(np.float64)
+            gx = cv2.Sobel(image, cv2.CV_16S, 1, 0).astype(np.float64)
+            gy = cv2.Sobel(image, cv2.CV_16S, 0, 1).astype(np.float64)
+            parts.append(np.hypot(gx, gy).ravel())
+        return np.concatenate(parts)
 
     grey_real, grey_synthetic = pooled(real_grey), pooled(synthetic_grey)
     spectrum_real = real_features[:, _SPECTRUM].mean(axis=0)
