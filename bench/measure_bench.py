@@ -5,7 +5,10 @@ Rows (milliseconds per frame, median and best over repeats, the methods interlea
 burst of load from other processes hits all of them alike; plus the process's CPU time per
 frame, all threads together, which other processes' load does not inflate):
 
-* ``measure (numba)``: today's `inspectd.analysis.measure.measure`, everything it returns.
+* ``measure (numba)``: today's `inspectd.analysis.measure.measure`, everything it returns; its
+  `Region` objects are made only when read (`TableRegions`), as the daemon never reads them.
+* ``measure (numba), regions read``: the same, then every `Region` read, as reports and the
+  web page do.
 * ``measure (former: calcHist, BLAS, Region means)``: today's `measure` as it was before its last
   changes: the joint histogram by `cv2.calcHist` for 16-bit frames too, the texture by BLAS
   dots (`former_texture`), the per-class means over the `Region` objects (same table).
@@ -17,6 +20,14 @@ frame, all threads together, which other processes' load does not inflate):
   only where scikit-image is installed. Its perimeter is its own 4-neighbour estimate, not
   OpenCV's, so it is a speed reference only.
 * ``region_table kernel``: the kernel call alone, for the share of the total it takes.
+* With ``--before-kernel FILE`` (a former ``kernels/regions.py``, e.g. from ``git show``):
+  ``region_table kernel (before)``, that file's kernel on the same masks, its table checked
+  equal to today's, and ``measure (before)``: `measure` as it was with that kernel, every
+  `Region` object made (the former measure), both interleaved with the rows above.
+
+``--masks truth`` (default) measures the generator's own masks; ``--masks classical`` the
+classical engine's masks of camera-like frames after the default preprocessing, what a
+station measures (~4,500 regions of 30 px or more, ~7,000 in all, per 2560x1920 frame).
 
 Like `bench/cpu_kernels.py`, this sets ``OMP_WAIT_POLICY=PASSIVE`` (as the daemon does)
 unless the environment sets it: numba's OpenMP workers then sleep instead of spinning, so a
@@ -27,11 +38,14 @@ Usage::
 
     .venv/bin/python bench/measure_bench.py                 # 3 frames x 15 repeats, ~1-2 min
     .venv/bin/python bench/measure_bench.py --frames 2 --repeats 5 --generator v2
+    git show HEAD~1:kernels/regions.py > /tmp/regions_before.py
+    .venv/bin/python bench/measure_bench.py --masks classical --min-area 30 --before-kernel /tmp/regions_before.py
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 
@@ -41,7 +55,9 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from typing import Any  # noqa: E402
 
 import cv2  # noqa: E402
 import numba  # noqa: E402
@@ -107,9 +123,11 @@ def former_texture(grey_hist: np.ndarray) -> tuple[float, float]:
     return entropy, variance
 
 
-def summaries_from_regions_measure(mask: np.ndarray, enhanced: np.ndarray, min_area: int) -> Measurements:
+def summaries_from_regions_measure(mask: np.ndarray, enhanced: np.ndarray, min_area: int,
+                                   kernel: Callable[..., Any] = region_table) -> Measurements:
     """`measure` as it was before its per-class means were read from the columns: the same
-    table and `Region`s, the means then taken over the `Region` objects (`_region_summary`)."""
+    table (from `kernel`) and every `Region` made, the means then taken over the `Region`
+    objects (`_region_summary`)."""
     measure_module._validate(mask, enhanced, UM_PER_PX, min_area)
     joint_hist = measure_module._opencv_class_grey_histogram(mask, enhanced)
     pixel_counts = joint_hist.sum(axis=1)
@@ -122,8 +140,8 @@ def summaries_from_regions_measure(mask: np.ndarray, enhanced: np.ndarray, min_a
         metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2
         metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = former_texture(joint_hist[c])
     metrics["entropy_bits"], metrics["variance"] = former_texture(joint_hist.sum(axis=0))
-    table = region_table(mask, (UNMELTED, PORE), min_area=min_area, connectivity=8)
-    regions = measure_module._regions_from_columns(measure_module._region_columns(table, UM_PER_PX))
+    table = kernel(mask, (UNMELTED, PORE), min_area=min_area, connectivity=8)
+    regions = tuple(measure_module.TableRegions(measure_module._region_arrays(table, UM_PER_PX)))
     first = 0
     for slot, c in enumerate((UNMELTED, PORE)):
         stop = first + int(np.count_nonzero(table.class_value == c))
@@ -148,6 +166,45 @@ def skimage_regionprops(mask: np.ndarray) -> int:
     return count
 
 
+def load_kernel(path: str) -> Callable[..., Any]:
+    """`region_table` of a former `kernels/regions.py` saved at `path` (loaded under its own name)."""
+    spec = importlib.util.spec_from_file_location("regions_before", path)
+    if spec is None or spec.loader is None:
+        msg = f"--before-kernel: cannot load {path}"
+        raise SystemExit(msg)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.region_table
+
+
+def classical_masks(width: int, height: int, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(classical engine's mask, enhanced frame) of `n` camera-like frames, default config:
+    the frames `bench/throughput.py` feeds the station, so the regions a station measures."""
+    from inspectd_bench.throughput import generate_frames
+
+    from inspectd.analysis.engines.classical import ClassicalEngine
+    from inspectd.analysis.preprocess import enhance
+    from inspectd.config import Config
+
+    cfg = Config()
+    engine = ClassicalEngine(cfg.segment)
+    pairs = []
+    for raw in generate_frames(width, height, n):
+        enhanced = enhance(raw, cfg.preprocess, backend="cpu")
+        pairs.append((np.ascontiguousarray(engine.segment(enhanced)), enhanced))
+    return pairs
+
+
+def tables_equal(a: Any, b: Any) -> bool:
+    """Every column equal (hull numbers to 1e-12 relative: float summation order)."""
+    for name in a._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        close = name.startswith("hull_")
+        if not (np.allclose(x, y, rtol=1e-12, atol=0.0, equal_nan=True) if close else np.array_equal(x, y, equal_nan=True)):
+            return False
+    return True
+
+
 def timed(fn) -> tuple[float, float]:
     """(wall ms, CPU ms of this process: every thread's time, so work done, whatever the load)."""
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -164,6 +221,10 @@ def main() -> None:
     parser.add_argument("--min-area", type=int, default=1,
                         help="min_region_area_px (1: every region; the shipped config uses 30)")
     parser.add_argument("--no-skimage", action="store_true", help="skip scikit-image (slow)")
+    parser.add_argument("--masks", choices=("truth", "classical"), default="truth",
+                        help="the generator's masks, or the classical engine's on camera-like frames")
+    parser.add_argument("--before-kernel", metavar="FILE",
+                        help="a former kernels/regions.py to time beside today's (git show REV:kernels/regions.py)")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8,
                         help="grey levels of the enhanced frame (16: the 8-bit frame x 257, as a 16-bit camera's)")
     args = parser.parse_args()
@@ -178,19 +239,30 @@ def main() -> None:
 
     make = synth.generate if args.generator == "v2" else synth.generate_v3
     frames = []
-    for seed in range(1, args.frames + 1):
-        sample = make(height, width, seed=seed)
-        image = sample.image if args.bits == 8 else sample.image.astype(np.uint16) * 257
-        frames.append((np.ascontiguousarray(sample.mask), np.ascontiguousarray(image)))
+    if args.masks == "classical":
+        pairs = classical_masks(width, height, args.frames)
+    else:
+        samples = [make(height, width, seed=seed) for seed in range(1, args.frames + 1)]
+        pairs = [(sample.mask, sample.image) for sample in samples]
+    for mask, image8 in pairs:
+        image = image8 if args.bits == 8 else image8.astype(np.uint16) * 257
+        frames.append((np.ascontiguousarray(mask), np.ascontiguousarray(image)))
+    before_kernel = load_kernel(args.before_kernel) if args.before_kernel else None
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"numba {numba.__version__} ({numba.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}), OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads)"
           + (f", scikit-image {skimage_version}" if skimage_version else ", scikit-image: not run"))
-    print(f"frames: {len(frames)} x {width}x{height} synthetic {args.generator}, {args.bits}-bit, "
-          f"min_region_area_px={args.min_area}, {args.repeats} repeats each")
+    masks_from = ("the classical engine's masks of camera-like frames" if args.masks == "classical"
+                  else "the generator's masks")
+    print(f"frames: {len(frames)} x {width}x{height} synthetic {args.generator}, {masks_from}, {args.bits}-bit, "
+          f"min_region_area_px={args.min_area}, {args.repeats} repeats each"
+          + (f"; before: {args.before_kernel}" if args.before_kernel else ""))
 
-    names = ["measure (numba)", "measure (former: calcHist, BLAS, Region means)", "measure (OpenCV passes)", "region_table kernel"]
+    names = ["measure (numba)", "measure (numba), regions read", "measure (former: calcHist, BLAS, Region means)",
+             "measure (OpenCV passes)", "region_table kernel"]
+    if before_kernel:
+        names += ["measure (before)", "region_table kernel (before)"]
     if skimage_version:
         names.append("scikit-image regionprops")
     medians: dict[str, list[float]] = {name: [] for name in names}
@@ -207,6 +279,12 @@ def main() -> None:
             ):
                 msg = "measure differs from the former one (histogram by calcHist, means over the Region objects)"
                 raise SystemExit(msg)
+            if before_kernel and not tables_equal(
+                before_kernel(mask, (UNMELTED, PORE), min_area=args.min_area),
+                region_table(mask, (UNMELTED, PORE), min_area=args.min_area),
+            ):
+                msg = "the --before-kernel table differs from today's"
+                raise SystemExit(msg)
             if len(new.regions) != len(old.regions):
                 msg = f"region counts differ: numba {len(new.regions)}, OpenCV {len(old.regions)}"
                 raise SystemExit(msg)
@@ -216,11 +294,18 @@ def main() -> None:
             for _ in range(args.repeats):
                 per_frame["measure (numba)"].append(timed(lambda m=mask, e=enhanced: measure_module.measure(
                     m, e, um_per_px=UM_PER_PX, min_region_area_px=args.min_area)))
+                per_frame["measure (numba), regions read"].append(timed(lambda m=mask, e=enhanced: tuple(measure_module.measure(
+                    m, e, um_per_px=UM_PER_PX, min_region_area_px=args.min_area).regions)))
                 per_frame["measure (former: calcHist, BLAS, Region means)"].append(timed(
                     lambda m=mask, e=enhanced: summaries_from_regions_measure(m, e, args.min_area)))
                 per_frame["measure (OpenCV passes)"].append(timed(lambda m=mask, e=enhanced: opencv_measure(pool, m, e, args.min_area)))
                 per_frame["region_table kernel"].append(timed(lambda m=mask: region_table(
                     m, (UNMELTED, PORE), min_area=args.min_area)))
+                if before_kernel:
+                    per_frame["measure (before)"].append(timed(lambda m=mask, e=enhanced: summaries_from_regions_measure(
+                        m, e, args.min_area, before_kernel)))
+                    per_frame["region_table kernel (before)"].append(timed(lambda m=mask: before_kernel(
+                        m, (UNMELTED, PORE), min_area=args.min_area)))
                 if skimage_version:
                     per_frame["scikit-image regionprops"].append(timed(lambda m=mask: skimage_regionprops(m)))
             for name, times in per_frame.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -59,10 +60,14 @@ class Region:
 
 @dataclass(frozen=True)
 class Measurements:
-    """Numbers measured on one field; `metrics` is the flat name -> value map rules refer to."""
+    """Numbers measured on one field; `metrics` is the flat name -> value map rules refer to.
+
+    `regions` is a tuple or any read-only sequence equal to one (`measure` returns one that
+    makes its `Region` objects only when read).
+    """
 
     metrics: dict[str, float]
-    regions: tuple[Region, ...] = ()
+    regions: Sequence[Region] = ()
 
 
 class VerdictResult(str, enum.Enum):

@@ -46,7 +46,9 @@ regions`) exactly in every field but solidity, whose hull length may differ in s
 order (~1e-15 relative). On a 2560x1920 frame with ~2,600 regions this takes about 2.3x less
 time and CPU than the former OpenCV passes on the 2-core box (`bench/measure_bench.py`,
 `bench/RESULTS.md`); a frozen `Region` costs ~3 µs through its constructor, so regions are
-built by filling their fields by name (`_new_region`).
+built by filling their fields by name (`_new_region`), and only when someone reads them
+(`TableRegions`): the daemon judges and publishes from the metrics alone, and making the
+~4,500 `Region` objects of a classical engine's frame took ~6-9 ms of its measure stage.
 
 Example:
     >>> import numpy as np, cv2
@@ -62,7 +64,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -113,13 +115,13 @@ def measure(
     metrics["entropy_bits"], metrics["variance"] = _texture(joint_hist.sum(axis=0))
 
     table = region_table(mask, _REGION_CLASSES, min_area=min_region_area_px, connectivity=8)
-    columns = _region_columns(table, um_per_px)
+    columns = _region_arrays(table, um_per_px)
     first = 0
     for slot, c in enumerate(_REGION_CLASSES):
         stop = first + int(np.count_nonzero(table.class_value == c))
         metrics.update(_column_summary(CLASS_NAMES[c], columns, first, stop, int(table.small_counts[slot])))
         first = stop
-    return Measurements(metrics=metrics, regions=_regions_from_columns(columns))
+    return Measurements(metrics=metrics, regions=TableRegions(columns))
 
 
 def _opencv_region_rows(mask: np.ndarray, um_per_px: float, min_region_area_px: int) -> tuple[list[dict], dict[str, int]]:
@@ -213,11 +215,11 @@ def _texture(grey_hist: np.ndarray) -> tuple[float, float]:
     return entropy, variance
 
 
-def _region_columns(table: RegionTable, um_per_px: float) -> dict[str, list]:
-    """Every `Region` field as a list of plain Python values, one entry per region, in field
-    order, from the kernel's table (already ordered: unmelted then pores, each in label order),
-    numbered 1..N. Derived columns are whole-array numpy; `_regions_from_columns` makes one
-    Python object per region only at the end."""
+def _region_arrays(table: RegionTable, um_per_px: float) -> dict[str, np.ndarray]:
+    """Every `Region` field as one numpy array, in field order, from the kernel's table (already
+    ordered: unmelted then pores, each in label order), numbered 1..N. Whole-array arithmetic;
+    Python values and `Region` objects are made only when someone reads the regions
+    (`TableRegions`)."""
     area = table.area_px.astype(np.float64)
     eq_diameter_px = np.sqrt(4.0 * area / math.pi)
     perimeter_px = table.perimeter_px
@@ -228,48 +230,99 @@ def _region_columns(table: RegionTable, um_per_px: float) -> dict[str, list]:
     m00, m10, m01, m20, m02, m11 = table.moments.T
     n = table.area_px.size
     columns = {
-        "label": range(1, n + 1),
-        "class_name": _CLASS_NAME_OF_VALUE[table.class_value].tolist(),
-        "area_px": table.area_px.tolist(),
-        "area_um2": (area * um_per_px * um_per_px).tolist(),
-        "bbox_x": table.bbox_x.tolist(),
-        "bbox_y": table.bbox_y.tolist(),
-        "bbox_width_px": table.bbox_width_px.tolist(),
-        "bbox_height_px": table.bbox_height_px.tolist(),
-        "aspect_ratio": _moment_aspect_ratio(m00, m10, m01, m20, m02, m11).tolist(),
-        "equivalent_diameter_px": eq_diameter_px.tolist(),
-        "equivalent_diameter_um": (eq_diameter_px * um_per_px).tolist(),
-        "perimeter_px": perimeter_px.tolist(),
-        "perimeter_um": (perimeter_px * um_per_px).tolist(),
-        "circularity": circularity.tolist(),
-        "solidity": np.minimum(1.0, area / hull_pixels).tolist(),
-        "centroid_x": table.centroid_x.tolist(),
-        "centroid_y": table.centroid_y.tolist(),
+        "label": np.arange(1, n + 1),
+        "class_name": _CLASS_NAME_OF_VALUE[table.class_value],
+        "area_px": table.area_px,
+        "area_um2": area * um_per_px * um_per_px,
+        "bbox_x": table.bbox_x,
+        "bbox_y": table.bbox_y,
+        "bbox_width_px": table.bbox_width_px,
+        "bbox_height_px": table.bbox_height_px,
+        "aspect_ratio": _moment_aspect_ratio(m00, m10, m01, m20, m02, m11),
+        "equivalent_diameter_px": eq_diameter_px,
+        "equivalent_diameter_um": eq_diameter_px * um_per_px,
+        "perimeter_px": perimeter_px,
+        "perimeter_um": perimeter_px * um_per_px,
+        "circularity": circularity,
+        "solidity": np.minimum(1.0, area / hull_pixels),
+        "centroid_x": table.centroid_x,
+        "centroid_y": table.centroid_y,
     }
     if tuple(columns) != _REGION_FIELDS:  # in field order too: the instance dict then reads as the constructor's
-        msg = f"Region fields changed: {_REGION_FIELDS}; update measure._region_columns"
+        msg = f"Region fields changed: {_REGION_FIELDS}; update measure._region_arrays"
         raise RuntimeError(msg)
     return columns
 
 
-def _regions_from_columns(columns: dict[str, list]) -> tuple[Region, ...]:
-    names = tuple(columns)
-    return tuple(_new_region(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True))
+class TableRegions(Sequence[Region]):
+    """A frame's regions as a read-only sequence of `Region`, made from the table's columns
+    the first time anyone reads them, then kept.
+
+    Why: the daemon judges and publishes a frame from its metrics alone; building ~4,500
+    `Region` objects it never reads cost ~6 ms of a classical frame's measure stage. Reports,
+    the web page and regrade read them as before. It compares equal to the tuple of the same
+    regions (and a tuple to it), hashes and prints as that tuple, and pickles as a tuple.
+    """
+
+    __slots__ = ("_columns", "_regions")
+
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self._columns: dict[str, np.ndarray] | None = columns
+        self._regions: tuple[Region, ...] | None = None
+
+    def _built(self) -> tuple[Region, ...]:
+        regions = self._regions
+        if regions is None:
+            columns = self._columns
+            assert columns is not None
+            names = tuple(columns)
+            values = [column.tolist() for column in columns.values()]
+            regions = tuple(_new_region(zip(names, row, strict=True)) for row in zip(*values, strict=True))
+            # Two threads reading at once both build equal tuples; either assignment is right.
+            self._regions = regions
+            self._columns = None
+        return regions
+
+    def __len__(self) -> int:
+        regions = self._regions
+        if regions is not None:
+            return len(regions)
+        columns = self._columns
+        return 0 if columns is None else len(columns["label"])
+
+    def __getitem__(self, index):  # type: ignore[override]  # int -> Region, slice -> tuple
+        return self._built()[index]
+
+    def __iter__(self) -> Iterator[Region]:
+        return iter(self._built())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TableRegions):
+            other = other._built()
+        return self._built() == other if isinstance(other, tuple) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._built())
+
+    def __repr__(self) -> str:
+        return repr(self._built())
+
+    def __reduce__(self) -> tuple:
+        return tuple, (self._built(),)
 
 
-def _column_summary(class_name: str, columns: dict[str, list], first: int, stop: int, ignored: int) -> dict[str, float]:
+def _column_summary(class_name: str, columns: dict[str, np.ndarray], first: int, stop: int, ignored: int) -> dict[str, float]:
     """`_region_summary` of the regions first..stop-1, read from the columns instead of the
-    `Region` objects (the same values: `math.fsum` is exact, whatever the order): ~1 ms less
-    on a frame of ~2,600 regions than six passes of attribute look-ups."""
+    `Region` objects (the same values: `math.fsum` is exact, whatever the order)."""
     def mean(name: str) -> float:
-        values = columns[name][first:stop]
+        values = columns[name][first:stop].tolist()
         return math.fsum(values) / len(values) if values else 0.0
 
     return {
         f"{class_name}_count": float(stop - first),
         f"{class_name}_small_regions_ignored": float(ignored),
         f"{class_name}_mean_eq_diameter_um": mean("equivalent_diameter_um"),
-        f"{class_name}_max_eq_diameter_um": max(columns["equivalent_diameter_um"][first:stop], default=0.0),
+        f"{class_name}_max_eq_diameter_um": max(columns["equivalent_diameter_um"][first:stop].tolist(), default=0.0),
         f"{class_name}_mean_area_um2": mean("area_um2"),
         f"{class_name}_mean_circularity": mean("circularity"),
         f"{class_name}_mean_aspect_ratio": mean("aspect_ratio"),

@@ -138,10 +138,13 @@ class ItemOutcome(str, enum.Enum):
 def sha256_of_pixels(pixels: np.ndarray) -> str:
     """Hex sha256 of a frame's raw bytes (C order), the image hash a camera verdict carries.
 
+    The array's own buffer is hashed (the same bytes as `tobytes()`): no 5 MB copy of every
+    2560x1920 frame, ~1 ms less per frame at capture.
+
     >>> sha256_of_pixels(np.zeros((1, 1), np.uint8))[:12]
     '6e340b9cffb3'
     """
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(pixels)).hexdigest()
 
 
 @dataclass(frozen=True, eq=False)

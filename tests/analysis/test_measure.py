@@ -399,6 +399,33 @@ def test_regions_built_by_field_name_equal_the_constructors():
             region.area_px = 0  # type: ignore[misc]
 
 
+def test_regions_are_made_when_read_and_behave_as_their_tuple():
+    """`measure` leaves its `Region` objects unmade until read (the daemon reads only metrics);
+    read, they are the same plain-typed regions in any way a caller looks at them."""
+    import pickle
+
+    import inspectd.analysis.measure as measure_module
+
+    mask = _disc_mask((80, 80), [(30, 30), (60, 20)], 7, PORE)
+    mask[60:70, 5:40] = UNMELTED
+    result = measure(mask, _grey(mask.shape), um_per_px=0.5, min_region_area_px=1)
+    regions = result.regions
+    assert isinstance(regions, measure_module.TableRegions)
+    assert len(regions) == 3
+    assert regions._regions is None  # counting made no Region
+    as_tuple = tuple(regions)
+    assert [r.class_name for r in as_tuple] == ["unmelted", "pore", "pore"]
+    assert all(type(value) in (int, float, str) for r in as_tuple for value in vars(r).values())
+    assert regions == as_tuple and as_tuple == regions and regions != list(as_tuple)
+    assert regions[1] is as_tuple[1] and regions[1:] == as_tuple[1:] and regions[-1] in regions
+    assert hash(regions) == hash(as_tuple) and repr(regions) == repr(as_tuple)
+    again = measure(mask, _grey(mask.shape), um_per_px=0.5, min_region_area_px=1)
+    assert again == result  # Measurements compare through their regions
+    restored = pickle.loads(pickle.dumps(result))
+    assert restored == result and type(restored.regions) is tuple
+    assert measure(np.zeros((8, 8), np.uint8), _grey((8, 8)), um_per_px=1.0, min_region_area_px=1).regions == ()
+
+
 @pytest.mark.parametrize(("generator", "seed"), [("v2", 3), ("v3", 2)])
 def test_region_summaries_from_columns_equal_those_from_the_regions(generator, seed):
     """`measure` reads the per-class means from its columns; the `Region` objects give the same numbers."""

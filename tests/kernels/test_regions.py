@@ -232,6 +232,31 @@ def test_every_row_its_own_band():
         assert_matches_reference(mask, n_bands=mask.shape[0], n_items=5)
 
 
+def test_smooth_large_shapes_equal_opencv():
+    """Long gentle borders: support regions many steps wide and hulls of many dominant points
+    (the sorted-by-counting path), where random masks give mostly short ones."""
+    mask = np.zeros((700, 900), np.uint8)
+    for i, (cx, cy, a, b, angle) in enumerate([(150, 150, 120, 60, 17), (450, 140, 90, 89, 0), (720, 170, 150, 40, 63),
+                                               (200, 480, 30, 170, 101), (560, 500, 200, 120, 149)]):
+        cv2.ellipse(mask, (cx, cy), (a, b), angle, 0, 360, 1 + i % 2, -1)
+    cv2.fillPoly(mask, [np.array([[760, 330], [890, 420], [800, 690], [700, 560]])], 1)
+    got = _table(mask)
+    offset = 0
+    for value in CLASSES:
+        n_labels, labels = cv2.connectedComponents((mask == value).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+        for label in range(1, n_labels):
+            contour = max(cv2.findContours((labels == label).view(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_TC89_L1)[0], key=len)
+            hull = cv2.convexHull(contour)
+            i = offset + label - 1
+            assert len(contour) > kr._HULL_INSERTION_SORT_MAX
+            assert got.perimeter_px[i] == cv2.arcLength(contour, True), i
+            assert got.hull_area_px[i] == pytest.approx(cv2.contourArea(hull), rel=HULL_REL)
+            assert got.hull_perimeter_px[i] == pytest.approx(cv2.arcLength(hull, True), rel=HULL_REL)
+        offset += n_labels - 1
+    assert offset == got.area_px.size >= 4
+
+
 def test_long_borders_grow_the_trace_buffer():
     """A comb's border is far longer than the first trace buffer; results stay OpenCV's."""
     mask = np.zeros((400, 420), np.uint8)
