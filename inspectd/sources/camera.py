@@ -363,9 +363,10 @@ class CameraSource(FrameSource):
         return True
 
     def _on_lost(self, reason: str) -> None:
+        # The state first: whoever sees the count or the event sees RECONNECTING too.
+        self._safe_state(SourceState.RECONNECTING, reason=reason)
         self._count("camera_lost")
         self._emit("camera_lost", Severity.WARNING, camera_id=self.camera_id, reason=reason)
-        self._safe_state(SourceState.RECONNECTING, reason=reason)
         self._disconnect(lost=True)  # may take seconds (a GigE device waits on GVCP retries)
         # Wait before reopening: a device that opens but fails every read must not spin.
         self._wait_answering_triggers(self._backoff.next())
