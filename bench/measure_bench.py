@@ -54,6 +54,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its O
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -173,6 +174,7 @@ def load_kernel(path: str) -> Callable[..., Any]:
         msg = f"--before-kernel: cannot load {path}"
         raise SystemExit(msg)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # numba's cache finds the module again by name
     spec.loader.exec_module(module)
     return module.region_table
 

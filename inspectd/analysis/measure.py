@@ -36,8 +36,9 @@ run-based connected-component labelling of both classes at once, parallel over b
 rows, that sums area, bbox, centroid and second moments over runs, then follows each kept
 region's outer border as OpenCV's `findContours` does and reduces it with a port of OpenCV's
 Teh-Chin approximation, so perimeters are OpenCV's to the last bit; the hull is taken over
-those few dominant points only. The grey histogram is one `cv2.calcHist` (a numba count for
-uint16 frames, where calcHist's 65536 bins cost ~8x more). No thread pool is
+those few dominant points only. The joint class / grey histogram is one numba count
+(`kernels.otsu.class_grey_histogram`: ~40 % less CPU than `cv2.calcHist` for uint8, ~8x
+less for uint16, where calcHist's 65536 bins cost most). No thread pool is
 kept between calls: the kernel runs on numba's threads for the duration of the call, so
 concurrent callers (pipeline workers) share the cores without a hidden shared queue. The
 table equals the former whole-frame OpenCV computation (`_opencv_region_rows`, kept as the
@@ -176,19 +177,17 @@ def _validate(mask: np.ndarray, enhanced: np.ndarray, um_per_px: float, min_regi
 def _class_grey_histogram(mask: np.ndarray, enhanced: np.ndarray) -> np.ndarray:
     """Joint histogram [class, grey level] in one pass (3x256 for uint8, 3x65536 for uint16).
 
-    uint8: one 2-D `cv2.calcHist`, ~1.6 ms on a 2560x1920 frame, where per-class masked
-    histograms plus `meanStdDev` took four passes and ~20 ms. uint16: calcHist's 65536-bin
-    path takes ~22 ms there, `kernels.otsu.class_grey_histogram` the same counts in ~2.7 ms.
+    `kernels.otsu.class_grey_histogram`: ~1.8 ms of one core on a 2560x1920 uint8 frame,
+    where one 2-D `cv2.calcHist` took ~3.2 ms of CPU and per-class masked histograms plus
+    `meanStdDev` four passes and ~20 ms; for uint16, ~2.7 ms where calcHist's 65536-bin
+    path takes ~22 ms.
     """
-    image = np.ascontiguousarray(enhanced)
-    if image.dtype == np.uint16:
-        return class_grey_histogram(mask, image, 3).astype(np.float64)
-    return _opencv_class_grey_histogram(mask, image)
+    return class_grey_histogram(mask, np.ascontiguousarray(enhanced), 3).astype(np.float64)
 
 
 def _opencv_class_grey_histogram(mask: np.ndarray, enhanced: np.ndarray) -> np.ndarray:
-    """The joint histogram by one `cv2.calcHist`, for both dtypes: what `measure` used for uint16
-    frames too before the kernel, kept as the reference (tests, `bench/measure_bench.py`)."""
+    """The joint histogram by one `cv2.calcHist`, for both dtypes: what `measure` used before
+    the kernel, kept as the reference (tests, `bench/measure_bench.py`)."""
     image = np.ascontiguousarray(enhanced)
     levels = 65536 if image.dtype == np.uint16 else 256
     classes = mask if image.dtype == np.uint8 else mask.astype(np.uint16)

@@ -30,6 +30,18 @@ def test_counts_equal_calchist(dtype):
         assert np.array_equal(got, calc_hist(classes, img, n_classes)), trial
 
 
+def test_uint8_counts_every_class_value_into_its_own_row():
+    """The uint8 count indexes a row per possible class value: 255 must neither spill into
+    another row nor be counted; frame sizes that are no multiple of four end right."""
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 3, 5, 4099):
+        img = rng.integers(0, 256, (1, size)).astype(np.uint8)
+        classes = rng.integers(0, 256, (1, size)).astype(np.uint8)
+        classes[0, -1] = 255
+        for n_classes in (1, 3, 255):
+            assert np.array_equal(class_grey_histogram(classes, img, n_classes), calc_hist(classes, img, n_classes))
+
+
 @pytest.mark.parametrize("n_chunks", [1, 2, 5])
 def test_any_number_of_chunks_gives_the_same_counts(n_chunks):
     rng = np.random.default_rng(2)
