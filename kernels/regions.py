@@ -241,7 +241,7 @@ def _region_sums(height, width, row_offsets, starts, ends, values, slot_of, pare
     for i in range(n_runs):
         labelled = slot_of[values[i]] != 0
         p = parent[i]
-        root = labelled and p == i
+        root = labelled & (p == i)
         first_run[n_regions] = i  # kept only when the run is a root
         inherited = region_of[p] if p != i else 0
         region_of[i] = (n_regions if root else inherited) if labelled else -1
@@ -526,7 +526,8 @@ def _support_regions(px, py, length, candidates, n_candidates, support, active, 
             d_num = cross[t]
             dist = chord[t]
             d = d_num * lk - dk_num * dist
-            stop = dist >= lk or (d_num > 0 and d <= 0) or (d_num < 0 and d >= 0)
+            # Bitwise, not `or`/`and`: short-circuit operators compile to the branches this avoids.
+            stop = (dist >= lk) | ((d_num > 0) & (d <= 0)) | ((d_num < 0) & (d >= 0))
             support[i] = k - stop
             active[kept] = i
             cross[kept] = dk_num
@@ -600,11 +601,11 @@ def _teh_chin_l1(codes, n, x0, y0, px, py, support, curvature, removed, candidat
     # Pass 3: a point with a one-point support survives only if it dominates both neighbours.
     for c in range(n_candidates):
         i = candidates[c]
-        if not removed[i] and support[i] == 1:
-            own = curvature[i]
-            if own <= curvature[_before(i, 1, length)] or own <= curvature[_after(i, 1, length)]:
-                curvature[i] = 0
-                removed[i] = True
+        own = curvature[i]
+        weak = (support[i] == 1) & ((own <= curvature[_before(i, 1, length)]) | (own <= curvature[_after(i, 1, length)]))
+        weak &= not removed[i]
+        curvature[i] = 0 if weak else own
+        removed[i] |= weak
     # Pass 4: clean up runs of adjacent surviving points.
     skip = False
     start = 0
