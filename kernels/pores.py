@@ -259,6 +259,8 @@ def _compact(mask, value, starts, first_run, bbox, min_solidity):
     capacity = _TRACE_START_CAPACITY
     codes = np.empty(capacity, dtype=np.int8)
     px, py, order, hx, hy = _point_buffers(capacity)
+    spare = np.empty(capacity + 1, dtype=np.int64)  # the hull's sorting work arrays
+    counts = np.empty(max(height, width) + 3, dtype=np.int64)
     for c in range(n):
         x0 = np.int64(starts[first_run[c]])
         y0 = bbox[c, 1]
@@ -267,6 +269,7 @@ def _compact(mask, value, starts, first_run, bbox, min_solidity):
         if codes.shape[0] > capacity:
             capacity = codes.shape[0]
             px, py, order, hx, hy = _point_buffers(capacity)
+            spare = np.empty(capacity + 1, dtype=np.int64)
         # CHAIN_APPROX_SIMPLE: the points where the chain turns (a lone pixel is one point).
         m = 0
         if length == 0:
@@ -292,7 +295,7 @@ def _compact(mask, value, starts, first_run, bbox, min_solidity):
         if pixels >= min_solidity * width_px * height_px:  # solidity >= extent: the hull lies in the bbox
             keep[c] = True
             continue
-        h = _convex_hull(px, py, m, order, hx, hy)
+        h = _convex_hull(px, py, m, order, hx, hy, spare, counts)
         keep[c] = pixels / _pixel_area(_polygon_area(hx, hy, h), _closed_length(hx, hy, h)) >= min_solidity
     return keep
 

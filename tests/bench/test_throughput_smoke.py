@@ -135,6 +135,7 @@ def test_machine_targets_and_plot(smoke_run):
     assert len(document["load_average"]["start"]) == 3
     names = [target["name"] for target in document["targets"]]
     assert any(name.startswith("classical >=") for name in names)
+    assert any(name.startswith("classical p50 latency <=") for name in names)
     assert all(isinstance(target["met"], bool) for target in document["targets"])
     assert document["accuracy_set"]["seed"] == accuracy.HELDOUT_SEED
     picture = cv2.imread(document["plot_path"])
