@@ -267,28 +267,21 @@ class TableRegions(Sequence[Region]):
     __slots__ = ("_columns", "_regions")
 
     def __init__(self, columns: dict[str, np.ndarray]) -> None:
-        self._columns: dict[str, np.ndarray] | None = columns
+        self._columns = columns  # kept: a reader racing the first build builds from them too
         self._regions: tuple[Region, ...] | None = None
 
     def _built(self) -> tuple[Region, ...]:
         regions = self._regions
         if regions is None:
-            columns = self._columns
-            assert columns is not None
-            names = tuple(columns)
-            values = [column.tolist() for column in columns.values()]
+            names = tuple(self._columns)
+            values = [column.tolist() for column in self._columns.values()]
             regions = tuple(_new_region(zip(names, row, strict=True)) for row in zip(*values, strict=True))
             # Two threads reading at once both build equal tuples; either assignment is right.
             self._regions = regions
-            self._columns = None
         return regions
 
     def __len__(self) -> int:
-        regions = self._regions
-        if regions is not None:
-            return len(regions)
-        columns = self._columns
-        return 0 if columns is None else len(columns["label"])
+        return len(self._columns["label"])
 
     def __getitem__(self, index):  # type: ignore[override]  # int -> Region, slice -> tuple
         return self._built()[index]

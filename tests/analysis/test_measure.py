@@ -426,6 +426,20 @@ def test_regions_are_made_when_read_and_behave_as_their_tuple():
     assert measure(np.zeros((8, 8), np.uint8), _grey((8, 8)), um_per_px=1.0, min_region_area_px=1).regions == ()
 
 
+def test_regions_read_by_threads_at_once_are_the_same():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inspectd.data import synth
+
+    mask = synth.generate_v3(300, 400, seed=4).mask
+    want = tuple(measure(mask, _grey(mask.shape), um_per_px=0.5, min_region_area_px=1).regions)
+    for _ in range(5):
+        fresh = measure(mask, _grey(mask.shape), um_per_px=0.5, min_region_area_px=1).regions
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            seen = list(pool.map(lambda _: (len(fresh), tuple(fresh), fresh[-1]), range(8)))
+        assert all(n == len(want) and regions == want and last == want[-1] for n, regions, last in seen)
+
+
 @pytest.mark.parametrize(("generator", "seed"), [("v2", 3), ("v3", 2)])
 def test_region_summaries_from_columns_equal_those_from_the_regions(generator, seed):
     """`measure` reads the per-class means from its columns; the `Region` objects give the same numbers."""
