@@ -436,7 +436,7 @@ def test_regions_read_by_threads_at_once_are_the_same():
     for _ in range(5):
         fresh = measure(mask, _grey(mask.shape), um_per_px=0.5, min_region_area_px=1).regions
         with ThreadPoolExecutor(max_workers=4) as pool:
-            seen = list(pool.map(lambda _: (len(fresh), tuple(fresh), fresh[-1]), range(8)))
+            seen = list(pool.map(lambda regions: (len(regions), tuple(regions), regions[-1]), [fresh] * 8))
         assert all(n == len(want) and regions == want and last == want[-1] for n, regions, last in seen)
 
 
