@@ -560,8 +560,11 @@ def _teh_chin_l1(codes, n, x0, y0, px, py, support, curvature, removed, candidat
 
     Ported pass for pass (point restore, support regions, non-maximum suppression,
     removal of weak points with a one-point support, and the clean-up of remaining runs
-    of neighbours), including its in-place updates, so the kept points are OpenCV's.
-    Work arrays hold n + 1 entries (pass 4 may append a copy of the first point).
+    of neighbours), including its in-place updates, so the kept points are OpenCV's; the
+    passes walk lists of candidate points instead of testing every point (module doc).
+    Work arrays hold n + 1 entries (pass 4 may append a copy of the first point):
+    ``support``, ``curvature``, ``removed``, ``candidates`` (point lists), and ``active``,
+    ``cross``, ``chord`` for `_support_regions`.
     Returns the number of points; the kept ones are compacted into px[:m], py[:m].
     """
     if n == 0:
