@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # browser tests drive it through Playwright).
 APT_PACKAGES := aravis-tools gir1.2-aravis-0.8 libgirepository1.0-dev libcairo2-dev pkg-config systemd chromium
 
-.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources gpu-check gpu-wheels clean
+.PHONY: venv system-deps demo test test-slow test-gpu-sim lint bench bench-throughput gpu-resources gpu-check gpu-wheels clean clean-kernel-cache
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -84,5 +84,11 @@ gpu-wheels: $(STAMP)
 	printf '%s\n' $(GPU_MACHINE_WHEELS) > .gpu-wheels/requirements.txt
 	@du -sh .gpu-wheels
 
-clean:
+# numba caches compiled kernels beside their sources and checks only the file of each cached
+# function: a kernel that calls a helper from another module (kernels/pores.py calls
+# kernels/regions.py's) keeps its old compile after only the helper's file changed.
+clean-kernel-cache:
+	find kernels inspectd -name '*.nbi' -delete -o -name '*.nbc' -delete
+
+clean: clean-kernel-cache
 	rm -rf $(VENV) build *.egg-info .pytest_cache
