@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def write_field_outputs(result: FrameResult, record: dict[str, Any], out_dir: Pa
     return written
 
 
-def write_regions_csv(path: Path, regions: tuple[Region, ...]) -> None:
+def write_regions_csv(path: Path, regions: Sequence[Region]) -> None:
     """One row per region; text cells go through `escaping.csv_cell`, since the table is
     opened in spreadsheets, which would run a cell starting with `=` as a formula."""
     columns = [f.name for f in dataclasses.fields(Region)]
