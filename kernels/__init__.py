@@ -41,24 +41,32 @@ __all__ = [
 ]
 
 
-def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
+def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto", keep_if=None):
     """Contrast-limited adaptive histogram equalisation of a 2-D uint8 or uint16 image.
 
     Matches ``cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(cols, rows)).apply(img)``
     within one grey level on either backend. ``tile_grid`` is ``(rows, cols)`` of tiles
     (numpy order) while OpenCV's ``tileGridSize`` is ``(cols, rows)``. ``clip_limit=0``
     disables clipping. Device-array input (CUDA backend) gives a device-array result.
+    ``keep_if``: a test of the image's grey histogram; True returns the image itself
+    (host images only; the CPU backend reads the histogram off its tile histograms).
 
     >>> import numpy as np, kernels
     >>> img = np.random.default_rng(0).integers(0, 256, (64, 96), dtype=np.uint8)
     >>> kernels.clahe(img, clip_limit=2.0, tile_grid=(4, 6), backend="cpu").shape
     (64, 96)
     """
-    if select_backend(backend, "clahe", on_device=is_device_array(img)) == "cuda":
+    on_device = is_device_array(img)
+    if keep_if is not None and on_device:
+        msg = "clahe: keep_if needs a host image (test the histogram before the upload)"
+        raise ValueError(msg)
+    if select_backend(backend, "clahe", on_device=on_device) == "cuda":
         from kernels.gpu_clahe import gpu_clahe
 
+        if keep_if is not None and keep_if(grey_histogram(img)):
+            return img
         return gpu_clahe(img, clip_limit, tile_grid)
-    return _cpu_clahe(img, clip_limit, tile_grid, backend="cpu")
+    return _cpu_clahe(img, clip_limit, tile_grid, backend="cpu", keep_if=keep_if)
 
 
 def otsu_threshold(img, backend="auto"):

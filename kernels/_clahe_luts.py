@@ -80,6 +80,22 @@ def tile_histograms(img, tiles_y, tiles_x, tile_h, tile_w, n_strips, lane_stride
     return partial
 
 
+@njit(nogil=True, cache=True)
+def image_histogram(partial, lane_stride, hist_size):
+    """The whole image's histogram (int64) from ``tile_histograms``' partials: their sum.
+
+    Equal to the image's own histogram only when the tiles cover it without padding (the
+    padded pixels of edge tiles are counted too otherwise); callers check that first.
+    """
+    hist = np.zeros(hist_size, dtype=np.int64)
+    n_lanes = 4 if lane_stride else 1
+    for item in range(partial.shape[0]):
+        for lane in range(n_lanes):
+            for i in range(hist_size):
+                hist[i] += partial[item, lane * lane_stride + i]
+    return hist
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def tile_luts(partial, n_tiles, n_strips, lane_stride, hist_size, clip, lut_scale, luts):
     """Merge, clip, redistribute and prefix-sum each tile's histogram, then write its LUT.

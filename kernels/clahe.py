@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels._clahe_interp import interpolate_direct, interpolate_row_blend_u8
-from kernels._clahe_luts import tile_histograms, tile_luts
+from kernels._clahe_luts import image_histogram, tile_histograms, tile_luts
 from kernels._threads import threads_for
 from kernels._validate import check_clahe_arguments, check_image
 from kernels.backend import resolve_backend
@@ -29,6 +29,7 @@ from kernels.config import (
     HIST_WORK_ITEMS_PER_THREAD,
     ROW_BAND_ROWS,
 )
+from kernels.otsu import checked_histogram
 
 
 def _tile_geometry(height, width, tiles_y, tiles_x):
@@ -45,8 +46,13 @@ def _tile_geometry(height, width, tiles_y, tiles_x):
     return padded_h // tiles_y, padded_w // tiles_x
 
 
-def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
+def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto", keep_if=None):
     """Contrast-limited adaptive histogram equalisation of a 2-D uint8 or uint16 image.
+
+    ``keep_if``: an optional test of the image's grey histogram (int64 counts, 256 bins for
+    uint8, 65536 for uint16); when it says True, the image itself is returned, not
+    equalised. Where the grid divides the image, the histogram is the sum of the tile
+    histograms CLAHE counts anyway, so the test costs no pass over the frame.
 
     Matches ``cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(cols, rows)).apply(img)``
     within one grey level. Note the order: ``tile_grid`` here is ``(rows, cols)`` of tiles
@@ -61,6 +67,7 @@ def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
     ((64, 96), dtype('uint8'))
     """
     resolve_backend(backend, "clahe")
+    given = img
     img = check_image(img, "clahe")
     clip_limit, tiles_y, tiles_x = check_clahe_arguments(clip_limit, tile_grid)
     hist_size = 256 if img.dtype == np.uint8 else 65536
@@ -90,6 +97,11 @@ def clahe(img, clip_limit=2.0, tile_grid=(8, 8), backend="auto"):
             )
             raise ValueError(msg)
         partial = tile_histograms(img, tiles_y, tiles_x, tile_h, tile_w, n_strips, lane_stride, hist_size)
+        if keep_if is not None:
+            unpadded = height % tiles_y == 0 and width % tiles_x == 0
+            counts = image_histogram(partial, lane_stride, hist_size) if unpadded else checked_histogram(img)
+            if keep_if(counts):
+                return given
         luts = np.empty((n_tiles, hist_size), dtype=img.dtype)
         tile_luts(partial, n_tiles, n_strips, lane_stride, hist_size, clip, lut_scale, luts)
         del partial

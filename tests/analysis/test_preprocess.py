@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -42,3 +43,19 @@ def test_the_check_can_be_switched_off_and_clahe_off_means_off():
     assert not needs_clahe(frame, PreprocessConfig())
     assert needs_clahe(frame, PreprocessConfig(clahe={"skip_if_enhanced": False}))
     assert not needs_clahe(frame // 2, PreprocessConfig(clahe={"enabled": False}))
+
+
+@pytest.mark.parametrize("denoise", ["none", "median"])
+@pytest.mark.parametrize("shape", [(256, 256), (251, 397)])  # the 8x8 grid divides the first only
+def test_enhance_decides_as_needs_clahe_does(shape, denoise):
+    """Without denoising `enhance` judges the frame on CLAHE's own tile histograms; the output
+    is what `needs_clahe` + CLAHE give, for camera frames and enhanced ones, 8 and 16 bit."""
+    cfg = PreprocessConfig(denoise=denoise)
+    raw = generate(*shape, seed=6).image
+    enhanced = kernels.clahe(raw, clip_limit=2.0, tile_grid=(8, 8), backend="cpu")
+    for frame in (raw, enhanced, raw.astype(np.uint16) * 16, enhanced.astype(np.uint16) * 257):
+        out = enhance(frame, cfg)
+        source = cv2.medianBlur(frame, 3) if denoise == "median" else frame
+        want = kernels.clahe(source, clip_limit=2.0, tile_grid=(8, 8), backend="cpu") if needs_clahe(frame, cfg) else source
+        assert not np.shares_memory(out, frame) and out.dtype == frame.dtype
+        assert np.array_equal(out, want)

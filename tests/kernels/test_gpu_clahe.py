@@ -190,3 +190,16 @@ def test_bad_device_input_is_refused():
 def test_docstring_example():
     result = doctest.testmod(gpu_clahe_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_keep_if_is_judged_on_the_host_histogram_and_refused_for_device_arrays():
+    img = random_image((40, 52), np.uint8, 3)
+    seen = []
+    assert kernels.clahe(img, clip_limit=2.0, tile_grid=(2, 2), backend="cuda",
+                         keep_if=lambda counts: seen.append(counts) or True) is img
+    assert np.array_equal(seen[0], kernels.grey_histogram(img))
+    out = kernels.clahe(img, clip_limit=2.0, tile_grid=(2, 2), backend="cuda", keep_if=lambda counts: False)
+    assert np.array_equal(kernels.to_host(out) if kernels.is_device_array(out) else out,
+                          kernels.to_host(gpu_clahe(img, 2.0, (2, 2))))
+    with pytest.raises(ValueError, match="host image"):
+        kernels.clahe(cuda.to_device(img), clip_limit=2.0, tile_grid=(2, 2), keep_if=lambda counts: True)

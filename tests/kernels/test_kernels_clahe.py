@@ -141,3 +141,19 @@ def test_interpolation_paths_agree():
     interpolate_row_blend_u8(img, luts, tiles_y, tiles_x, tile_h, tile_w, 4, blended)
     interpolate_direct(img, luts, tiles_y, tiles_x, tile_h, tile_w, direct)
     assert max_abs_diff(blended, direct) <= 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(64, 96), (61, 97)])  # a 4x6 grid divides the first only
+def test_keep_if_sees_the_image_histogram_and_keeps_the_image(shape, dtype):
+    img = make_image("random", shape, dtype)
+    seen = []
+
+    def keep(counts):
+        seen.append(counts)
+        return True
+
+    assert kernels.clahe(img, clip_limit=2.0, tile_grid=(4, 6), backend="cpu", keep_if=keep) is img
+    assert np.array_equal(seen[0], kernels.grey_histogram(img)) and seen[0].dtype == np.int64
+    equalised = kernels.clahe(img, clip_limit=2.0, tile_grid=(4, 6), backend="cpu", keep_if=lambda counts: False)
+    assert np.array_equal(equalised, kernels.clahe(img, clip_limit=2.0, tile_grid=(4, 6), backend="cpu"))
