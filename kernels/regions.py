@@ -695,6 +695,21 @@ def _closed_length(xs, ys, m):
 
 
 @njit(inline="always")
+def _counting_pass(keys, source, m, low, span, counts, dest):
+    """dest[:m] = the indices source[:m] stably ordered by keys[index], keys in low..low+span-1."""
+    counts[: span + 1] = 0
+    for t in range(m):
+        counts[keys[source[t]] - low + 1] += 1
+    for k in range(1, span + 1):
+        counts[k] += counts[k - 1]
+    for t in range(m):
+        i = source[t]
+        k = keys[i] - low
+        dest[counts[k]] = i
+        counts[k] += 1
+
+
+@njit(inline="always")
 def _sort_points(px, py, m, order, spare, counts):
     """order[:m] = the first m points sorted by (x, y): two stable counting sorts, by y then by
     x, over the points' own x and y ranges (a border's points span few rows and columns, so
@@ -708,27 +723,10 @@ def _sort_points(px, py, m, order, spare, counts):
         max_x = max(max_x, px[i])
         min_y = min(min_y, py[i])
         max_y = max(max_y, py[i])
-    span = max_y - min_y + 1
-    counts[: span + 1] = 0
     for i in range(m):
-        counts[py[i] - min_y + 1] += 1
-    for k in range(1, span + 1):
-        counts[k] += counts[k - 1]
-    for i in range(m):
-        k = py[i] - min_y
-        spare[counts[k]] = i
-        counts[k] += 1
-    span = max_x - min_x + 1
-    counts[: span + 1] = 0
-    for i in range(m):
-        counts[px[i] - min_x + 1] += 1
-    for k in range(1, span + 1):
-        counts[k] += counts[k - 1]
-    for t in range(m):
-        i = spare[t]
-        k = px[i] - min_x
-        order[counts[k]] = i
-        counts[k] += 1
+        order[i] = i
+    _counting_pass(py, order, m, min_y, max_y - min_y + 1, counts, spare)
+    _counting_pass(px, spare, m, min_x, max_x - min_x + 1, counts, order)
 
 
 @njit(nogil=True, cache=True)
