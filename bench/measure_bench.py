@@ -89,6 +89,20 @@ def opencv_measure(pool: ThreadPoolExecutor, mask: np.ndarray, enhanced: np.ndar
         pool.submit(measure_module._opencv_class_rows, (mask == c).view(np.uint8), UM_PER_PX, min_area)
         for c in (UNMELTED, PORE)
     ]
+    metrics = former_pixel_metrics(mask, enhanced)
+    regions: list[Region] = []
+    for c, future in zip((UNMELTED, PORE), pending, strict=True):
+        rows, ignored = future.result()
+        # Positional, as the former code built them (the rows hold the fields in field order).
+        class_regions = [Region(len(regions) + i + 1, CLASS_NAMES[c], *row.values()) for i, row in enumerate(rows)]
+        regions.extend(class_regions)
+        metrics.update(measure_module._region_summary(CLASS_NAMES[c], class_regions, ignored))
+    return Measurements(metrics=metrics, regions=tuple(regions))
+
+
+def former_pixel_metrics(mask: np.ndarray, enhanced: np.ndarray) -> dict[str, float]:
+    """The fractions, areas and texture as the former `measure` formed them (`cv2.calcHist`,
+    `former_texture`), for both reference rows."""
     joint_hist = measure_module._opencv_class_grey_histogram(mask, enhanced)
     pixel_counts = joint_hist.sum(axis=1)
     um2 = UM_PER_PX * UM_PER_PX
@@ -100,14 +114,7 @@ def opencv_measure(pool: ThreadPoolExecutor, mask: np.ndarray, enhanced: np.ndar
         metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2
         metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = former_texture(joint_hist[c])
     metrics["entropy_bits"], metrics["variance"] = former_texture(joint_hist.sum(axis=0))
-    regions: list[Region] = []
-    for c, future in zip((UNMELTED, PORE), pending, strict=True):
-        rows, ignored = future.result()
-        # Positional, as the former code built them (the rows hold the fields in field order).
-        class_regions = [Region(len(regions) + i + 1, CLASS_NAMES[c], *row.values()) for i, row in enumerate(rows)]
-        regions.extend(class_regions)
-        metrics.update(measure_module._region_summary(CLASS_NAMES[c], class_regions, ignored))
-    return Measurements(metrics=metrics, regions=tuple(regions))
+    return metrics
 
 
 def former_texture(grey_hist: np.ndarray) -> tuple[float, float]:
@@ -130,17 +137,7 @@ def summaries_from_regions_measure(mask: np.ndarray, enhanced: np.ndarray, min_a
     table (from `kernel`) and every `Region` made, the means then taken over the `Region`
     objects (`_region_summary`)."""
     measure_module._validate(mask, enhanced, UM_PER_PX, min_area)
-    joint_hist = measure_module._opencv_class_grey_histogram(mask, enhanced)
-    pixel_counts = joint_hist.sum(axis=1)
-    um2 = UM_PER_PX * UM_PER_PX
-    metrics: dict[str, float] = {"image_area_um2": mask.size * um2}
-    for c in (MELTED, UNMELTED, PORE):
-        name = CLASS_NAMES[c]
-        key = "porosity_pct" if c == PORE else f"{name}_fraction_pct"
-        metrics[key] = 100.0 * float(pixel_counts[c]) / mask.size
-        metrics[f"{name}_area_um2"] = float(pixel_counts[c]) * um2
-        metrics[f"{name}_entropy_bits"], metrics[f"{name}_variance"] = former_texture(joint_hist[c])
-    metrics["entropy_bits"], metrics["variance"] = former_texture(joint_hist.sum(axis=0))
+    metrics = former_pixel_metrics(mask, enhanced)
     table = kernel(mask, (UNMELTED, PORE), min_area=min_area, connectivity=8)
     regions = tuple(measure_module.TableRegions(measure_module._region_arrays(table, UM_PER_PX)))
     first = 0

@@ -473,6 +473,17 @@ def _after(i, j, length):
 
 
 @njit(inline="always")
+def _cross_and_chord(px, py, i, back, ahead):
+    """(a x (a + b), |a + b|^2) for a = p_i - p_back, b = p_ahead - p_i: the cross product
+    Teh-Chin compares (a x b = a x (a + b)) and the squared chord from p_back to p_ahead."""
+    ax = px[i] - px[back]
+    ay = py[i] - py[back]
+    dx = px[ahead] - px[back]
+    dy = py[ahead] - py[back]
+    return ax * dy - ay * dx, dx * dx + dy * dy
+
+
+@njit(inline="always")
 def _support_regions(px, py, length, candidates, n_candidates, support, active, cross, chord):
     """Teh-Chin support region of every listed point (OpenCV's ``calc_support``, same integer
     arithmetic), all points one k at a time.
@@ -496,16 +507,9 @@ def _support_regions(px, py, length, candidates, n_candidates, support, active, 
         i = candidates[c]
         back = i - 1 if i > 0 else length - 1
         ahead = i + 1 if i + 1 < length else 0
-        ax = px[i] - px[back]
-        ay = py[i] - py[back]
-        bx = px[ahead] - px[i]
-        by = py[ahead] - py[i]
-        dx = ax + bx
-        dy = ay + by
         support[i] = 1
         active[n_active] = i
-        cross[n_active] = ax * dy - ay * dx
-        chord[n_active] = dx * dx + dy * dy
+        cross[n_active], chord[n_active] = _cross_and_chord(px, py, i, back, ahead)
         n_active += 1
     k = 2
     while n_active > 0 and k <= length:
@@ -516,14 +520,7 @@ def _support_regions(px, py, length, candidates, n_candidates, support, active, 
             back += length if back < 0 else 0
             ahead = i + k
             ahead -= length if ahead >= length else 0
-            ax = px[i] - px[back]
-            ay = py[i] - py[back]
-            bx = px[ahead] - px[i]
-            by = py[ahead] - py[i]
-            dx = ax + bx
-            dy = ay + by
-            lk = dx * dx + dy * dy
-            dk_num = ax * dy - ay * dx
+            dk_num, lk = _cross_and_chord(px, py, i, back, ahead)
             d_num = cross[t]
             dist = chord[t]
             d = d_num * lk - dk_num * dist
