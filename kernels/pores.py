@@ -36,9 +36,10 @@ How, and why this way:
   is one) by Andrew's monotone chain, collinear points dropped, as ``cv2.convexHull``.
 * The comparisons are made in the same float64 operations, in the same order, as the
   Python they replace, so a region on the threshold goes the same way.
-* Optionally the kept regions then grow into a second mask (``grow_into``), as rounds of
-  ``cv2.dilate`` by the 3x3 cross and ``cv2.bitwise_and`` would: each region on its own
-  small window, since a dilation of a union is the union of the dilations.
+* Optionally the kept regions then grow into a second mask (``grow_into``), or into the
+  pixels of a grey image darker than a level (``grow_below``), as rounds of ``cv2.dilate``
+  by the 3x3 cross and ``cv2.bitwise_and`` would: each region on its own small window,
+  seeded from its own runs, since a dilation of a union is the union of the dilations.
 
 Memory: five arrays of one entry per run (tens of thousands on a micrograph; at most one
 per pixel), plus the output frame. Pure functions over arrays: no config, logging or I/O.
@@ -56,10 +57,13 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
 from kernels._threads import threads_for
+from kernels._validate import check_real
 from kernels.regions import (
     _DX,
     _DY,
@@ -314,18 +318,47 @@ def _paint(row_offsets, starts, ends, closure_of, keep, fill_value, n_bands, out
 
 
 @njit(nogil=True, cache=True)
-def _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into, grow_px, fill_value, out):
-    """Grow every kept closure ``grow_px`` times into ``grow_into`` and write the result.
+def _runs_by_closure(row_offsets, closure_of, keep):
+    """(offsets, runs, rows): the runs of kept closure c are runs[offsets[c]:offsets[c + 1]],
+    in raster order, on rows rows[offsets[c]:offsets[c + 1]]; other closures list none. A
+    counting sort, so seeding a closure's window reads its own runs, not every run of every
+    row its bbox spans."""
+    n = keep.shape[0]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for i in range(closure_of.shape[0]):
+        c = closure_of[i]
+        if c >= 0 and keep[c]:
+            offsets[c + 1] += 1
+    for c in range(n):
+        offsets[c + 1] += offsets[c]
+    runs = np.empty(offsets[n], dtype=np.int64)
+    rows = np.empty(offsets[n], dtype=np.int64)
+    cursor = offsets[:n].copy()
+    for y in range(row_offsets.shape[0] - 1):
+        for i in range(row_offsets[y], row_offsets[y + 1]):
+            c = closure_of[i]
+            if c >= 0 and keep[c]:
+                runs[cursor[c]] = i
+                rows[cursor[c]] = y
+                cursor[c] += 1
+    return offsets, runs, rows
 
-    Each step is a dilation by the 3x3 cross followed by an AND with ``grow_into`` (so the
-    closure's own pixels stay only where ``grow_into`` holds them too), as
-    ``cv2.bitwise_and(cv2.dilate(m, cross), grow_into)`` repeated on the whole frame. A
+
+@njit(nogil=True, cache=True)
+def _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into, lowest, past, grow_px, fill_value, out):
+    """Grow every kept closure ``grow_px`` times into the pixels of ``grow_into`` whose value v
+    has ``lowest <= v < past``, and write the result.
+
+    Each step is a dilation by the 3x3 cross followed by an AND with those pixels (so the
+    closure's own pixels stay only where they qualify too), as
+    ``cv2.bitwise_and(cv2.dilate(m, cross), allowed)`` repeated on the whole frame. A
     dilation of a union is the union of the dilations, so each closure grows on its own
     bbox widened by ``grow_px`` and the results are ORed together: work in proportion to
     the pores, not the frame. Windows of neighbouring closures may overlap, hence one thread.
     """
     height, width = out.shape
     n = keep.shape[0]
+    offsets, runs, rows = _runs_by_closure(row_offsets, closure_of, keep)
     # One set of window buffers, as large as the largest window, with a one-pixel zero frame
     # (the cross then needs no bounds checks): no allocation per pore.
     max_h = 1
@@ -351,11 +384,11 @@ def _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into
         for yy in range(h):
             source = grow_into[y0 + yy]
             for xx in range(w):
-                allowed[yy, xx] = np.uint8(source[x0 + xx] != 0)
-        for y in range(bbox[c, 1], bbox[c, 3] + 1):
-            for i in range(row_offsets[y], row_offsets[y + 1]):
-                if closure_of[i] == c:
-                    cur[y - y0 + 1, starts[i] - x0 + 1:ends[i] - x0 + 2] = 1
+                v = source[x0 + xx]
+                allowed[yy, xx] = np.uint8(v >= lowest) & np.uint8(v < past)
+        for t in range(offsets[c], offsets[c + 1]):
+            i = runs[t]
+            cur[rows[t] - y0 + 1, starts[i] - x0 + 1:ends[i] - x0 + 2] = 1
         for _ in range(grow_px):
             for yy in range(1, h + 1):
                 above = cur[yy - 1]
@@ -374,15 +407,20 @@ def _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into
                     target[x0 + xx] = fill_value
 
 
-def compact_fill(mask, min_solidity, value=255, fill_value=255, grow_into=None, grow_px=0):
+def compact_fill(mask, min_solidity, value=255, fill_value=255, grow_into=None, grow_px=0, grow_below=None, out=None):
     """``fill_value`` over the compact outermost regions of ``mask == value``, holes included (module doc).
 
     ``mask``: 2-D uint8; pixels equal to ``value`` are region, all others background.
     ``min_solidity``: in [0, 1]. ``grow_into``: an optional uint8 mask of the same shape;
     the kept regions then grow ``grow_px`` times by one pixel (3x3 cross) into its nonzero
     pixels and keep only what lies there, as ``grow_px`` rounds of
-    ``cv2.bitwise_and(cv2.dilate(out, cross), grow_into)`` would. Returns a new uint8 array
-    of the mask's shape.
+    ``cv2.bitwise_and(cv2.dilate(out, cross), grow_into)`` would. With ``grow_below`` (a
+    real number), ``grow_into`` is a grey image (uint8 or uint16) instead and the regions
+    grow into its pixels darker than ``grow_below``: the same as passing
+    ``cv2.compare(grow_into, ceil(grow_below), CMP_LT)``, without that full-frame pass (only
+    the pixels around kept regions are read). Returns a new uint8 array of the mask's shape,
+    or ``out`` (C-contiguous uint8 of the mask's shape) painted in place: its other pixels
+    keep their values, so painting pores into a class mask lays them over it in the same pass.
 
     >>> import numpy as np
     >>> ring = np.zeros((9, 9), np.uint8); ring[1:8, 1:8] = 1; ring[3:6, 3:6] = 0; ring[4, 4] = 1
@@ -390,6 +428,9 @@ def compact_fill(mask, min_solidity, value=255, fill_value=255, grow_into=None, 
     [0, 7, 7, 7, 7, 7, 7, 7, 0]
     >>> compact_fill(ring, 0.6, value=1, fill_value=7, grow_into=np.ones_like(ring), grow_px=1)[4].tolist()
     [7, 7, 7, 7, 7, 7, 7, 7, 7]
+    >>> grey = np.full((9, 9), 200, np.uint16); grey[:, :4] = 40
+    >>> compact_fill(ring, 0.6, value=1, fill_value=7, grow_into=grey, grow_below=50, grow_px=1)[4].tolist()
+    [7, 7, 7, 7, 0, 0, 0, 0, 0]
     """
     if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.dtype != np.uint8 or mask.size == 0:
         got = f"{mask.dtype} with shape {mask.shape}" if isinstance(mask, np.ndarray) else type(mask).__name__
@@ -406,25 +447,39 @@ def compact_fill(mask, min_solidity, value=255, fill_value=255, grow_into=None, 
     if isinstance(grow_px, bool) or not isinstance(grow_px, (int, np.integer)) or grow_px < 0:
         msg = f"compact_fill: grow_px must be an integer >= 0, got {grow_px!r}"
         raise ValueError(msg)
-    if grow_into is not None and (not isinstance(grow_into, np.ndarray) or grow_into.dtype != np.uint8
+    grey_ok = (np.uint8, np.uint16) if grow_below is not None else (np.uint8,)
+    if grow_into is not None and (not isinstance(grow_into, np.ndarray) or grow_into.dtype not in grey_ok
                                   or grow_into.shape != mask.shape):
         got = f"{grow_into.dtype} {grow_into.shape}" if isinstance(grow_into, np.ndarray) else type(grow_into).__name__
-        msg = f"compact_fill: grow_into must be a uint8 mask of shape {mask.shape}, got {got}"
+        kind = "a uint8 or uint16 grey image (with grow_below)" if grow_below is not None else "a uint8 mask"
+        msg = f"compact_fill: grow_into must be {kind} of shape {mask.shape}, got {got}"
         raise ValueError(msg)
-    if grow_into is None and grow_px:
-        msg = "compact_fill: grow_px needs grow_into (the pixels the regions may grow into)"
+    if grow_into is None and (grow_px or grow_below is not None):
+        msg = "compact_fill: grow_px and grow_below need grow_into (the pixels the regions may grow into)"
         raise ValueError(msg)
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != mask.shape
+                            or not out.flags.c_contiguous or not out.flags.writeable):
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        msg = f"compact_fill: out must be a writeable C-contiguous uint8 array of shape {mask.shape}, got {got}"
+        raise ValueError(msg)
+    if grow_below is None:
+        lowest, past = 1, 256  # a mask's nonzero pixels
+    else:
+        below = check_real(grow_below, "grow_below", "compact_fill")
+        lowest, past = 0, math.ceil(below)  # integer grey levels below `below`
     mask = np.ascontiguousarray(mask)
     if grow_into is not None:
         grow_into = np.ascontiguousarray(grow_into)
     with threads_for(mask.size) as threads:
         return _compact_fill(mask, value, solidity, fill_value, grow_into, int(grow_px),
-                             n_bands=max(1, min(threads, mask.shape[0])))
+                             n_bands=max(1, min(threads, mask.shape[0])), grow_range=(lowest, past), out=out)
 
 
-def _compact_fill(mask, value, min_solidity, fill_value, grow_into, grow_px, n_bands):
+def _compact_fill(mask, value, min_solidity, fill_value, grow_into, grow_px, n_bands, grow_range=(1, 256), out=None):
     """``compact_fill`` after its checks, for an explicit number of row bands (any count gives
-    the same mask; tests use that to cut many band boundaries)."""
+    the same mask; tests use that to cut many band boundaries). ``grow_range``: (lowest,
+    past) values of ``grow_into`` the regions may grow into; ``out``: the array to paint
+    (None: a new zero one)."""
     height, width = mask.shape
     row_runs = np.empty(height, dtype=np.int64)
     _count_runs(mask, np.uint8(value), n_bands, row_runs)
@@ -438,11 +493,14 @@ def _compact_fill(mask, value, min_solidity, fill_value, grow_into, grow_px, n_b
     _fill_and_link(mask, np.uint8(value), n_bands, row_offsets, starts, ends, inside, parent)
     closure_of, first_run, bbox = _closures(height, width, n_bands, row_offsets, starts, ends, inside, parent)
     keep = _compact(mask, np.uint8(value), starts, first_run, bbox, min_solidity)
-    out = np.zeros(mask.shape, dtype=np.uint8)
+    if out is None:
+        out = np.zeros(mask.shape, dtype=np.uint8)
     if not keep.any():
         return out
     if grow_into is None or grow_px == 0:
         _paint(row_offsets, starts, ends, closure_of, keep, np.uint8(fill_value), n_bands, out)
     else:
-        _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into, grow_px, np.uint8(fill_value), out)
+        lowest, past = grow_range
+        _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into, np.int64(lowest), np.int64(past),
+                        grow_px, np.uint8(fill_value), out)
     return out

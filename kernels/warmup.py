@@ -6,7 +6,8 @@ import numpy as np
 
 from kernels.clahe import clahe
 from kernels.guided import guided_argmax
-from kernels.otsu import class_grey_histogram, otsu_threshold
+from kernels.morphology import open_dark
+from kernels.otsu import class_grey_histogram, grey_histogram, otsu_threshold
 from kernels.pores import compact_fill
 from kernels.regions import region_table
 from kernels.texture import line_energies, patch_texture
@@ -31,10 +32,12 @@ def warm_up() -> None:
             clahe(img, clip_limit=2.0, tile_grid=(2, 3))
             clahe(img, clip_limit=0.0, tile_grid=(2, 2))
             otsu_threshold(img)
+            grey_histogram(img[::2, ::3])  # a strided sample (the frame statistics' histograms)
             class_grey_histogram((img % 3).astype(np.uint8), img, 3)
             threshold(img, 100)
             adaptive_threshold(img, 3, 0)
             guided_argmax(np.zeros((6, shape[0], shape[1]), np.float32), img, 4)
+            open_dark(img, 100, np.ones((5, 5), np.uint8))
     # measure's region pass: a two-class mask with regions on several bands of rows
     mask = (np.arange(64 * 64).reshape(64, 64) % 3).astype(np.uint8)
     region_table(mask, (1, 2))
@@ -42,6 +45,8 @@ def warm_up() -> None:
     dark = np.where(mask == 1, 255, 0).astype(np.uint8)
     compact_fill(dark, 0.6, value=255, fill_value=2)
     compact_fill(dark, 0.6, value=255, fill_value=2, grow_into=np.full_like(dark, 255), grow_px=2)
+    for grey in (mask * 100, mask.astype(np.uint16) * 25700):  # the pore filter's growth below a grey level
+        compact_fill(dark, 0.6, value=255, fill_value=2, grow_into=grey, grow_below=150, grow_px=2)
     patch_texture(mask)
     patch_texture(mask[8:40, 8:40])  # a patch cut from a frame: a strided view compiles apart
     derivative = np.ones((8, 8), np.float32)

@@ -100,6 +100,7 @@ import cv2
 import numpy as np
 
 from inspectd.errors import ConfigError
+from kernels.otsu import grey_histogram
 from kernels.texture import line_energies, patch_texture
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,12 @@ def _sample(image: np.ndarray) -> np.ndarray:
 
 def _histogram(pixels: np.ndarray) -> np.ndarray:
     """Probability of each grey level (256 or 65536 of them): uint16 keeps every level, so a
-    12-bit camera's frame in a 16-bit container is not reduced to 16 levels."""
-    counts = np.bincount(pixels.ravel(), minlength=256 if pixels.dtype == np.uint8 else 65536)
+    12-bit camera's frame in a 16-bit container is not reduced to 16 levels.
+
+    `kernels.grey_histogram` counts the strided sample where it lies; `np.bincount` needed a
+    contiguous copy widened to int64 first (~1 ms of CPU per frame for the two histograms).
+    """
+    counts = grey_histogram(pixels)
     return counts / counts.sum()
 
 

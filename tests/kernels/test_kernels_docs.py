@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["kernels.backend", "kernels.clahe", "kernels.otsu", "kernels.threshold", "kernels.warmup"]
+MODULES = ["kernels.backend", "kernels.clahe", "kernels.morphology", "kernels.otsu", "kernels.pores", "kernels.threshold", "kernels.warmup"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

@@ -8,6 +8,8 @@ cross and ``cv2.bitwise_and`` for the growth). Masks are compared pixel for pixe
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
@@ -117,6 +119,39 @@ def test_growth_equals_dilation_and_mask(grow_px):
         assert np.array_equal(got, want), trial
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_growth_below_a_grey_level_equals_growth_into_the_compared_mask(dtype):
+    """``grow_below``: the rim read from the grey image around each kept region equals the
+    growth into ``cv2.compare(grey, ceil(level), CMP_LT)`` computed on the whole frame."""
+    rng = np.random.default_rng(11)
+    top = int(np.iinfo(dtype).max) + 1
+    for trial in range(150):
+        shape = tuple(int(n) for n in rng.integers(1, 40, size=2))
+        mask = np.where(rng.random(shape) < rng.uniform(0.2, 0.8), 255, 0).astype(np.uint8)
+        grey = rng.integers(0, top, shape).astype(dtype)
+        level = float(rng.choice([-1.0, 0.0, top * 0.4 + 0.5, top * 0.8, top + 5.0]))
+        rim = np.where(grey.astype(np.int64) < math.ceil(level), 255, 0).astype(np.uint8)  # cv2.compare's result
+        want = compact_fill(mask, 0.6, fill_value=2, grow_into=rim, grow_px=2)
+        got = compact_fill(mask, 0.6, fill_value=2, grow_into=grey, grow_below=level, grow_px=2)
+        assert np.array_equal(got, want), trial
+
+
+def test_painting_into_a_given_array_lays_the_regions_over_it():
+    """``out``: the kept regions are painted into the caller's array, whose other pixels stay,
+    which is ``cv2.max`` of that array and the regions' own mask when fill_value is larger."""
+    rng = np.random.default_rng(4)
+    for trial in range(100):
+        shape = tuple(int(n) for n in rng.integers(1, 40, size=2))
+        mask = np.where(rng.random(shape) < rng.uniform(0.2, 0.8), 255, 0).astype(np.uint8)
+        grey = rng.integers(0, 256, shape).astype(np.uint8)
+        classes = rng.integers(0, 2, shape).astype(np.uint8)
+        for kwargs in ({}, {"grow_into": grey, "grow_below": 120, "grow_px": 2}):
+            want = cv2.max(classes, compact_fill(mask, 0.6, fill_value=2, **kwargs))
+            into = classes.copy()
+            got = compact_fill(mask, 0.6, fill_value=2, out=into, **kwargs)
+            assert got is into and np.array_equal(got, want), trial
+
+
 def test_other_mask_values_are_background():
     mask = np.zeros((20, 20), np.uint8)
     mask[2:9, 2:9] = 1
@@ -144,6 +179,13 @@ def test_empty_and_full_masks():
         ({"grow_px": 1}, "grow_into"),
         ({"grow_into": np.zeros((3, 4), np.uint8), "grow_px": 1}, "grow_into"),
         ({"grow_into": np.zeros((4, 4), np.uint8), "grow_px": -1}, "grow_px"),
+        ({"grow_into": np.zeros((4, 4), np.uint16), "grow_px": 1}, "uint8 mask"),
+        ({"grow_into": np.zeros((4, 4), np.float32), "grow_px": 1, "grow_below": 3}, "grey image"),
+        ({"grow_into": np.zeros((4, 4), np.uint8), "grow_px": 1, "grow_below": float("inf")}, "grow_below"),
+        ({"grow_below": 3}, "grow_into"),
+        ({"out": np.zeros((4, 5), np.uint8)}, "out must be"),
+        ({"out": np.zeros((4, 4), np.uint16)}, "out must be"),
+        ({"out": np.zeros((4, 8), np.uint8)[:, ::2]}, "out must be"),
     ],
 )
 def test_invalid_arguments_are_refused(kwargs, message):

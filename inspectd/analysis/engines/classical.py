@@ -15,8 +15,8 @@ levels (x257 for a 16-bit frame of the same scene).
    specks; closing by `close_radius_px` bridges gaps and fills narrow holes (both 0 by
    default).
 4. Pores: pixels strictly darker than `pore_level * otsu` on a barely smoothed copy (a 7 px
-   pore must not blur away), opened with a 1 px radius so one- and two-pixel-wide cracks
-   and inter-splat boundaries vanish, kept only where the dark component is compact
+   pore must not blur away), opened with the 5x5 disc (radius 2) so cracks and inter-splat
+   boundaries a few pixels wide vanish, kept only where the dark component is compact
    (solidity = pixel area / convex-hull pixel area >= `pore_min_solidity`), then grown up
    to 2 px into their blurred rim (pixels darker than `2 * pore_level * otsu`): hysteresis.
    Cracks stay melted matrix. Pores override the bright class (a pore in a particle is a pore).
@@ -38,11 +38,14 @@ grey threshold is not enough whatever the method (held-out IoU ~0.45); telling t
 by texture and outline is the U-Net's job.
 
 Speed, 2560x1920 uint8 v3 frames on the shared 2-core development box, default settings
-(`bench/classical_bench.py`): ~11 ms per call (smooth 1.4, one histogram for both
-thresholds 1.3, threshold 1.8, pores 6.6: the dark compare and OpenCV's opening ~3.5, then
-`kernels.compact_fill` ~3 for the labelling, the solidity test on ~800 dark components and
-the growth into the rim), where the former path (a second blur for the pores, the histogram
-counted twice, contours, hulls, a filled drawing and whole-frame dilations) took ~20 ms.
+(`bench/classical_bench.py`): ~7 ms per call, 11 ms of CPU (smooth 1.4, one histogram for
+both thresholds 1.3, threshold 1.7, pores 4.4: `kernels.morphology.open_dark` ~1 for the
+dark compare and the opening in one pass, then `kernels.compact_fill` ~3.3 for the labelling, the
+solidity test on ~800 dark components and the growth into the rim, read from the grey
+levels around each pore, painted straight into the bright mask). With OpenCV's compare and
+opening, a second compared frame for the rim and `cv2.max` it took ~10.4 ms (17 of CPU);
+the path before that (a second blur, the histogram counted twice, contours, hulls, a
+filled drawing and whole-frame dilations) ~19 ms.
 numba's OpenMP threads must not spin between the `kernels` calls while OpenCV's own threads
 want the cores (`analysis.choose_threading_layer` sets them passive).
 
@@ -74,6 +77,7 @@ from inspectd.analysis.engines.base import SegmentationEngine
 from inspectd.config import SlicConfig, StrictModel, ThresholdMethod
 from inspectd.types import PORE
 from kernels.min_error import minimum_error_from_histogram
+from kernels.morphology import open_dark
 from kernels.otsu import otsu_from_histogram
 from kernels.pores import compact_fill
 
@@ -189,9 +193,10 @@ def classify(enhanced: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
         )
     # With the default sigma (0.5) both passes want the same blur: it is computed once.
     pore_source = smoothed if cfg.smooth_sigma_px == _PORE_SMOOTH_SIGMA_PX else _smooth(enhanced, _PORE_SMOOTH_SIGMA_PX)
-    pores = _pores(pore_source, cfg.pore_level * otsu, cfg.pore_min_solidity)
-    # mask is 0/1 (melted/unmelted) and pores 0/PORE with PORE > 1: the maximum lays pores over.
-    return cv2.max(mask, pores)
+    # mask is 0/1 (melted/unmelted) and PORE > 1: painting the pores into it is the maximum of the
+    # two masks that `_pores_by_contours`' callers take (one full-frame pass and array less).
+    into = np.require(mask, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # the array itself: every step above makes a new one
+    return _pores(pore_source, cfg.pore_level * otsu, cfg.pore_min_solidity, into=into)
 
 
 def upper_otsu_threshold(smoothed: np.ndarray, otsu: int) -> int:
@@ -255,24 +260,26 @@ def _dark(image: np.ndarray, level: float) -> np.ndarray:
     return cv2.compare(image, math.ceil(level), cv2.CMP_LT)
 
 
-def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float) -> np.ndarray:
+def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float, into: np.ndarray | None = None) -> np.ndarray:
     """Dark, compact components (uint8 0/PORE), grown into their blurred rim; thin cracks are dropped.
 
-    Drawn with the class index itself, so laying them over the bright mask is one maximum.
+    Drawn with the class index itself; with `into` (a 0/1 class mask of the frame's own,
+    C-contiguous) they are painted over it in place and it is returned.
 
-    `kernels.pores.compact_fill` labels the opened dark mask once, keeps the outermost
-    components whose solidity passes, filled, and grows each into the rim around it only:
-    exactly what external contours, the per-contour test, a filled drawing and two
-    whole-frame dilations (`_pores_by_contours`, the former path) give.
+    `kernels.morphology.open_dark` finds the dark pixels and opens them in one pass
+    (OpenCV's compare and opening to the byte, ~2.5 ms less CPU); `kernels.pores.compact_fill` labels the
+    opened mask once, keeps the outermost components whose solidity passes, filled, and
+    grows each into the rim around it only, reading the grey levels there: exactly what
+    external contours, the per-contour test, a filled drawing and two whole-frame dilations
+    over a second compared frame (`_pores_by_contours`, the former path) give.
     """
-    dark = _dark(pore_source, dark_level)
-    if not cv2.hasNonZero(dark):  # stops at the first dark pixel, where `any` reads the whole frame
-        return dark  # all zeros
-    dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, _disk(_PORE_OPEN_RADIUS_PX))
+    dark = open_dark(pore_source, dark_level, _disk(_PORE_OPEN_RADIUS_PX))
+    if not cv2.hasNonZero(dark):  # stops at the first set pixel, where `any` reads the whole frame
+        return dark if into is None else into  # no pore
     # Optics blur a pore's edge: grow it into the adjacent, still fairly dark pixels, never
     # further than _PORE_GROW_PX (so it cannot run along a crack or a boundary).
-    rim = _dark(pore_source, _PORE_GROW_LEVEL_FACTOR * dark_level)
-    return compact_fill(dark, min_solidity, value=255, fill_value=PORE, grow_into=rim, grow_px=_PORE_GROW_PX)
+    return compact_fill(dark, min_solidity, value=255, fill_value=PORE, grow_into=pore_source,
+                        grow_below=_PORE_GROW_LEVEL_FACTOR * dark_level, grow_px=_PORE_GROW_PX, out=into)
 
 
 def _grow_into_rim(pores: np.ndarray, pore_source: np.ndarray, dark_level: float) -> np.ndarray:
