@@ -44,7 +44,7 @@ concurrent callers (pipeline workers) share the cores without a hidden shared qu
 table equals the former whole-frame OpenCV computation (`_opencv_region_rows`, kept as the
 reference for tests and benchmarks) and the per-region computation (`tests/naive.py:
 regions`) exactly in every field but solidity, whose hull length may differ in summation
-order (~1e-15 relative). On a 2560x1920 frame on the 2-core box this takes 11 ms with ~2,600
+order (~1e-15 relative). On a 2560x1920 frame on the 2-core box this takes 10-11 ms with ~2,600
 regions (the generator's masks) and 19 ms with ~4,500 (a classical engine's finer masks),
 3.6x and 5.2x less time than the former OpenCV passes (`bench/measure_bench.py`,
 `bench/RESULTS.md`); a frozen `Region` costs ~3 µs through its constructor, so regions are
@@ -178,8 +178,8 @@ def _validate(mask: np.ndarray, enhanced: np.ndarray, um_per_px: float, min_regi
 def _class_grey_histogram(mask: np.ndarray, enhanced: np.ndarray) -> np.ndarray:
     """Joint histogram [class, grey level] in one pass (3x256 for uint8, 3x65536 for uint16).
 
-    `kernels.otsu.class_grey_histogram`: ~1.8 ms of one core on a 2560x1920 uint8 frame,
-    where one 2-D `cv2.calcHist` took ~3.2 ms of CPU and per-class masked histograms plus
+    `kernels.otsu.class_grey_histogram`: ~1.1 ms on two threads (~2 ms of CPU) on a
+    2560x1920 uint8 frame, where one 2-D `cv2.calcHist` took ~3.2 ms of CPU and per-class masked histograms plus
     `meanStdDev` four passes and ~20 ms; for uint16, ~2.7 ms where calcHist's 65536-bin
     path takes ~22 ms.
     """

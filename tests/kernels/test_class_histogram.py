@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kernels.otsu import _class_histogram, class_grey_histogram
+from kernels.otsu import _class_histogram, _class_histogram_u8_chunks, class_grey_histogram
 
 
 def calc_hist(classes: np.ndarray, img: np.ndarray, n_classes: int) -> np.ndarray:
@@ -49,6 +49,10 @@ def test_any_number_of_chunks_gives_the_same_counts(n_chunks):
     classes = rng.integers(0, 4, img.shape).astype(np.uint8)
     got = _class_histogram(classes.ravel(), img.ravel(), np.int64(3), 65536, n_chunks)
     assert np.array_equal(got, calc_hist(classes, img, 3))
+    img8 = rng.integers(0, 256, (41, 53)).astype(np.uint8)  # 2173 pixels: chunks no multiple of four
+    classes8 = rng.integers(0, 5, img8.shape).astype(np.uint8)
+    got8 = _class_histogram_u8_chunks(classes8.ravel(), img8.ravel(), np.int64(3), n_chunks)
+    assert np.array_equal(got8, calc_hist(classes8, img8, 3))
 
 
 @pytest.mark.parametrize(
