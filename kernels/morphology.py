@@ -40,8 +40,9 @@ SET = 255
 
 
 @njit(inline="always")
-def _spans_and(row, spans, r):
-    """spans[w, x + r] = AND of row[x - w .. x + w] (row padded by r entries each side) for w = 1..r."""
+def _spans(row, spans, r, union):
+    """spans[w, x + r] = AND (``union``: OR) of row[x - w .. x + w] for w = 1.. (row padded by r
+    entries each side); spans[0] holds the row itself."""
     width = row.shape[0] - 2 * r
     for w in range(1, spans.shape[0]):
         # Views starting at index 0: an index with a run-time offset (x - w) would need
@@ -50,21 +51,12 @@ def _spans_and(row, spans, r):
         wider = spans[w, r:r + width]
         left = row[r - w:r - w + width]
         right = row[r + w:r + w + width]
-        for x in range(width):
-            wider[x] = narrower[x] & left[x] & right[x]
-
-
-@njit(inline="always")
-def _spans_or(row, spans, r):
-    """spans[w, x + r] = OR of row[x - w .. x + w] for w = 1..r (as `_spans_and`)."""
-    width = row.shape[0] - 2 * r
-    for w in range(1, spans.shape[0]):
-        narrower = spans[w - 1, r:r + width]
-        wider = spans[w, r:r + width]
-        left = row[r - w:r - w + width]
-        right = row[r + w:r + w + width]
-        for x in range(width):
-            wider[x] = narrower[x] | left[x] | right[x]
+        if union:  # the test is the same for the whole loop: the compiler takes it out
+            for x in range(width):
+                wider[x] = narrower[x] | left[x] | right[x]
+        else:
+            for x in range(width):
+                wider[x] = narrower[x] & left[x] & right[x]
 
 
 @njit(inline="always")
@@ -80,7 +72,7 @@ def _dark_row(image, y, darkest, r, spans):
     row = spans[0, r:r + source.shape[0]]
     for x in range(source.shape[0]):
         row[x] = np.uint8(source[x] <= darkest)
-    _spans_and(spans[0], spans, r)
+    _spans(spans[0], spans, r, False)
 
 
 @njit(inline="always")
@@ -102,7 +94,7 @@ def _eroded_row(dark, y, half_widths, r, height, spans):
         part = dark[(y - above + i) % ring, half_widths[i], r:r + width]
         for x in range(width):
             row[x] &= part[x]
-    _spans_or(spans[0], spans, r)
+    _spans(spans[0], spans, r, True)
 
 
 @njit(parallel=True, nogil=True, cache=True)
