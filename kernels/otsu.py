@@ -125,8 +125,8 @@ def grey_histogram(img):
 
     The same parallel counting as ``otsu_threshold``; the minimum-error threshold and the
     preprocess's enhanced-frame check read it instead of counting the frame their own way.
-    A strided view (``img[::5, ::5]``, a sample of a frame) is counted where it lies: copying
-    it first cost more than counting it.
+    A strided view (``img[::5, ::5]``, a sample of a frame) is counted where it lies, with no
+    copy made of it.
 
     >>> import numpy as np, kernels
     >>> kernels.grey_histogram(np.array([[0, 3, 3]], dtype=np.uint8))[:4].tolist()

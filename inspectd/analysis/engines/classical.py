@@ -40,9 +40,9 @@ by texture and outline is the U-Net's job.
 Speed, 2560x1920 uint8 v3 frames on the shared 2-core development box, default settings
 (`bench/classical_bench.py`): ~7 ms per call, 11 ms of CPU (smooth 1.4, one histogram for
 both thresholds 1.3, threshold 1.7, pores 4.4: `kernels.morphology.open_dark` ~1 for the
-dark compare and the opening in one pass, then `kernels.compact_fill` ~3.3 for the labelling, the
-solidity test on ~800 dark components and the growth into the rim, read from the grey
-levels around each pore, painted straight into the bright mask). With OpenCV's compare and
+dark compare and the opening in one pass, then `kernels.compact_fill` ~3.3 for the
+labelling, the solidity test on ~800 dark components and the growth into the rim, read
+from the grey levels around each pore, painted straight into the bright mask). With OpenCV's compare and
 opening, a second compared frame for the rim and `cv2.max` it took ~10.4 ms (17 of CPU);
 the path before that (a second blur, the histogram counted twice, contours, hulls, a
 filled drawing and whole-frame dilations) ~19 ms.
@@ -193,9 +193,10 @@ def classify(enhanced: np.ndarray, cfg: ClassicalConfig) -> np.ndarray:
         )
     # With the default sigma (0.5) both passes want the same blur: it is computed once.
     pore_source = smoothed if cfg.smooth_sigma_px == _PORE_SMOOTH_SIGMA_PX else _smooth(enhanced, _PORE_SMOOTH_SIGMA_PX)
-    # mask is 0/1 (melted/unmelted) and PORE > 1: painting the pores into it is the maximum of the
-    # two masks that `_pores_by_contours`' callers take (one full-frame pass and array less).
-    into = np.require(mask, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])  # the array itself: every step above makes a new one
+    # mask is 0/1 (melted/unmelted) and PORE > 1: painting the pores into it gives
+    # cv2.max(mask, pores) without that full-frame pass and array. Every step above returns a
+    # new array, so np.require hands back the mask itself.
+    into = np.require(mask, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
     return _pores(pore_source, cfg.pore_level * otsu, cfg.pore_min_solidity, into=into)
 
 
@@ -267,11 +268,12 @@ def _pores(pore_source: np.ndarray, dark_level: float, min_solidity: float, into
     C-contiguous) they are painted over it in place and it is returned.
 
     `kernels.morphology.open_dark` finds the dark pixels and opens them in one pass
-    (OpenCV's compare and opening to the byte, ~2.5 ms less CPU); `kernels.pores.compact_fill` labels the
-    opened mask once, keeps the outermost components whose solidity passes, filled, and
-    grows each into the rim around it only, reading the grey levels there: exactly what
-    external contours, the per-contour test, a filled drawing and two whole-frame dilations
-    over a second compared frame (`_pores_by_contours`, the former path) give.
+    (OpenCV's compare and opening to the byte, ~2.5 ms less CPU);
+    `kernels.pores.compact_fill` labels the opened mask once, keeps the outermost
+    components whose solidity passes, filled, and grows each into the rim around it only,
+    reading the grey levels there: exactly what external contours, the per-contour test, a
+    filled drawing and two whole-frame dilations over a second compared frame
+    (`_pores_by_contours`, the former path) give.
     """
     dark = open_dark(pore_source, dark_level, _disk(_PORE_OPEN_RADIUS_PX))
     if not cv2.hasNonZero(dark):  # stops at the first set pixel, where `any` reads the whole frame
