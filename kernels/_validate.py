@@ -9,12 +9,8 @@ import numpy as np
 SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 
 
-def check_image(img: object, kernel_name: str, *, contiguous: bool = True) -> np.ndarray:
-    """Return ``img`` as a C-contiguous, native-byte-order 2-D uint8/uint16 array, or raise ValueError.
-
-    ``contiguous=False``: a strided view of native byte order is returned as it is (no copy),
-    for a kernel that reads any strides.
-    """
+def check_image(img: object, kernel_name: str) -> np.ndarray:
+    """Return ``img`` as a C-contiguous, native-byte-order 2-D uint8/uint16 array, or raise ValueError."""
     if not isinstance(img, np.ndarray):
         msg = f"{kernel_name}: expected a numpy array, got {type(img).__name__}"
         raise ValueError(msg)
@@ -31,8 +27,6 @@ def check_image(img: object, kernel_name: str, *, contiguous: bool = True) -> np
     if native not in SUPPORTED_DTYPES:
         msg = f"{kernel_name}: expected dtype uint8 or uint16, got {img.dtype}"
         raise ValueError(msg)
-    if not contiguous and img.dtype == native:
-        return img
     return np.ascontiguousarray(img, dtype=native)
 
 

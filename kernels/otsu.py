@@ -125,50 +125,12 @@ def grey_histogram(img):
 
     The same parallel counting as ``otsu_threshold``; the minimum-error threshold and the
     preprocess's enhanced-frame check read it instead of counting the frame their own way.
-    A strided view (``img[::5, ::5]``, a sample of a frame) is counted where it lies, with no
-    copy made of it.
 
     >>> import numpy as np, kernels
     >>> kernels.grey_histogram(np.array([[0, 3, 3]], dtype=np.uint8))[:4].tolist()
     [1, 0, 0, 2]
-    >>> kernels.grey_histogram(np.array([[0, 3, 3], [7, 7, 7]], dtype=np.uint8)[:, ::2])[:8].tolist()
-    [1, 0, 0, 1, 0, 0, 0, 2]
     """
-    img = check_image(img, "grey_histogram", contiguous=False)
-    if img.flags.c_contiguous:
-        return checked_histogram(img)
-    with threads_for(img.size) as threads:
-        n_chunks = max(1, min(threads, img.size // OTSU_MIN_CHUNK_PIXELS, img.shape[0]))
-        return _histogram_strided(img, n_chunks, 256 if img.dtype == np.uint8 else 65536)
-
-
-@njit(parallel=True, nogil=True, cache=True)
-def _histogram_strided(img, n_chunks, n_levels):
-    """Histogram (int64, ``n_levels`` bins) of a 2-D image of any strides, bands of rows in parallel.
-
-    Four interleaved lanes per band (pixel x counts into lane x % 4), so neighbouring equal
-    pixels do not wait on one counter's store. Memory: 4 x ``n_levels`` int32 per band.
-    """
-    height, width = img.shape
-    partial = np.zeros((n_chunks, 4, n_levels), dtype=np.int32)
-    for chunk in prange(n_chunks):
-        lanes = partial[chunk]
-        quads = width // 4 * 4
-        for y in range(chunk * height // n_chunks, (chunk + 1) * height // n_chunks):
-            row = img[y]
-            for x in range(0, quads, 4):
-                lanes[0, row[x]] += 1
-                lanes[1, row[x + 1]] += 1
-                lanes[2, row[x + 2]] += 1
-                lanes[3, row[x + 3]] += 1
-            for x in range(quads, width):
-                lanes[0, row[x]] += 1
-    hist = np.zeros(n_levels, dtype=np.int64)
-    for chunk in range(n_chunks):
-        for lane in range(4):
-            for level in range(n_levels):
-                hist[level] += partial[chunk, lane, level]
-    return hist
+    return checked_histogram(check_image(img, "grey_histogram"))
 
 
 @njit(parallel=True, nogil=True, cache=True)

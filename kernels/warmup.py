@@ -7,7 +7,7 @@ import numpy as np
 from kernels.clahe import clahe
 from kernels.guided import guided_argmax
 from kernels.morphology import open_dark
-from kernels.otsu import class_grey_histogram, grey_histogram, otsu_threshold
+from kernels.otsu import class_grey_histogram, otsu_threshold
 from kernels.pores import compact_fill
 from kernels.regions import region_table
 from kernels.texture import line_energies, patch_texture
@@ -32,7 +32,6 @@ def warm_up() -> None:
             clahe(img, clip_limit=2.0, tile_grid=(2, 3))
             clahe(img, clip_limit=0.0, tile_grid=(2, 2))
             otsu_threshold(img)
-            grey_histogram(img[::2, ::3])  # a strided sample (the frame statistics' histograms)
             class_grey_histogram((img % 3).astype(np.uint8), img, 3)
             threshold(img, 100)
             adaptive_threshold(img, 3, 0)

@@ -100,7 +100,6 @@ import cv2
 import numpy as np
 
 from inspectd.errors import ConfigError
-from kernels.otsu import grey_histogram
 from kernels.texture import line_energies, patch_texture
 
 logger = logging.getLogger(__name__)
@@ -183,12 +182,8 @@ def _sample(image: np.ndarray) -> np.ndarray:
 
 def _histogram(pixels: np.ndarray) -> np.ndarray:
     """Probability of each grey level (256 or 65536 of them): uint16 keeps every level, so a
-    12-bit camera's frame in a 16-bit container is not reduced to 16 levels.
-
-    `kernels.grey_histogram` counts the strided sample where it lies; `np.bincount` needed a
-    contiguous copy of it widened to int64 first.
-    """
-    counts = grey_histogram(pixels)
+    12-bit camera's frame in a 16-bit container is not reduced to 16 levels."""
+    counts = np.bincount(pixels.ravel(), minlength=256 if pixels.dtype == np.uint8 else 65536)
     return counts / counts.sum()
 
 
