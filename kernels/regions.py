@@ -37,7 +37,8 @@ How, and why this way:
 * Most of the time goes to branches whose outcome depends on the data (run boundaries,
   where a support region ends, which points survive), mispredicted about every other time.
   The hot loops are written to avoid them: runs are found by a branch-free scan, support
-  regions grow one step per sweep over the points still growing, and the Teh-Chin passes
+  regions take their first six steps in a vectorised sweep over every point of the border
+  and then grow one step per sweep over the points still growing, and the Teh-Chin passes
   walk lists of candidate points built branch-free, and their tests use bitwise operators
   (Python's ``and`` / ``or`` compile to branches). The same table comes out; on a classical
   engine's mask (~4,500 kept regions) this took the kernel from 21.2 to 17.0 ms on 2 cores
@@ -68,6 +69,8 @@ _TRACE_START_CAPACITY = 1024
 # Work items per thread in the tracing pass: regions differ a lot in border length, and
 # interleaved items spread the long ones across threads.
 _TRACE_ITEMS_PER_THREAD = 8
+# Steps of every point's Teh-Chin support region taken by the vectorised sweep (`_support_sweep`).
+_SWEEP_K = 6
 # Hulls of up to this many dominant points sort them by insertion (no allocation).
 _HULL_INSERTION_SORT_MAX = 48
 # Hulls of more points than this sort them by counting (`_sort_points`).
@@ -365,6 +368,13 @@ def _point_buffers(capacity):
             np.empty(capacity + 2, dtype=np.int64))
 
 
+@njit(inline="always")
+def _sweep_buffers(capacity):
+    """(alive, ring_x, ring_y): `_support_sweep`'s work arrays for a border of up to ``capacity`` steps."""
+    return (np.empty(capacity + 1, dtype=np.int64), np.empty(capacity + 2 * _SWEEP_K + 1, dtype=np.float32),
+            np.empty(capacity + 2 * _SWEEP_K + 1, dtype=np.float32))
+
+
 @njit(nogil=True, cache=True)
 def _trace_fitting(mask, value, x0, y0, codes, inside, offsets):
     """``_trace_outer_border`` into ``codes``, doubled until the border fits: (codes, length).
@@ -484,7 +494,66 @@ def _cross_and_chord(px, py, i, back, ahead):
 
 
 @njit(inline="always")
-def _support_regions(px, py, length, candidates, n_candidates, support, active, cross, chord):
+def _support_sweep(px, py, length, curvature, support, cross, chord, alive, ring_x, ring_y):
+    """The first ``_SWEEP_K`` steps of every point's support region, all points at once.
+
+    Most support regions end within a few steps (on a classical engine's masks ~70 % of
+    them within three), and the compacting loop of `_support_regions` pays ~6 ns a step in
+    gathers and a data-dependent store. Here every point, candidate or not, takes every k
+    up to ``_SWEEP_K`` with the same tests, reading a ring copy of the border (``ring[j]``
+    = point ``j - _SWEEP_K`` around the curve, relative to the first point) at constant
+    offsets, so the loop over points vectorises (~0.5 ns a step). The copy is float32: for
+    k <= 6 every coordinate difference, cross product, chord and their products stays
+    below 2**17, where float32 holds integers exactly, and it gives twice the lanes of
+    int64 (and float multiplies where int64 has slow ones).
+    Leaves per point: ``support`` (0 off the candidates), whether its region is still
+    growing (``alive``) and the cross product and chord of its last step (``cross``,
+    ``chord``). Needs ``length >= _SWEEP_K``, so that no k wraps more than once.
+    """
+    wide = _SWEEP_K
+    x0 = px[0]
+    y0 = py[0]
+    for j in range(wide):
+        ring_x[j] = px[length - wide + j] - x0
+        ring_y[j] = py[length - wide + j] - y0
+        ring_x[wide + length + j] = px[j] - x0
+        ring_y[wide + length + j] = py[j] - y0
+    for i in range(length):
+        ring_x[wide + i] = px[i] - x0
+        ring_y[wide + i] = py[i] - y0
+    for i in range(length):
+        at_x = ring_x[i + wide]
+        at_y = ring_y[i + wide]
+        back_x = ring_x[i + wide - 1]
+        back_y = ring_y[i + wide - 1]
+        dx = ring_x[i + wide + 1] - back_x
+        dy = ring_y[i + wide + 1] - back_y
+        d_num = (at_x - back_x) * dy - (at_y - back_y) * dx
+        dist = dx * dx + dy * dy
+        grown = 1
+        growing = 1
+        for k in range(2, _SWEEP_K + 1):  # a constant count: unrolled, so the offsets are constants
+            back_x = ring_x[i + wide - k]
+            back_y = ring_y[i + wide - k]
+            dx = ring_x[i + wide + k] - back_x
+            dy = ring_y[i + wide + k] - back_y
+            dk_num = (at_x - back_x) * dy - (at_y - back_y) * dx
+            lk = dx * dx + dy * dy
+            d = d_num * lk - dk_num * dist
+            stop = (dist >= lk) | ((d_num > 0) & (d <= 0)) | ((d_num < 0) & (d >= 0))
+            growing &= 1 - stop
+            grown += growing
+            d_num = dk_num
+            dist = lk
+        listed = curvature[i] != 0
+        support[i] = grown * listed
+        alive[i] = growing * listed
+        cross[i] = np.int64(d_num)
+        chord[i] = np.int64(dist)
+
+
+@njit(inline="always")
+def _support_regions(px, py, length, curvature, candidates, n_candidates, support, active, cross, chord, alive, ring_x, ring_y):
     """Teh-Chin support region of every listed point (OpenCV's ``calc_support``, same integer
     arithmetic), all points one k at a time.
 
@@ -503,15 +572,27 @@ def _support_regions(px, py, length, candidates, n_candidates, support, active, 
     ``active``, ``cross`` and ``chord`` are work arrays of at least ``n_candidates`` entries.
     """
     n_active = 0
-    for c in range(n_candidates):  # k = 1 always belongs to the region
-        i = candidates[c]
-        back = i - 1 if i > 0 else length - 1
-        ahead = i + 1 if i + 1 < length else 0
-        support[i] = 1
-        active[n_active] = i
-        cross[n_active], chord[n_active] = _cross_and_chord(px, py, i, back, ahead)
-        n_active += 1
-    k = 2
+    if length >= _SWEEP_K:
+        _support_sweep(px, py, length, curvature, support, cross, chord, alive, ring_x, ring_y)
+        # The regions still growing continue below; cross and chord move from point index to
+        # list position, which is never past the point's index, so in place.
+        for c in range(n_candidates):
+            i = candidates[c]
+            active[n_active] = i
+            cross[n_active] = cross[i]
+            chord[n_active] = chord[i]
+            n_active += alive[i]
+        k = _SWEEP_K + 1
+    else:
+        for c in range(n_candidates):  # k = 1 always belongs to the region
+            i = candidates[c]
+            back = i - 1 if i > 0 else length - 1
+            ahead = i + 1 if i + 1 < length else 0
+            support[i] = 1
+            active[n_active] = i
+            cross[n_active], chord[n_active] = _cross_and_chord(px, py, i, back, ahead)
+            n_active += 1
+        k = 2
     while n_active > 0 and k <= length:
         kept = 0
         for t in range(n_active):
@@ -552,7 +633,7 @@ def _remove_between(removed, start, finish, length):
 
 
 @njit(nogil=True, cache=True)
-def _teh_chin_l1(codes, n, x0, y0, px, py, support, curvature, removed, candidates, active, cross, chord):
+def _teh_chin_l1(codes, n, x0, y0, px, py, support, curvature, removed, candidates, active, cross, chord, alive, ring_x, ring_y):
     """Dominant points of a closed chain: OpenCV's ``approximateChainTC89`` with L1 curvature.
 
     Ported pass for pass (point restore, support regions, non-maximum suppression,
@@ -586,7 +667,7 @@ def _teh_chin_l1(codes, n, x0, y0, px, py, support, curvature, removed, candidat
         y += _DY[cur]
     length = n
     # Pass 1: support region of every point with non-zero curvature.
-    _support_regions(px, py, length, candidates, n_candidates, support, active, cross, chord)
+    _support_regions(px, py, length, curvature, candidates, n_candidates, support, active, cross, chord, alive, ring_x, ring_y)
     # Pass 2: non-maximum suppression within half the support region (support 0 elsewhere).
     for c in range(n_candidates):
         i = candidates[c]
@@ -805,6 +886,7 @@ def _shapes(mask, values, start_xy, inside, n_items, perimeter, hull_area, hull_
         curvature = np.empty(capacity + 1, dtype=np.int64)
         removed = np.empty(capacity + 1, dtype=np.bool_)
         active = np.empty(capacity + 1, dtype=np.int64)
+        alive, ring_x, ring_y = _sweep_buffers(capacity)
         for r in range(item, n, n_items):
             x0 = start_xy[r, 0]
             y0 = start_xy[r, 1]
@@ -816,8 +898,9 @@ def _shapes(mask, values, start_xy, inside, n_items, perimeter, hull_area, hull_
                 curvature = np.empty(capacity + 1, dtype=np.int64)
                 removed = np.empty(capacity + 1, dtype=np.bool_)
                 active = np.empty(capacity + 1, dtype=np.int64)
+                alive, ring_x, ring_y = _sweep_buffers(capacity)
             # hx, hy serve as the support pass's work arrays before they hold the hull.
-            m = _teh_chin_l1(codes, length, x0, y0, px, py, support, curvature, removed, order, active, hx, hy)
+            m = _teh_chin_l1(codes, length, x0, y0, px, py, support, curvature, removed, order, active, hx, hy, alive, ring_x, ring_y)
             perimeter[r] = _closed_length(px, py, m)
             h = _convex_hull(px, py, m, order, hx, hy, support, counts)
             hull_area[r] = _polygon_area(hx, hy, h)
