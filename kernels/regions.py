@@ -239,22 +239,29 @@ def _region_sums(height, width, row_offsets, starts, ends, values, slot_of, pare
     n_runs = starts.shape[0]
     region_of = np.empty(n_runs, dtype=np.int64)
     first_run = np.empty(n_runs + 1, dtype=np.int64)
+    labelled_runs = np.empty(n_runs + 1, dtype=np.int64)
+    labelled_rows = np.empty(n_runs + 1, dtype=np.int64)
     n_regions = 0
+    n_labelled = 0
     # A run's parent index is below its own, so its parent's region is already known.
     # Branch-free (labelled and background runs alternate unpredictably): -1 for background.
-    for i in range(n_runs):
-        labelled = slot_of[values[i]] != 0
-        p = parent[i]
-        root = labelled & (p == i)
-        first_run[n_regions] = i  # kept only when the run is a root
-        inherited = region_of[p] if p != i else 0
-        region_of[i] = (n_regions if root else inherited) if labelled else -1
-        n_regions += root
-    # One extra slot takes the background runs' sums, so the loop below needs no branch.
+    # The labelled runs and their rows are listed on the way, so the sums below visit only
+    # them (about half the runs; adding the others into a spare row cost ~0.8 ms a frame).
+    for y in range(height):
+        for i in range(row_offsets[y], row_offsets[y + 1]):
+            labelled = slot_of[values[i]] != 0
+            p = parent[i]
+            root = labelled & (p == i)
+            first_run[n_regions] = i  # kept only when the run is a root
+            inherited = region_of[p] if p != i else 0
+            region_of[i] = (n_regions if root else inherited) if labelled else -1
+            n_regions += root
+            labelled_runs[n_labelled] = i  # kept only when the run is labelled
+            labelled_rows[n_labelled] = y
+            n_labelled += labelled
     # A region's numbers sit side by side in one row (two cache lines), not in eleven arrays.
-    sink = n_regions
     big = np.iinfo(np.int64).max
-    stats = np.zeros((n_regions + 1, 11), dtype=np.int64)  # area, left, top, right, bottom, x, y, xx, yy, xy, key
+    stats = np.zeros((n_regions, 11), dtype=np.int64)  # area, left, top, right, bottom, x, y, xx, yy, xy, key
     stats[:, 1] = big
     stats[:, 2] = big
     stats[:, 10] = big
@@ -263,25 +270,25 @@ def _region_sums(height, width, row_offsets, starts, ends, values, slot_of, pare
     block_shift = 1 if block == 2 else 0  # a shift, not a division per run (block is 1 or 2)
     for r in range(n_regions):
         slot[r] = slot_of[values[first_run[r]]]
-    for y in range(height):
-        for i in range(row_offsets[y], row_offsets[y + 1]):
-            r = region_of[i]
-            r = r if r >= 0 else sink  # background runs add to the extra row
-            x0 = np.int64(starts[i])
-            x1 = np.int64(ends[i])
-            length = x1 - x0 + 1
-            sum_x = (length * (x0 + x1)) >> 1  # exact: one of length, x0 + x1 is even
-            stats[r, 0] += length
-            stats[r, 1] = min(stats[r, 1], x0)
-            stats[r, 2] = min(stats[r, 2], y)
-            stats[r, 3] = max(stats[r, 3], x1)
-            stats[r, 4] = y
-            stats[r, 5] += sum_x
-            stats[r, 6] += length * y
-            stats[r, 7] += (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
-            stats[r, 8] += length * y * y
-            stats[r, 9] += y * sum_x
-            stats[r, 10] = min(stats[r, 10], (y >> block_shift) * blocks_per_row + (x0 >> block_shift))
+    for t in range(n_labelled):
+        i = labelled_runs[t]
+        y = labelled_rows[t]
+        r = region_of[i]
+        x0 = np.int64(starts[i])
+        x1 = np.int64(ends[i])
+        length = x1 - x0 + 1
+        sum_x = (length * (x0 + x1)) >> 1  # exact: one of length, x0 + x1 is even
+        stats[r, 0] += length
+        stats[r, 1] = min(stats[r, 1], x0)
+        stats[r, 2] = min(stats[r, 2], y)
+        stats[r, 3] = max(stats[r, 3], x1)
+        stats[r, 4] = y
+        stats[r, 5] += sum_x
+        stats[r, 6] += length * y
+        stats[r, 7] += (x1 * (x1 + 1) * (2 * x1 + 1) - (x0 - 1) * x0 * (2 * x0 - 1)) // 6
+        stats[r, 8] += length * y * y
+        stats[r, 9] += y * sum_x
+        stats[r, 10] = min(stats[r, 10], (y >> block_shift) * blocks_per_row + (x0 >> block_shift))
     n = n_regions
     return (first_run[:n], slot, stats[:n, 0], stats[:n, 1], stats[:n, 2], stats[:n, 3], stats[:n, 4],
             stats[:n, 5:10], stats[:n, 10])
