@@ -381,30 +381,34 @@ def _grow_and_paint(row_offsets, starts, ends, closure_of, bbox, keep, grow_into
         w = x1 - x0 + 1
         cur[:h + 2, :w + 2] = 0
         nxt[:h + 2, :w + 2] = 0
+        # The loops below index slices that start at 0: an index with an offset (x0 + xx,
+        # xx - 1) keeps numba's negative-index check, which stops the compiler vectorising.
         for yy in range(h):
-            source = grow_into[y0 + yy]
+            source = grow_into[y0 + yy, x0 : x0 + w]
+            limit = allowed[yy]
             for xx in range(w):
-                v = source[x0 + xx]
-                allowed[yy, xx] = np.uint8(v >= lowest) & np.uint8(v < past)
+                v = source[xx]
+                limit[xx] = np.uint8(v >= lowest) & np.uint8(v < past)
         for t in range(offsets[c], offsets[c + 1]):
             i = runs[t]
             cur[rows[t] - y0 + 1, starts[i] - x0 + 1:ends[i] - x0 + 2] = 1
         for _ in range(grow_px):
             for yy in range(1, h + 1):
-                above = cur[yy - 1]
-                row = cur[yy]
-                below = cur[yy + 1]
-                target = nxt[yy]
+                above = cur[yy - 1, 1 : w + 1]
+                left = cur[yy, 0:w]
+                centre = cur[yy, 1 : w + 1]
+                right = cur[yy, 2 : w + 2]
+                below = cur[yy + 1, 1 : w + 1]
+                target = nxt[yy, 1 : w + 1]
                 limit = allowed[yy - 1]
-                for xx in range(1, w + 1):
-                    target[xx] = (row[xx] | row[xx - 1] | row[xx + 1] | above[xx] | below[xx]) & limit[xx - 1]
+                for xx in range(w):
+                    target[xx] = (centre[xx] | left[xx] | right[xx] | above[xx] | below[xx]) & limit[xx]
             cur, nxt = nxt, cur
         for yy in range(h):
-            source = cur[yy + 1]
-            target = out[y0 + yy]
-            for xx in range(w):
-                if source[xx + 1]:
-                    target[x0 + xx] = fill_value
+            source = cur[yy + 1, 1 : w + 1]
+            target = out[y0 + yy, x0 : x0 + w]
+            for xx in range(w):  # a select, not a branch: pore edges cross every row
+                target[xx] = fill_value if source[xx] else target[xx]
 
 
 def compact_fill(mask, min_solidity, value=255, fill_value=255, grow_into=None, grow_px=0, grow_below=None, out=None):
