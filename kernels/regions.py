@@ -36,7 +36,8 @@ How, and why this way:
   ``cv2.convexHull(contour)`` give, up to float summation order (~1e-15 relative).
 * Most of the time goes to branches whose outcome depends on the data (run boundaries,
   where a support region ends, which points survive), mispredicted about every other time.
-  The hot loops are written to avoid them: runs are found by a branch-free scan, support
+  The hot loops are written to avoid them: runs are found by a scan with no branch per
+  pixel (16 pixels per instruction where the CPU has AVX-512, `kernels._compress`), support
   regions take their first six steps in a vectorised sweep over every point of the border
   and then grow one step per sweep over the points still growing, and the Teh-Chin passes
   walk lists of candidate points built branch-free, and their tests use bitwise operators
@@ -55,6 +56,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from kernels._compress import HAS_COMPRESS, change_positions
+from kernels._compress import LANES as _COMPRESS_LANES
 from kernels._threads import threads_for
 
 # Freeman chain code -> step, as OpenCV numbers them (y down): 0 right, 1 up-right, 2 up, ...
@@ -167,7 +170,7 @@ def _link_rows(row_offsets, row_counts, y, starts, ends, values, parent, reach):
 
 
 @njit(inline="always")
-def _run_starts(row, run_starts):
+def _run_starts_scalar(row, run_starts):
     """First x of every run of ``row`` into ``run_starts`` (width + 1 entries); returns the count.
 
     Branch-free: every x is written to the next slot and the slot index advances only where
@@ -182,6 +185,31 @@ def _run_starts(row, run_starts):
     return n
 
 
+@njit(inline="always")
+def _run_starts_compress(row, run_starts):
+    """`_run_starts_scalar` 16 pixels at a time with AVX-512's compress (`kernels._compress`):
+    0.29 instead of 2.3 ms on a 2560x1920 class mask on one core.
+
+    Each step stores 16 entries from slot n, and n <= x (one entry per pixel left of x at
+    most), so the stores stay within the width + 1 entries.
+    """
+    width = row.shape[0]
+    run_starts[0] = 0
+    n = 1
+    x = 1
+    while x + _COMPRESS_LANES <= width:
+        n += change_positions(row, x, run_starts, n)
+        x += _COMPRESS_LANES
+    for tail in range(x, width):
+        run_starts[n] = tail
+        n += row[tail] != row[tail - 1]
+    return n
+
+
+# The scan the kernels compile: the compress where the CPU has it, never compiled elsewhere.
+_run_starts = _run_starts_compress if HAS_COMPRESS else _run_starts_scalar
+
+
 @njit(parallel=True, nogil=True, cache=True)
 def _fill_and_link(mask, n_bands, row_offsets, slot_of, reach, row_counts, starts, ends, values, parent):
     """Write the runs of the listed values (first x, last x, value) and link them within each
@@ -190,11 +218,10 @@ def _fill_and_link(mask, n_bands, row_offsets, slot_of, reach, row_counts, start
     Row y's runs fill the first ``row_counts[y]`` of the slots from ``row_offsets[y]`` that
     `_count_runs` counted for all its runs; the background's runs are never written, so
     linking, numbering and summing visit only the listed ones (about half the runs).
-    The scan tests every pixel against its left neighbour without a branch (`_run_starts`):
-    the branch at each run boundary was most of the scan's time (comparing 8 pixels per
-    64-bit word did not help it), and going branch-free took the labelling of a classical
-    engine's mask (~310,000 runs) from 11.6 to 9.5 ms on one core. Runs are written the
-    same way: every one, to the next slot, which only a listed value moves on.
+    The scan lists where each row changes value without a branch per pixel (`_run_starts`:
+    AVX-512's compress where the CPU has it, else a branch-free loop; the branch at each run
+    boundary was most of the scan's time). Runs are written the same way: every one, to
+    the next slot, which only a listed value moves on.
     """
     height, width = mask.shape
     for band in prange(n_bands):

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from numba import njit
 
 from kernels import regions as kr
+from kernels._compress import HAS_COMPRESS
 from tests import naive
 
 HULL_REL = 1e-12
@@ -347,3 +349,46 @@ def test_two_threads_at_once_give_serial_results():
     for thread in threads:
         thread.join()
     assert failures == []
+
+
+@njit
+def _scan_rows(rows, scan):
+    """(counts, starts) of every row by one of the run-start scans."""
+    starts = np.full((rows.shape[0], rows.shape[1] + 1), -1, dtype=np.int32)
+    counts = np.empty(rows.shape[0], dtype=np.int64)
+    for y in range(rows.shape[0]):
+        counts[y] = scan(rows[y], starts[y])
+    return counts, starts
+
+
+def _scalar_scan(rows):
+    return _scan_rows(rows, kr._run_starts_scalar)
+
+
+def _compress_scan(rows):
+    return _scan_rows(rows, kr._run_starts_compress)
+
+
+@pytest.mark.skipif(not HAS_COMPRESS, reason="this CPU has no AVX-512F: the scalar scan is the one in use")
+@pytest.mark.parametrize("width", [1, 2, 15, 16, 17, 18, 31, 32, 33, 100, 2563])
+def test_compressed_run_scan_lists_the_same_run_starts(width):
+    """The AVX-512 scan against the scalar loop: every width around its 16-pixel steps, rows
+    of noise, of long runs, constant and alternating; only the listed starts count (the
+    compress step writes junk past them)."""
+    rng = np.random.default_rng(width)
+    rows = np.concatenate([
+        rng.integers(0, 3, (40, width), dtype=np.uint8),
+        np.repeat(rng.integers(0, 2, (40, (width + 6) // 7), dtype=np.uint8), 7, axis=1)[:, :width],
+        np.zeros((1, width), np.uint8),
+        np.full((1, width), 255, np.uint8),
+        (np.arange(width) % 2).astype(np.uint8)[None, :],
+    ])
+    want_counts, want_starts = _scalar_scan(rows)
+    got_counts, got_starts = _compress_scan(rows)
+    assert got_counts.tolist() == want_counts.tolist()
+    for y, n in enumerate(want_counts.tolist()):
+        assert got_starts[y, :n].tolist() == want_starts[y, :n].tolist(), y
+
+
+def test_the_kernels_scan_is_the_compressed_one_where_the_cpu_has_it():
+    assert kr._run_starts is (kr._run_starts_compress if HAS_COMPRESS else kr._run_starts_scalar)
