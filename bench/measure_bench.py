@@ -224,10 +224,17 @@ def main() -> None:
                         help="the generator's masks, or the classical engine's on camera-like frames")
     parser.add_argument("--before-kernel", metavar="FILE",
                         help="a former kernels/regions.py to time beside today's (git show REV:kernels/regions.py)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="numba threads for the kernels (default: one per core); 1 compares kernels' CPU "
+                             "without the other core's noise")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8,
                         help="grey levels of the enhanced frame (16: the 8-bit frame x 257, as a 16-bit camera's)")
     args = parser.parse_args()
     width, height = (int(n) for n in args.size.lower().split("x"))
+    if args.threads is not None:
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            parser.error(f"--threads must lie in 1..{numba.config.NUMBA_NUM_THREADS}")
+        numba.set_num_threads(args.threads)
 
     try:
         import skimage

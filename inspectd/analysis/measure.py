@@ -44,9 +44,9 @@ concurrent callers (pipeline workers) share the cores without a hidden shared qu
 table equals the former whole-frame OpenCV computation (`_opencv_region_rows`, kept as the
 reference for tests and benchmarks) and the per-region computation (`tests/naive.py:
 regions`) exactly in every field but solidity, whose hull length may differ in summation
-order (~1e-15 relative). On a 2560x1920 frame on the 2-core box this takes 10-11 ms with ~2,600
-regions (the generator's masks) and 19 ms with ~4,500 (a classical engine's finer masks),
-3.6x and 5.2x less time than the former OpenCV passes (`bench/measure_bench.py`,
+order (~1e-15 relative). On a 2560x1920 frame on the 2-core box (AMD Zen 4) this takes 8 ms
+with ~2,600 regions (the generator's masks) and 16-17 ms with ~4,500 (a classical engine's
+finer masks), 4.3x and 5.9x less time than the former OpenCV passes (`bench/measure_bench.py`,
 `bench/RESULTS.md`); a frozen `Region` costs ~3 µs through its constructor, so regions are
 built by filling their fields by name (`_new_region`), and only when someone reads them
 (`TableRegions`): the daemon judges and publishes from the metrics alone, and making the
