@@ -525,10 +525,11 @@ def _support_sweep(px, py, length, curvature, support, cross, chord, alive, ring
     gathers and a data-dependent store. Here every point, candidate or not, takes every k
     up to ``_SWEEP_K`` with the same tests, reading a ring copy of the border (``ring[j]``
     = point ``j - _SWEEP_K`` around the curve, relative to the first point) at constant
-    offsets, so the loop over points vectorises (~0.5 ns a step). The copy is float32: for
-    k <= 6 every coordinate difference, cross product, chord and their products stays
-    below 2**17, where float32 holds integers exactly, and it gives twice the lanes of
-    int64 (and float multiplies where int64 has slow ones).
+    offsets, so the loop over points vectorises (~0.5 ns a step). The copy is float32,
+    which holds integers exactly below 2**24: the coordinates relative to the first point
+    are smaller than the frame, and for k <= 6 (raise ``_SWEEP_K`` only with this bound in
+    mind) every difference, cross product, chord and their products stays below 2**17. It
+    gives twice the lanes of int64, and float multiplies where int64 has slow ones.
     Leaves per point: ``support`` (0 off the candidates), whether its region is still
     growing (``alive``) and the cross product and chord of its last step (``cross``,
     ``chord``). Needs ``length >= _SWEEP_K``, so that no k wraps more than once.

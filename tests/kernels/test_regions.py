@@ -388,7 +388,3 @@ def test_compressed_run_scan_lists_the_same_run_starts(width):
     assert got_counts.tolist() == want_counts.tolist()
     for y, n in enumerate(want_counts.tolist()):
         assert got_starts[y, :n].tolist() == want_starts[y, :n].tolist(), y
-
-
-def test_the_kernels_scan_is_the_compressed_one_where_the_cpu_has_it():
-    assert kr._run_starts is (kr._run_starts_compress if HAS_COMPRESS else kr._run_starts_scalar)

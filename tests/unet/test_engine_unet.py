@@ -96,6 +96,23 @@ def test_unet_is_registered_and_honours_the_engine_interface(models):
     assert np.array_equal(engine.segment(frame), engine.segment(frame.astype(np.uint16) * 257))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_tiles_normalised_into_the_batch_equal_the_normalised_frame_cut(dtype):
+    """The engine normalises each tile (a strided view of the padded frame) straight into its
+    batch: the same float32 values as normalising the frame and cutting the tile out."""
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, np.iinfo(dtype).max, (333, 700), dtype=dtype, endpoint=True)
+    plan = tiling.plan_tiles(*frame.shape, 256, 32, multiple=contract.INPUT_MULTIPLE)
+    padded = tiling.pad_frame(frame, plan)
+    whole = contract.normalise(padded)[0, 0]
+    batch = np.full((plan.n_tiles, 1, *plan.tile_hw), np.nan, np.float32)
+    for slot, tile in enumerate(tiling.extract_tiles(padded, plan)):
+        assert not tile.flags.c_contiguous or plan.n_tiles == 1
+        contract.normalise_into(tile, batch[slot, 0])
+    for slot, want in enumerate(tiling.extract_tiles(whole, plan)):
+        assert np.array_equal(batch[slot, 0], want), slot
+
+
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (16, 16), (17, 900), (333, 700), (700, 333)])
 def test_any_frame_size_gives_a_mask_of_that_size(models, height, width):
     engine = _engine(models["unet"], tile_px=128, overlap_px=32)

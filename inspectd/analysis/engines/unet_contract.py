@@ -69,6 +69,18 @@ def normalise(enhanced: np.ndarray) -> np.ndarray:
     return table[enhanced][None, None, :, :]
 
 
+def normalise_into(enhanced: np.ndarray, out: np.ndarray) -> None:
+    """`normalise` of a 2-D uint8/uint16 image (a view, strided or not) written into `out`, a
+    C-contiguous float32 array of its shape: tiles go straight into the network's batch,
+    with no normalised frame to cut them from and no copy to stack them.
+    """
+    table = normalise_table(enhanced.dtype)
+    if enhanced.dtype == np.uint8:
+        cv2.LUT(enhanced, table, dst=out)
+    else:
+        np.take(table, enhanced, out=out)
+
+
 @functools.cache
 def normalise_table(dtype: np.dtype) -> np.ndarray:
     """float32 network input of every grey level of `dtype` (read-only; the GPU path uploads it)."""
