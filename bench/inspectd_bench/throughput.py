@@ -44,7 +44,7 @@ import numba
 import numpy as np
 
 from inspectd import config as config_module
-from inspectd.analysis.analyzer import Analyzer, choose_threading_layer
+from inspectd.analysis.analyzer import Analyzer, choose_threading_layer, engine_settings
 from inspectd.config import Config
 from inspectd.data import synth
 from inspectd.errors import ConfigError, InspectdError
@@ -238,9 +238,21 @@ def run_variant(variant: Variant, cfg: Config, frames: list[np.ndarray], args: a
     """All runs of one engine configuration; JSON-ready."""
     started = time.perf_counter()
     load_start = load_average()
+    analyzers: dict[int, Analyzer] = {}
+
+    def analyzer_for(workers: int) -> Analyzer:
+        """The analyzer a daemon with `pipeline.workers: workers` builds: a U-Net shares the cores
+        among the workers (`engine_settings`), so each worker count gets its own where that differs."""
+        station_cfg = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"workers": workers})})
+        for built in analyzers.values():
+            if engine_settings(built.cfg) == engine_settings(station_cfg):
+                return built
+        analyzers[workers] = Analyzer(station_cfg)
+        analyzers[workers].warm_up()
+        return analyzers[workers]
+
     try:
-        analyzer = Analyzer(cfg)
-        analyzer.warm_up()
+        analyzer = analyzer_for(1)
     except InspectdError as exc:
         logger.warning("%s not run: %s", variant.key, exc)
         return {"engine": variant.engine, "backend": variant.backend, "available": False, "reason": str(exc)}
@@ -262,7 +274,7 @@ def run_variant(variant: Variant, cfg: Config, frames: list[np.ndarray], args: a
     throughput_runs = []
     for workers in args.workers_list:
         print(f"[bench] {variant.key}: throughput run, {workers} worker(s)", file=sys.stderr, flush=True)
-        with BenchStation(cfg, analyzer, RunMode.THROUGHPUT, workers=workers) as station:
+        with BenchStation(cfg, analyzer_for(workers), RunMode.THROUGHPUT, workers=workers) as station:
             throughput_runs.append(station.run(frames, args.frames, warmup_frames=args.warmup_frames))
     runs += throughput_runs
     best = max(throughput_runs, key=lambda run: run.fps)
@@ -270,7 +282,7 @@ def run_variant(variant: Variant, cfg: Config, frames: list[np.ndarray], args: a
     if args.rate:
         print(f"[bench] {variant.key}: offered {args.rate:g} frames/s, {best.workers} worker(s)", file=sys.stderr,
               flush=True)
-        with BenchStation(cfg, analyzer, RunMode.OFFERED, workers=best.workers) as station:
+        with BenchStation(cfg, analyzer_for(best.workers), RunMode.OFFERED, workers=best.workers) as station:
             offered_run = station.run(frames, args.frames, warmup_frames=args.warmup_frames, rate_fps=args.rate)
         runs.append(offered_run)
         offered = {**offered_run.as_dict(), "headroom_pct": round(100.0 * (best.fps / args.rate - 1.0), 1)}

@@ -36,7 +36,7 @@ from inspectd.analysis.measure import measure
 from inspectd.analysis.preprocess import enhance, enhance_on_device
 from inspectd.analysis.trust import FrameAssessor
 from inspectd.analysis.verdict import decide, error_verdict
-from inspectd.config import Config
+from inspectd.config import Config, SegmentFields
 from inspectd.errors import InspectdError, KernelResourceError
 from inspectd.types import Assessment, Frame, Measurements, Verdict
 
@@ -53,6 +53,26 @@ def choose_threading_layer() -> None:
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     numba.config.THREADING_LAYER = "threadsafe"
+
+
+def engine_settings(cfg: Config) -> SegmentFields:
+    """`cfg.segment` as the engine gets it: with several analysis workers, a U-Net whose ONNX
+    Runtime threads are left to the default (`intra_op_threads: 0`) gets the usable cores
+    shared out among the workers instead of every core per inference.
+
+    Why: with one worker each inference should have every core (the lowest latency with one
+    frame in flight). With several, inferences run side by side, and each one's threads on
+    every core only compete with the others': on 2 cores (U-Net, 2560x1920 frames) two
+    workers made 10.4 frames/s with two threads per inference and 11.6 with one, while one
+    frame alone then takes ~45 % longer (`bench/RESULTS.md`).
+    """
+    workers = cfg.pipeline.workers
+    unet = getattr(cfg.segment, "unet", None)
+    if workers == 1 or cfg.segment.engine != "unet" or unet is None or unet.intra_op_threads:
+        return cfg.segment
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    shared = unet.model_copy(update={"intra_op_threads": max(1, cores // workers)})
+    return cfg.segment.model_copy(update={"unet": shared})
 
 
 @dataclass(frozen=True)
@@ -79,7 +99,7 @@ class Analyzer:
         """`device_frames`: keep each frame on the GPU from CLAHE to the mask (None: when the station can)."""
         choose_threading_layer()
         self.cfg = cfg
-        self.engine = create_engine(cfg.segment)
+        self.engine = create_engine(engine_settings(cfg))
         self.engine.load()
         self.assessor = FrameAssessor(self.engine, cfg.trust.ood)
         with _kernel_resources():

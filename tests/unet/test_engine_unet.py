@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 
 import numpy as np
@@ -22,7 +23,7 @@ import kernels
 pytest.importorskip("onnx")
 
 from inspectd import config as config_module  # noqa: E402
-from inspectd.analysis.analyzer import Analyzer  # noqa: E402
+from inspectd.analysis.analyzer import Analyzer, engine_settings  # noqa: E402
 from inspectd.analysis.engines import ENGINES, SegmentationEngine, create_engine, tiling  # noqa: E402
 from inspectd.analysis.engines import unet_contract as contract  # noqa: E402
 from inspectd.analysis.engines.onnx_session import choose_providers  # noqa: E402
@@ -362,6 +363,32 @@ def test_analyzer_with_the_unet_engine_records_engine_backend_and_model_hash(mod
                            model_hash=analyzer.engine.model_hash)
     assert record["engine"] == {"name": "unet", "backend": "cpu",
                                 "model_hash": hashlib.sha256(models["unet"].read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize(("workers", "configured", "expected"), [
+    (1, 0, 0),  # one worker: ONNX Runtime's default, every core per inference
+    (2, 0, "cores // 2"),  # several: the cores shared out among them
+    (64, 0, 1),  # never below one thread
+    (2, 3, 3),  # an explicit count is kept
+])
+def test_the_unets_inference_threads_are_shared_among_the_analysis_workers(models, workers, configured, expected):
+    cores = len(os.sched_getaffinity(0))
+    want = max(1, cores // 2) if expected == "cores // 2" else expected
+    cfg = config_module.parse_object({
+        "pipeline": {"workers": workers},
+        "segment": {"engine": "unet", "backend": "cpu",
+                    "unet": {"model": str(models["unet"]), "intra_op_threads": configured}},
+    })
+    assert engine_settings(cfg).unet.intra_op_threads == want
+    assert cfg.segment.unet.intra_op_threads == configured  # the config itself is left as written
+    analyzer = Analyzer(cfg)
+    analyzer.engine.load()
+    assert analyzer.engine._runner.session.get_session_options().intra_op_num_threads == want
+
+
+def test_engine_settings_leave_a_classical_station_as_configured():
+    cfg = config_module.parse_object({"pipeline": {"workers": 2}})
+    assert engine_settings(cfg) == cfg.segment
 
 
 # --------------------------------------------------------------------------- guided U-Net (output `affine`)

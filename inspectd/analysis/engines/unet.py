@@ -187,7 +187,8 @@ class UnetConfig(StrictModel):
     scale: float = Field(
         1.0, gt=0.0, le=1.0, description="Internal working scale (1.0 = full resolution; the mask is resized back)."
     )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0 = one per core).")
+    intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads per inference (0 = one "
+                                  "per core; with several pipeline workers, the cores shared out among them).")
     graph_optimization: GraphOptimization = Field(GraphOptimization.ALL, description="ONNX Runtime graph optimisation.")
 
     @model_validator(mode="after")
