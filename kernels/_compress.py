@@ -11,31 +11,33 @@ so ``change_positions`` emits it through LLVM (``llvm.x86.avx512.mask.compress``
 register form followed by a plain store: the compressing store to memory is microcoded
 and slower than the scalar loop on AMD Zen 4).
 
-``HAS_COMPRESS`` says whether this CPU has AVX-512F; callers pick their scalar loop
-otherwise (other x86 CPUs, ARM boards), so the instruction is never compiled where it
-cannot run. Pure functions over arrays: no config, logging or I/O.
+``HAS_COMPRESS`` says whether the CPU numba compiles for has AVX-512F; callers pick their
+scalar loop otherwise (other x86 CPUs, ARM boards, a generic target), so the instruction is
+never compiled where it cannot run. Pure functions over arrays: no config, logging or I/O.
 """
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm_binding
+import numba
 from llvmlite import ir
 from numba import types
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 # Pixels compared per instruction: 16 positions fill one 512-bit vector of int32.
 LANES = 16
 
 
-def _host_has_avx512f() -> bool:
-    """True when the CPU numba compiles for has AVX-512F (numba targets the host CPU)."""
-    try:
-        return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
-    except RuntimeError:  # llvmlite cannot read the features on this platform
-        return False
+def _target_has_avx512f() -> bool:
+    """True when the CPU numba compiles for has AVX-512F: the host's features, or the ones
+    ``NUMBA_CPU_FEATURES`` names (``NUMBA_CPU_NAME=generic`` for portable caches sets none)."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    return "+avx512f" in features.split(",")
 
 
-HAS_COMPRESS = _host_has_avx512f()
+HAS_COMPRESS = _target_has_avx512f()
 
 
 @intrinsic

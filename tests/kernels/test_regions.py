@@ -388,3 +388,16 @@ def test_compressed_run_scan_lists_the_same_run_starts(width):
     assert got_counts.tolist() == want_counts.tolist()
     for y, n in enumerate(want_counts.tolist()):
         assert got_starts[y, :n].tolist() == want_starts[y, :n].tolist(), y
+
+
+@pytest.mark.parametrize(("features", "expected"), [("", False), ("+avx2,-avx512f", False), ("+avx2,+avx512f", True)])
+def test_the_compress_follows_the_cpu_numba_compiles_for(monkeypatch, features, expected):
+    """`NUMBA_CPU_FEATURES` (set, e.g. empty with `NUMBA_CPU_NAME=generic`, for caches that
+    must run on other CPUs) decides, not this machine's CPU: the instruction is never
+    compiled for a target without it."""
+    import numba
+
+    from kernels import _compress
+
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    assert _compress._target_has_avx512f() is expected
