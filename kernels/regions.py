@@ -178,10 +178,15 @@ def _run_starts_scalar(row, run_starts):
     boundary mispredicts about once per run, which cost more than the scan itself.
     """
     run_starts[0] = 0
-    n = 1
-    for x in range(1, row.shape[0]):
-        run_starts[n] = x
-        n += row[x] != row[x - 1]
+    return _run_starts_from(row, run_starts, 1, 1)
+
+
+@njit(inline="always")
+def _run_starts_from(row, run_starts, x, n):
+    """The scalar scan from pixel x on, with n run starts listed so far; returns the count."""
+    for tail in range(x, row.shape[0]):
+        run_starts[n] = tail
+        n += row[tail] != row[tail - 1]
     return n
 
 
@@ -200,10 +205,7 @@ def _run_starts_compress(row, run_starts):
     while x + _COMPRESS_LANES <= width:
         n += change_positions(row, x, run_starts, n)
         x += _COMPRESS_LANES
-    for tail in range(x, width):
-        run_starts[n] = tail
-        n += row[tail] != row[tail - 1]
-    return n
+    return _run_starts_from(row, run_starts, x, n)  # the last pixels, fewer than 16
 
 
 # The scan the kernels compile: the compress where the CPU has it, never compiled elsewhere.

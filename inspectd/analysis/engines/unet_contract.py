@@ -63,10 +63,9 @@ def normalise(enhanced: np.ndarray) -> np.ndarray:
     OpenCV's LUT) or 8 ms (uint16) instead of 25. The table holds exactly what the
     arithmetic gives, so training (float images) and inference agree to the bit.
     """
-    table = normalise_table(enhanced.dtype)
-    if enhanced.dtype == np.uint8:
-        return cv2.LUT(np.ascontiguousarray(enhanced), table)[None, None, :, :]
-    return table[enhanced][None, None, :, :]
+    out = np.empty(enhanced.shape, np.float32)
+    normalise_into(enhanced, out)
+    return out[None, None, :, :]
 
 
 def normalise_into(enhanced: np.ndarray, out: np.ndarray) -> None:
