@@ -182,7 +182,7 @@ class UnetConfig(StrictModel):
     engine_plan: Path | None = Field(
         None, description="Serialised TensorRT engine (inspectd build-engine) used when backend is tensorrt."
     )
-    tile_px: int = Field(1024, ge=64, le=4096, description="Square inference tile, pixels (a multiple of 32).")
+    tile_px: int = Field(2560, ge=64, le=4096, description="Square inference tile, pixels (a multiple of 32).")
     overlap_px: int = Field(64, ge=0, le=1024, description="Overlap between tiles, blended linearly, pixels.")
     scale: float = Field(
         1.0, gt=0.0, le=1.0, description="Internal working scale (1.0 = full resolution; the mask is resized back)."
