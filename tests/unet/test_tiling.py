@@ -128,7 +128,7 @@ def test_feathers_are_positive_one_at_frame_borders_and_cross_fade_to_one():
 
 
 @pytest.mark.parametrize(("height", "width", "tile_px", "overlap_px"),
-                         [(333, 700, 128, 32), (700, 333, 96, 16), (45, 1000, 64, 0), (1, 1, 64, 8)])
+                         [(333, 700, 128, 32), (700, 333, 96, 16), (45, 1000, 64, 0), (1, 1, 64, 8), (200, 300, 320, 32)])
 def test_blending_tiles_of_a_field_reproduces_it_without_seams(height, width, tile_px, overlap_px):
     """Tiles cut from one smooth field and blended back give the field: weights normalise everywhere."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

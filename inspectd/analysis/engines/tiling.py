@@ -232,8 +232,11 @@ class TileBlender:
 
     def __init__(self, plan: TilePlan, n_classes: int) -> None:
         self.plan = plan
+        # One tile covering the frame (the default for a 2560x1920 frame) has no feather:
+        # its logits are the blend as they come, without three passes over them.
+        self._single = len(plan.origins) == 1
         self.sum = np.zeros((n_classes, *plan.padded_hw), np.float32)
-        self.weight_sum = np.zeros(plan.padded_hw, np.float32)
+        self.weight_sum = (np.ones if self._single else np.zeros)(plan.padded_hw, np.float32)
         self._weights: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
 
     def _weights_at(self, y: int, x: int) -> np.ndarray:
@@ -244,6 +247,9 @@ class TileBlender:
 
     def add(self, logits: np.ndarray, y: int, x: int) -> None:
         """Add one tile's logits `[classes, tile_h, tile_w]` at origin (y, x)."""
+        if self._single:
+            self.sum = np.asarray(logits, np.float32)
+            return
         tile_h, tile_w = self.plan.tile_hw
         weights = self._weights_at(y, x)
         self.sum[:, y:y + tile_h, x:x + tile_w] += logits * weights
@@ -251,7 +257,7 @@ class TileBlender:
 
     def blended(self) -> np.ndarray:
         """Weighted-mean logits over the padded frame, `[classes, padded_h, padded_w]`."""
-        return self.sum / self.weight_sum
+        return self.sum if self._single else self.sum / self.weight_sum
 
     def argmax(self) -> np.ndarray:
         """uint8 class per pixel of the original frame (the weight sum is positive, so it cannot change the argmax)."""
