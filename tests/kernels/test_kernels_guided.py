@@ -90,3 +90,36 @@ def test_the_guide_decides_inside_a_coarse_pixel() -> None:
 def test_bad_arguments_are_refused(pairs, image, stride, match) -> None:
     with pytest.raises(ValueError, match=match):
         kernels.guided_argmax(pairs, image, stride)
+
+
+@pytest.mark.parametrize("coarse_w", [1, 2, 3, 4, 5, 6, 9, 17])
+def test_the_stride_4_widening_equals_the_gather_on_every_width(coarse_w) -> None:
+    """The whole-coarse-pixel path of stride 4 and its clamped edges give the gather's values bit for bit,
+    for every output width the coarse row can serve (a padded frame's pairs are wider than needed)."""
+    from kernels.guided import _source, _widen_row, _widen_row_gather
+
+    coarse = np.random.default_rng(coarse_w).standard_normal(coarse_w).astype(np.float32)
+    for width in range(1, 4 * coarse_w + 1):
+        positions = [_source(x, np.float32(0.25), coarse_w) for x in range(width)]
+        x_lower = np.array([p[0] for p in positions], np.int64)
+        x_upper = np.array([p[1] for p in positions], np.int64)
+        x_weight = np.array([p[2] for p in positions], np.float32)
+        fast, gathered = np.full(width, np.nan, np.float32), np.full(width, np.nan, np.float32)
+        _widen_row(coarse, fast, x_lower, x_upper, x_weight, 4)
+        _widen_row_gather(coarse, gathered, x_lower, x_upper, x_weight)
+        np.testing.assert_array_equal(fast, gathered)
+
+
+def test_the_three_class_pass_equals_the_per_class_passes() -> None:
+    """One pass with three logits in registers picks what one pass per class picks, ties included."""
+    from kernels.guided import _best_class_row, _best_of_three_row
+
+    rng = np.random.default_rng(3)
+    width = 1000
+    top, bottom = (rng.integers(-3, 4, (6, width)).astype(np.float32) for _ in range(2))  # many exact ties
+    guide = rng.integers(-2, 3, width).astype(np.float32)
+    for wy in (np.float32(0.0), np.float32(0.375), np.float32(1.0)):
+        one_pass, per_class = np.empty(width, np.uint8), np.empty(width, np.uint8)
+        _best_of_three_row(top, bottom, wy, guide, one_pass)
+        _best_class_row(top, bottom, wy, guide, per_class, np.empty(width, np.float32))
+        np.testing.assert_array_equal(one_pass, per_class)
