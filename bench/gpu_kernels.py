@@ -62,7 +62,7 @@ CLAHE_TILE_GRID = (8, 8)  # (rows, cols)
 BANDWIDTH_BUFFER_BYTES = 256 << 20
 # The daemon's default U-Net tiles (segment.unet.tile_px / overlap_px; a test keeps them equal).
 # Literal rather than read from inspectd.config: pydantic is not on a bare GPU machine.
-UNET_TILE_PX = 1024
+UNET_TILE_PX = 2560
 UNET_OVERLAP_PX = 64
 
 
@@ -264,7 +264,7 @@ def bench_size(timer: EventTimer, width: int, height: int, bandwidth: dict[str, 
 
 
 def add_unet_tile_rows(add, frame_dev, height: int, width: int) -> None:
-    """The U-Net engine's device path around the network, for the daemon's default tiles (1024 px, 64 overlap).
+    """The U-Net engine's device path around the network, for the daemon's default tiles (2560 px, 64 overlap).
 
     ``tiles``: reflect-pad + normalise + cut the whole frame into the float32 batch (floor:
     the frame read once, the batch written once). ``blend``: zero the accumulators, feather

@@ -193,6 +193,32 @@ def test_batching_tiles_does_not_change_the_result(models, frame_333x700, monkey
     assert np.allclose(batched, single, atol=1e-4)
 
 
+def test_a_call_takes_at_most_the_batch_pixels_and_the_result_is_the_same(models, frame_333x700, monkeypatch):
+    """Large tiles go fewer per network call (at least one): 333x700 in 128 px tiles with 32 px overlap is 28
+    tiles, 4 per call, or 2 per call with a budget of two tiles' pixels; the blended output is the same."""
+    import inspectd.analysis.engines.unet as unet_module
+
+    def batch_sizes(engine: UnetEngine) -> tuple[list[int], np.ndarray]:
+        engine.load()
+        runner, sizes = engine._runner, []
+        real_run = runner.run
+
+        def recording_run(batch):
+            sizes.append(len(batch))
+            return real_run(batch)
+
+        monkeypatch.setattr(runner, "run", recording_run)
+        return sizes, engine.blended_logits(frame_333x700)
+
+    default_sizes, default_logits = batch_sizes(_engine(models["unet"], tile_px=128, overlap_px=32))
+    monkeypatch.setattr(unet_module, "BATCH_PIXELS", 2 * 128 * 128 + 1)
+    budget_sizes, budget_logits = batch_sizes(_engine(models["unet"], tile_px=128, overlap_px=32))
+    monkeypatch.setattr(unet_module, "BATCH_PIXELS", 1)
+    one_sizes, _ = batch_sizes(_engine(models["unet"], tile_px=128, overlap_px=32))
+    assert default_sizes == [4] * 7 and budget_sizes == [2] * 14 and one_sizes == [1] * 28
+    assert np.allclose(default_logits, budget_logits, atol=1e-4)
+
+
 def test_scale_below_one_keeps_the_frame_size_and_most_of_the_mask(models, frame_333x700):
     full = _engine(models["local"], tile_px=256, overlap_px=32).segment(frame_333x700)
     half = _engine(models["local"], tile_px=256, overlap_px=32, scale=0.5).segment(frame_333x700)

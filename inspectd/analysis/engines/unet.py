@@ -76,6 +76,10 @@ BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 # tiles per call); a GPU gains from the larger batch. Activations stay small: 4 tiles of
 # 1024x1024 are 67 MB per 16-channel layer at full resolution (v1), 4 MB at 1/4 (v2).
 TILES_PER_RUN = 4
+# ...and at most this many input pixels per call (at least one tile): ONNX Runtime's working
+# memory grows with the batch (~145 MB for one 2560x1920 input, v3 int8), so the large tiles
+# of a large frame (4096x4096: 4 tiles of 2080x2080) go one per call instead of 17 M pixels at once.
+BATCH_PIXELS = 4 * 1024 * 1024
 # Probe input at load: small, but deep enough for every layout the contract allows.
 _PROBE_SIDE_PX = contract.INPUT_MULTIPLE
 
@@ -366,8 +370,9 @@ class UnetEngine(SegmentationEngine):
         if not self.takes_device_frames:
             return super().segment_device(enhanced)
         frame = self._device_frame(enhanced)
-        return unet_device.segment_device(frame, self._runner, self._plan(*frame.shape), self._output_stride,
-                                          self._tiles_per_run)
+        plan = self._plan(*frame.shape)
+        return unet_device.segment_device(frame, self._runner, plan, self._output_stride,
+                                          self._tiles_per_call(plan))
 
     def segment_device_assessed(self, enhanced: object) -> Segmentation:
         """`segment_device` with the confidence: the blended output (a guided U-Net's coarse pairs,
@@ -378,8 +383,9 @@ class UnetEngine(SegmentationEngine):
         from kernels import cuda_device
 
         frame = self._device_frame(enhanced)
+        plan = self._plan(*frame.shape)
         mask, blended = unet_device.segment_device_with_output(
-            frame, self._runner, self._plan(*frame.shape), self._output_stride, self._tiles_per_run)
+            frame, self._runner, plan, self._output_stride, self._tiles_per_call(plan))
         stride = self._output_stride
         if stride > 1:
             confidence = guided_margin(blended, cuda_device.to_host(frame), stride, mean=contract.NORM_MEAN,
@@ -415,9 +421,10 @@ class UnetEngine(SegmentationEngine):
         # Each tile is normalised straight into the batch the network reads: no normalised
         # frame (20 MB of float32 for 2560x1920) and no stacking copy of its tiles.
         tiles = list(tiling.extract_tiles(tiling.pad_frame(enhanced, plan), plan))
-        batch_buffer = np.empty((min(self._tiles_per_run, plan.n_tiles), 1, *plan.tile_hw), np.float32)
-        for start in range(0, plan.n_tiles, self._tiles_per_run):
-            run_tiles = tiles[start:start + self._tiles_per_run]
+        per_call = self._tiles_per_call(plan)
+        batch_buffer = np.empty((min(per_call, plan.n_tiles), 1, *plan.tile_hw), np.float32)
+        for start in range(0, plan.n_tiles, per_call):
+            run_tiles = tiles[start:start + per_call]
             batch = batch_buffer[:len(run_tiles)]
             for slot, tile in enumerate(run_tiles):
                 contract.normalise_into(tile, batch[slot, 0])
@@ -426,6 +433,10 @@ class UnetEngine(SegmentationEngine):
                 y, x = blender.plan.origins[start + offset]
                 blender.add(tile_logits, y, x)
         return blender
+
+    def _tiles_per_call(self, plan: tiling.TilePlan) -> int:
+        """Tiles per network call for `plan`: the runner's batch limit, and `BATCH_PIXELS` of input."""
+        return max(1, min(self._tiles_per_run, BATCH_PIXELS // (plan.tile_hw[0] * plan.tile_hw[1])))
 
     def _plan(self, height: int, width: int) -> tiling.TilePlan:
         return tiling.plan_tiles(height, width, self._tile_px, self._overlap_px, fixed_tile_hw=self._fixed_tile_hw,
