@@ -65,7 +65,7 @@ def _widen_row(coarse, row, x_lower, x_upper, x_weight, stride):
     (j = 2, 3) with the same four weights for every k away from the edges (the float32
     positions are exact there), so the middle of the row takes three loads and four stores
     per coarse pixel instead of two gathers per output value: ~3x faster, the same values.
-    The first two and the last coarse pixels, which clamp, keep the gather.
+    The first two and the last two coarse pixels (where the clamping is) keep the gather.
     """
     width = row.shape[0]
     if stride != 4:
